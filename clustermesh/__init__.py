@@ -1,0 +1,1 @@
+"""Cilium Cluster Mesh control plane: shared library code."""
