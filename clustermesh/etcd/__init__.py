@@ -1,0 +1,1 @@
+"""etcd client support: configuration, connection, and key-value operations."""
