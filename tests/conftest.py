@@ -10,7 +10,7 @@ Fixtures here stay thin; the logic belongs in ``tests/harness``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from harness import (
     find_etcd_binary,
     make_pki,
 )
+from harness.mesh import MeshEnv
 
 #: Client certificates in the session PKI (CN = etcd user name). ``root`` is also the
 #: harness's own identity on ``--client-cert-auth`` servers.
@@ -90,3 +91,14 @@ def etcd35(etcd_factory: EtcdFactory) -> EtcdServer:
     except EtcdNotFound as exc:
         pytest.skip(f"etcd 3.5 not available: {exc}")
     return etcd_factory(name="etcd35", binary=binary)
+
+
+@pytest.fixture
+async def mesh_env(tmp_path: Path, etcd_factory: EtcdFactory) -> AsyncIterator[MeshEnv]:
+    """A local etcd (the cache), a config directory and helpers to add remote clusters
+    and run KVStoreMesh in-process (see ``harness.mesh``)."""
+    env = await MeshEnv.create(tmp_path / "mesh", etcd_factory)
+    try:
+        yield env
+    finally:
+        await env.close()

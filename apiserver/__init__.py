@@ -1,0 +1,1 @@
+"""clustermesh-apiserver: publishes this cluster's state into its etcd (issue [D])."""

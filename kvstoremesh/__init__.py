@@ -1,0 +1,1 @@
+"""KVStoreMesh: caches remote clusters' etcd state in the local cluster's etcd."""

@@ -1,0 +1,214 @@
+"""The KVStoreMesh daemon: the set of remote clusters, and their life cycle.
+
+:class:`KVStoreMesh` owns the local etcd client and its single
+:class:`~clustermesh.syncwriter.SyncWriter`, follows the config directory, and
+runs one :class:`~kvstoremesh.remote.RemoteCluster` per file in it:
+
+* a new file starts a remote; a changed file restarts it (new endpoints or
+  certificates);
+* a removed file removes the cluster: its cached cluster-config goes first (so
+  agents stop connecting), then, after a grace period, its canaries and every
+  cache prefix.  A file that comes back during removal is started again once
+  the cleanup is done;
+* at start-up, clusters that the local cache still holds but the directory no
+  longer names (removed while we were down) are removed the same way — no data
+  of a removed cluster outlives us;
+* with ``--clustermesh-cache-ttl``, a remote disconnected for that long has its
+  services and service exports drained (the rest stays to keep connections up).
+
+Shutdown cancels everything and never drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.config import load_etcd_config
+from clustermesh.etcd.errors import EtcdError
+from clustermesh.keys import CLUSTER_CONFIG_PREFIX, SERVICE_EXPORTS, SERVICES, SYNCED_PREFIX
+from clustermesh.syncwriter import SyncWriter
+
+from .configdir import ClusterFile, ConfigDirectory
+from .options import MeshOptions
+from .remote import RemoteCluster
+
+log = logging.getLogger(__name__)
+
+REMOVAL_ATTEMPTS = 5
+
+
+class KVStoreMesh:
+    def __init__(self, options: MeshOptions) -> None:
+        self.options = options
+        self.local: EtcdClient | None = None
+        self.writer: SyncWriter | None = None
+        self.remotes: dict[str, RemoteCluster] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._removals: dict[str, asyncio.Task[None]] = {}
+        self._revoked: set[str] = set()
+        self.started_at = time.monotonic()
+        self.initial_clusters: set[str] = set()
+        self.config_ready = asyncio.Event()
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        o = self.options
+        local_config = load_etcd_config(o.local_config)
+        self.local = EtcdClient(local_config, name="local etcd")
+        await self._connect_local(stop)
+        self.writer = SyncWriter(self.local, max_txn_ops=o.max_txn_ops,
+                                 max_request_bytes=o.max_request_bytes,
+                                 max_inflight=o.max_inflight, qps=o.qps,
+                                 bootstrap_qps=o.bootstrap_qps)
+        self.writer.start()
+        directory = ConfigDirectory(o.config_dir, local_cluster_name=o.cluster_name,
+                                    interval=o.config_poll_interval)
+        background = [asyncio.create_task(directory.run(self, ready=self.config_ready),
+                                          name="config-dir")]
+        try:
+            await self.config_ready.wait()
+            self.initial_clusters = set(directory.known)
+            await self._remove_orphans(set(directory.known))
+            if o.cache_ttl > 0:
+                background.append(asyncio.create_task(self._revoke_stale_caches()))
+            await stop.wait()
+        finally:
+            log.info("shutting down (caches are kept)")
+            for task in [*background, *self._tasks.values(), *self._removals.values()]:
+                task.cancel()
+            await asyncio.gather(*background, *self._tasks.values(),
+                                 *self._removals.values(), return_exceptions=True)
+            await self.writer.stop(drain_timeout=5.0)
+            await self.local.close()
+
+    async def _connect_local(self, stop: asyncio.Event) -> None:
+        assert self.local is not None
+        delay = 0.5
+        while True:
+            try:
+                await self.local.connect()
+                return
+            except EtcdError as exc:
+                if stop.is_set():
+                    raise
+                log.warning("local etcd not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    @property
+    def ready_clusters(self) -> int:
+        return sum(1 for r in self.remotes.values() if r.ready)
+
+    # ------------------------------------------------------ config directory
+
+    async def cluster_upserted(self, file: ClusterFile) -> None:
+        name = file.name
+        removal = self._removals.get(name)
+        if removal is not None:
+            log.info("cluster %s: re-added while being removed; starts after the cleanup", name)
+            self._tasks[name] = asyncio.create_task(self._start_after(removal, file))
+            return
+        await self._stop_remote(name)
+        self._start_remote(file)
+
+    async def cluster_removed(self, name: str) -> None:
+        remote = self.remotes.get(name)
+        await self._stop_remote(name)
+        self.remotes.pop(name, None)
+        if remote is not None:
+            log.info("cluster %s: configuration removed; draining its cached data", name)
+            self._start_removal(remote)
+
+    def _start_remote(self, file: ClusterFile) -> None:
+        assert self.local is not None and self.writer is not None
+        previous = self.remotes.get(file.name)
+        remote = RemoteCluster(name=file.name, config_path=file.path, local=self.local,
+                               writer=self.writer, options=self.options)
+        if previous is not None:  # keep the failure history across a config change
+            remote.state.failures = previous.state.failures
+            remote.state.last_failure = previous.state.last_failure
+        self.remotes[file.name] = remote
+        self._tasks[file.name] = asyncio.create_task(remote.run(), name=f"remote-{file.name}")
+        log.info("cluster %s: configuration %s (re)loaded", file.name, file.path)
+
+    async def _start_after(self, removal: asyncio.Task[None], file: ClusterFile) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(removal)
+        self._tasks.pop(file.name, None)
+        self._start_remote(file)
+
+    async def _stop_remote(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---------------------------------------------------------------- removal
+
+    def _start_removal(self, remote: RemoteCluster) -> None:
+        task = asyncio.create_task(self._remove(remote), name=f"remove-{remote.name}")
+        self._removals[remote.name] = task
+        task.add_done_callback(lambda _: self._removals.pop(remote.name, None))
+
+    async def _remove(self, remote: RemoteCluster) -> None:
+        """Cilium's drain: cluster-config first, grace, then canaries and caches; retried."""
+        delay = 2.0
+        for attempt in range(1, REMOVAL_ATTEMPTS + 1):
+            try:
+                await remote.delete_cached_config()
+                if attempt == 1:
+                    await asyncio.sleep(self.options.removal_grace)
+                await remote.drain()
+                log.info("cluster %s: cached data removed", remote.name)
+                return
+            except EtcdError as exc:
+                log.warning("cluster %s: removal attempt %d failed: %s", remote.name, attempt, exc)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay *= 2
+        log.error("cluster %s: giving up removing its cached data after %d attempts",
+                  remote.name, REMOVAL_ATTEMPTS)
+
+    async def _remove_orphans(self, configured: set[str]) -> None:
+        """Remove clusters the cache holds but the config directory no longer names."""
+        assert self.local is not None and self.writer is not None
+        names: set[str] = set()
+        for prefix in (CLUSTER_CONFIG_PREFIX + "/", SYNCED_PREFIX + "/"):
+            async for page, _ in self.local.range_pages(prefix.encode(), keys_only=True):
+                for kv in page:
+                    names.add(kv.key.decode(errors="replace")[len(prefix):].split("/", 1)[0])
+        for name in sorted(names - configured - {self.options.cluster_name}):
+            if not name or name in self._removals:
+                continue
+            log.info("cluster %s: cached but no longer configured; removing it", name)
+            orphan = RemoteCluster(name=name, config_path=self.options.config_dir / name,
+                                   local=self.local, writer=self.writer, options=self.options)
+            self._start_removal(orphan)
+
+    # -------------------------------------------------------------- cache TTL
+
+    async def _revoke_stale_caches(self) -> None:
+        ttl = self.options.cache_ttl
+        while True:
+            await asyncio.sleep(min(ttl / 4, 5.0))
+            now = time.monotonic()
+            for name, remote in list(self.remotes.items()):
+                since = remote.state.disconnected_since
+                if since is None:
+                    self._revoked.discard(name)
+                    continue
+                if name in self._revoked or now - since < ttl:
+                    continue
+                log.warning("cluster %s: disconnected for more than %.0fs; draining its services",
+                            name, ttl)
+                try:
+                    await remote.drain((SERVICES.name, SERVICE_EXPORTS.name))
+                    self._revoked.add(name)
+                except EtcdError as exc:
+                    log.warning("cluster %s: draining services failed: %s", name, exc)

@@ -1,0 +1,31 @@
+"""Settings of a KVStoreMesh instance, parsed from Cilium's flags by :mod:`kvstoremesh.main`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshOptions:
+    cluster_name: str
+    cluster_id: int
+    max_connected_clusters: int = 255
+    config_dir: Path
+    local_config: Path
+    health_port: int = 9881
+    prometheus_serve_addr: str = ""
+    api_serve_addr: str = "localhost:9889"
+    per_cluster_ready_timeout: float = 15.0
+    global_ready_timeout: float = 600.0
+    cache_ttl: float = 0.0
+    removal_grace: float = 180.0
+    heartbeat_timeout: float = 120.0
+    status_check_interval: float = 30.0
+    config_poll_interval: float = 1.0
+    qps: float = 0.0
+    bootstrap_qps: float = 0.0
+    max_inflight: int = 4
+    max_txn_ops: int = 128
+    max_request_bytes: int = 1536 * 1024
+    page_size: int = 5000

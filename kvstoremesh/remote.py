@@ -1,0 +1,329 @@
+"""One remote cluster: connect, check, reflect; reconnect on any failure.
+
+:class:`RemoteCluster.run` loops over *sessions*.  A session is one connection
+to the remote etcd and lives until something fails:
+
+1. connect (first endpoint that answers) and pin the remote etcd cluster ID;
+2. read ``cilium/cluster-config/<name>`` (required; retried with a status
+   message while missing);
+3. publish the cached copy of that config locally (``cached`` and
+   ``syncedCanaries`` set) and keep it asserted;
+4. start one reflector per resource — after the remote's sync canary for it
+   appears, if the remote advertises ``syncedCanaries``;
+5. watch the heartbeat and the cluster ID, and the remote config itself.
+
+Any task of the session failing ends the whole session (a TaskGroup); the
+failure is counted, and a new session starts after a backoff.  Because every
+session begins with a list-and-diff, whatever changed while we were away — keys
+deleted, a compaction, even a different etcd cluster — is reconciled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clustermesh.clusterconfig import CiliumClusterConfig
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.config import EtcdConfigError, load_etcd_config
+from clustermesh.etcd.errors import EtcdError
+from clustermesh.keys import HEARTBEAT_KEY, RESOURCES, SERVICE_EXPORTS, cluster_config_key
+from clustermesh.keys import synced_prefix as synced_prefix_of
+from clustermesh.syncwriter import SyncWriter
+
+from .options import MeshOptions
+from .reflector import Reflector
+
+log = logging.getLogger(__name__)
+
+
+class SessionFailure(Exception):
+    """A check failed (heartbeat, cluster ID, config change): reconnect."""
+
+
+@dataclass(slots=True)
+class RemoteStatus:
+    connected: bool = False
+    config_retrieved: bool = False
+    config: CiliumClusterConfig | None = None
+    registered: bool = False
+    status: str = "Waiting for initial connection to be established"
+    failures: int = 0
+    last_failure: float | None = None  # unix time
+    disconnected_since: float | None = field(default_factory=time.monotonic)
+    etcd_cluster_id: int | None = None
+
+
+class CanaryWatcher:
+    """Tracks which sync canaries a remote has written (``cilium/synced/<c>/...``)."""
+
+    def __init__(self) -> None:
+        self._present: set[bytes] = set()
+        self._events: dict[bytes, asyncio.Event] = {}
+
+    def _event(self, key: bytes) -> asyncio.Event:
+        return self._events.setdefault(key, asyncio.Event())
+
+    async def wait_for(self, key: bytes) -> None:
+        await self._event(key).wait()
+
+    def seen(self, key: bytes) -> None:
+        self._present.add(key)
+        self._event(key).set()
+
+    async def run(self, remote: EtcdClient, prefix: bytes) -> None:
+        kvs, revision = await remote.list_prefix(prefix)
+        for kv in kvs:
+            self.seen(kv.key)
+        async with remote.watch(prefix, start_revision=revision + 1) as watch:
+            async for batch in watch:
+                for event in batch.events:
+                    # A canary never "un-syncs" a running reflector; deletes are ignored.
+                    if event.type == 0:
+                        self.seen(event.kv.key)
+
+
+class RemoteCluster:
+    def __init__(self, *, name: str, config_path: Path, local: EtcdClient, writer: SyncWriter,
+                 options: MeshOptions) -> None:
+        self.name = name
+        self.config_path = config_path
+        self.local = local
+        self.writer = writer
+        self.options = options
+        self.state = RemoteStatus()
+        self.reflectors: dict[str, Reflector] = {}
+        self.enabled_resources: set[str] = set()
+        self._remote_client: EtcdClient | None = None
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def ready(self) -> bool:
+        s = self.state
+        return (s.connected and s.config_retrieved and s.registered
+                and all(r.synced.is_set() for r in self.reflectors.values()))
+
+    def synced(self, resource_name: str) -> bool:
+        reflector = self.reflectors.get(resource_name)
+        return reflector is not None and reflector.synced.is_set()
+
+    def _fail(self, reason: str) -> None:
+        self.state.failures += 1
+        self.state.last_failure = time.time()
+        self.state.status = reason
+        log.warning("cluster %s: connection failed: %s", self.name, reason)
+
+    # --------------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        """Sessions until cancelled; failures are counted and retried with backoff."""
+        backoff = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except* Exception as group:
+                errors = _leaves(group)
+                for exc in errors:
+                    if not isinstance(exc, (EtcdError, EtcdConfigError, SessionFailure, OSError)):
+                        log.error("cluster %s: unexpected error", self.name, exc_info=exc)
+                self._fail("; ".join(str(e) for e in errors))
+            finally:
+                self._disconnected()
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, 30.0)
+
+    def _disconnected(self) -> None:
+        if self.state.connected:
+            self.state.disconnected_since = time.monotonic()
+        self.state.connected = False
+        self.state.registered = False
+        self._remote_client = None
+
+    async def _session(self) -> None:
+        etcd_config = await asyncio.to_thread(load_etcd_config, self.config_path)
+        async with EtcdClient(etcd_config, name=f"remote {self.name}") as remote:
+            self._remote_client = remote
+            status = await remote.status()
+            self.state.etcd_cluster_id = status.cluster_id
+            self.state.connected = True
+            self.state.disconnected_since = None
+            self.state.status = _status_line(remote, status.cluster_id)
+            log.info("cluster %s: connected to %s (etcd cluster ID %x)", self.name,
+                     remote.endpoint, status.cluster_id)
+            config, config_revision = await self._read_cluster_config(remote)
+            self.state.config = config
+            self.state.config_retrieved = True
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._assert_cached_config(config))
+                group.create_task(self._watch_heartbeat(remote))
+                group.create_task(self._check_cluster_id(remote, status.cluster_id))
+                group.create_task(self._watch_config_change(remote, config, config_revision))
+                canaries = CanaryWatcher() if config.synced_canaries else None
+                if canaries is not None:
+                    group.create_task(canaries.run(remote, synced_prefix_of(self.name).encode()))
+                self._register(group, remote, config, canaries)
+
+    def _register(self, group: asyncio.TaskGroup, remote: EtcdClient,
+                  config: CiliumClusterConfig, canaries: CanaryWatcher | None) -> None:
+        previous = self.reflectors
+        self.reflectors = {}
+        for resource in RESOURCES:
+            reflector = Reflector(resource=resource, cluster=self.name, remote=remote,
+                                  local=self.local, writer=self.writer,
+                                  remote_cached=config.cached, page_size=self.options.page_size)
+            old = previous.get(resource.name)
+            if old is not None and old.synced.is_set():
+                reflector.synced.set()  # canary already written; readiness is not lost
+            self.reflectors[resource.name] = reflector
+            if resource is SERVICE_EXPORTS and config.service_exports_enabled is None:
+                group.create_task(reflector.mark_synced_empty())
+                continue
+            canary = resource.remote_canary(self.name, cached=config.cached).encode()
+            group.create_task(self._reflect(reflector, canaries, canary))
+        self.state.registered = True
+
+    async def _reflect(self, reflector: Reflector, canaries: CanaryWatcher | None,
+                       canary: bytes) -> None:
+        if canaries is not None:
+            await canaries.wait_for(canary)
+        await reflector.run()
+
+    # ------------------------------------------------------------ cluster config
+
+    async def _read_cluster_config(self, remote: EtcdClient
+                                   ) -> tuple[CiliumClusterConfig, int]:
+        key = cluster_config_key(self.name).encode()
+        delay = 1.0
+        while True:
+            resp = await remote.range(key)
+            if resp.kvs:
+                try:
+                    return CiliumClusterConfig.from_json(resp.kvs[0].value), resp.header.revision
+                except ValueError as exc:
+                    self.state.status = f"invalid cluster configuration at {key.decode()}: {exc}"
+            else:
+                self.state.status = (f"waiting for the remote cluster configuration "
+                                     f"({key.decode()} is missing)")
+            log.warning("cluster %s: %s", self.name, self.state.status)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _watch_config_change(self, remote: EtcdClient, config: CiliumClusterConfig,
+                                   revision: int) -> None:
+        key = cluster_config_key(self.name).encode()
+        async with remote.watch(key, prefix=False, start_revision=revision + 1) as watch:
+            async for batch in watch:
+                for event in batch.events:
+                    if event.type != 0:
+                        continue  # deleted: keep the last known config, as Cilium does
+                    try:
+                        new = CiliumClusterConfig.from_json(event.kv.value)
+                    except ValueError:
+                        continue
+                    if new != config:
+                        raise SessionFailure("remote cluster configuration changed")
+
+    async def _assert_cached_config(self, config: CiliumClusterConfig) -> None:
+        """Write the cached cluster-config and rewrite it whenever it is changed or deleted."""
+        key = cluster_config_key(self.name).encode()
+        value = config.as_cached().to_json()
+        while True:
+            current = await self.local.get(key)
+            revision = 0
+            if current is None or current.value != value:
+                revision = await self.local.put(key, value)
+            else:
+                revision = current.mod_revision
+            async with self.local.watch(key, prefix=False, start_revision=revision + 1) as watch:
+                async for batch in watch:
+                    if any(e.type != 0 or e.kv.value != value for e in batch.events):
+                        break
+
+    async def delete_cached_config(self) -> None:
+        await self.local.delete(cluster_config_key(self.name).encode())
+
+    # ----------------------------------------------------------------- checks
+
+    async def _watch_heartbeat(self, remote: EtcdClient) -> None:
+        last = time.monotonic()
+        timeout = self.options.heartbeat_timeout
+
+        async def watch() -> None:
+            nonlocal last
+            async with remote.watch(HEARTBEAT_KEY.encode(), prefix=False) as w:
+                async for batch in w:
+                    if batch.events:
+                        last = time.monotonic()
+
+        task = asyncio.create_task(watch())
+        try:
+            while True:
+                await asyncio.sleep(min(timeout / 4, 5.0))
+                if task.done():
+                    task.result()  # re-raise the watch's error
+                age = time.monotonic() - last
+                if age > timeout:
+                    raise SessionFailure(
+                        f"{age:.0f}s since last heartbeat update has been received "
+                        f"(limit {timeout:.0f}s)")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EtcdError):
+                await task
+
+    async def _check_cluster_id(self, remote: EtcdClient, pinned: int) -> None:
+        errors = 0
+        while True:
+            await asyncio.sleep(self.options.status_check_interval)
+            try:
+                status = await remote.status()
+            except EtcdError as exc:
+                errors += 1
+                self.state.status = f"status check failed ({errors} in a row): {exc}"
+                if errors > 2:
+                    raise SessionFailure(self.state.status) from None
+                continue
+            errors = 0
+            if status.cluster_id != pinned:
+                raise SessionFailure(
+                    f"etcd cluster ID changed from {pinned:x} to {status.cluster_id:x}")
+            self.state.status = _status_line(remote, status.cluster_id)
+
+    # ---------------------------------------------------------------- removal
+
+    async def drain(self, resources: tuple[str, ...] | None = None) -> None:
+        """Delete this cluster's cached data (all resources, or only those named)."""
+        if resources is None:
+            await self.writer.flush()
+            await self.local.delete(synced_prefix_of(self.name).encode(), prefix=True)
+        for resource in RESOURCES:
+            if resources is not None and resource.name not in resources:
+                continue
+            if resources is not None:
+                await self.local.delete(resource.cache_canary(self.name).encode())
+            await self.writer.flush()
+            await self.local.delete(resource.cache_prefix(self.name).encode(), prefix=True)
+            reflector = self.reflectors.get(resource.name)
+            if reflector is not None:
+                reflector.synced.clear()
+
+
+def _status_line(remote: EtcdClient, cluster_id: int) -> str:
+    n = len(remote.config.endpoints)
+    return f"etcd: 1/{n} connected: {remote.endpoint}, ID: {cluster_id:x}"
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    out: list[Exception] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
