@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _etcd import EtcdProcess, exit_on_termination_signals  # noqa: E402
+from _etcd import EtcdProcess, exit_on_termination_signals
 
-from clustermesh.clusterconfig import CiliumClusterConfig  # noqa: E402
-from clustermesh.etcd.batch import BatchWriter, Put  # noqa: E402
-from clustermesh.etcd.client import EtcdClient  # noqa: E402
-from clustermesh.etcd.config import parse_etcd_config  # noqa: E402
-from clustermesh.keys import RESOURCES, cluster_config_key  # noqa: E402
+from clustermesh.clusterconfig import CiliumClusterConfig
+from clustermesh.etcd.batch import BatchWriter, Put
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.config import parse_etcd_config
+from clustermesh.keys import RESOURCES, cluster_config_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,8 @@ def client_for(url: str) -> EtcdClient:
 
 def ipcache_value(cluster_id: int, i: int) -> bytes:
     ip = f"10.{cluster_id}.{i // 256 % 256}.{i % 256}"
-    return (f'{{"IP":"{ip}","HostIP":"172.18.{cluster_id}.{i % 250}","ID":{(cluster_id << 16) + i % 60000},'
+    identity = (cluster_id << 16) + i % 60000
+    return (f'{{"IP":"{ip}","HostIP":"172.18.{cluster_id}.{i % 250}","ID":{identity},'
             f'"Key":0,"Metadata":"","K8sNamespace":"namespace-{i % 50}","K8sPodName":'
             f'"deployment-{i % 997}-7d9f8c6b5-{i:08x}","K8sPodUID":"{i:08x}-1c2d-4e5f-8a9b-'
             f'0c1d2e3f4a5b","K8sServiceAccount":"default","NamedPorts":[{{"Name":"http",'
@@ -105,7 +106,7 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-async def run(keys: int, output: Path) -> dict[str, object]:
+async def run(keys: int) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="two-remotes-"))
     (workdir / "clustermesh").mkdir()
     with EtcdProcess() as r1, EtcdProcess() as r2, EtcdProcess() as local:
@@ -147,8 +148,6 @@ async def run(keys: int, output: Path) -> dict[str, object]:
         "nproc": os.cpu_count(),
     }
     assert cached == 2 * keys, f"cache holds {cached} keys, expected {2 * keys}"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -159,7 +158,10 @@ def main() -> None:
                         default=ROOT / "bench" / "results" / "two_remotes.json")
     args = parser.parse_args()
     exit_on_termination_signals()
-    print(json.dumps(asyncio.run(run(args.keys, args.output))))
+    result = asyncio.run(run(args.keys))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

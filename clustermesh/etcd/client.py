@@ -40,6 +40,7 @@ from .config import Endpoint, EtcdConfig, EtcdConfigError, load_tls_files
 from .errors import (
     EtcdError,
     EtcdInvalidToken,
+    EtcdPermissionDenied,
     EtcdTLSError,
     EtcdUnavailable,
     translate,
@@ -554,6 +555,10 @@ class EtcdClient:
             resp = await self._call("auth", "AuthStatus", rpc_pb2.AuthStatusRequest())
             return resp.enabled
         except EtcdError as exc:
+            # etcd 3.5 answers AuthStatus only to root while auth is on: anyone else gets
+            # "user name is empty" (no token) or "permission denied", which means "on".
+            if isinstance(exc, EtcdPermissionDenied) or "user name is empty" in str(exc):
+                return True
             if "UNIMPLEMENTED" not in str(exc):
                 raise
         # etcd 3.4: listing users needs root when auth is on and nothing when it is off.
