@@ -90,3 +90,32 @@ ENDPOINTS = Resource("endpoints", "endpoints", "cilium/state/ip/v1", "default", 
 
 # Cilium's drain order is alphabetical by reflector name; we keep that order.
 RESOURCES: tuple[Resource, ...] = (ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES)
+
+
+def metrics_scope(key: str) -> str:
+    """The ``scope`` label Cilium gives a key in its kvstore metrics (facts §5).
+
+    ``cilium/{state,cache}/<res>/<ver>/...`` -> ``<res>/<ver>``;
+    ``cilium/synced/<cluster>/<key>`` -> ``synced/<scope of key>`` (or ``synced``);
+    any other ``cilium/<name>...`` -> ``<name>`` without a leading dot; else ``other``.
+    """
+    parts = key.split("/")
+    if len(parts) < 2 or parts[0] != BASE or not parts[1]:
+        return "other"
+    if parts[1] in ("state", "cache"):
+        return "/".join(parts[2:4]) if len(parts) >= 4 else "other"
+    if parts[1] == "synced":
+        inner = "/".join(parts[3:])
+        inner_scope = metrics_scope(inner) if inner else "other"
+        return f"synced/{inner_scope}" if inner_scope != "other" else "synced"
+    return parts[1].lstrip(".")
+
+
+def cluster_of(key: str) -> str | None:
+    """The cluster a cache, canary or cluster-config key belongs to (None for others)."""
+    parts = key.split("/")
+    if len(parts) >= 5 and parts[:2] == [BASE, "cache"]:
+        return parts[4]
+    if len(parts) >= 3 and parts[0] == BASE and parts[1] in ("synced", "cluster-config"):
+        return parts[2]
+    return None

@@ -42,6 +42,7 @@ from .etcd.errors import EtcdError
 log = logging.getLogger(__name__)
 
 _DELETE = None  # queue value meaning "delete this key"
+_Entry = tuple[bytes | None, int, float | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,37 +80,45 @@ class SyncWriter:
     def __init__(self, client: EtcdClient, *, max_txn_ops: int = 128,
                  max_request_bytes: int = 1536 * 1024, max_inflight: int = 4,
                  qps: float = 0, bootstrap_qps: float = 0,
-                 on_commit: Callable[[int, float], None] | None = None) -> None:
+                 on_commit: Callable[[list[tuple[bytes, float]]], None] | None = None,
+                 on_error: Callable[[list[bytes]], None] | None = None) -> None:
         self._limiter = RateLimiter(bootstrap_qps)
         self._qps = qps
         self._batch = BatchWriter(client, max_txn_ops=max_txn_ops,
                                   max_request_bytes=max_request_bytes,
                                   max_inflight=max_inflight, before_txn=self._limiter.acquire)
         self._batch_ops = max_txn_ops * max_inflight * 4
-        # key -> (value or _DELETE, sequence number, enqueue time)
-        self._queue: dict[bytes, tuple[bytes | None, int, float]] = {}
+        # key -> (value or _DELETE, sequence number, time the change was observed or None)
+        self._queue: dict[bytes, _Entry] = {}
         self._seq = 0
         self._wakeup = asyncio.Event()
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._on_commit = on_commit
+        self._on_error = on_error
         self.committed_ops = 0
         self.errors = 0
         self.last_error: str | None = None
 
     # -------------------------------------------------------------- producers
 
-    def put(self, key: bytes, value: bytes) -> None:
-        self._enqueue(key, value)
+    def put(self, key: bytes, value: bytes, *, observed: float | None = None) -> None:
+        """Queue a write. ``observed`` (``time.monotonic()`` when the change was seen at
+        its source) makes the commit report the propagation lag of this key."""
+        self._enqueue(key, value, observed)
 
-    def delete(self, key: bytes) -> None:
-        self._enqueue(key, _DELETE)
+    def delete(self, key: bytes, *, observed: float | None = None) -> None:
+        self._enqueue(key, _DELETE, observed)
 
-    def _enqueue(self, key: bytes, value: bytes | None) -> None:
+    def _enqueue(self, key: bytes, value: bytes | None, observed: float | None) -> None:
         self._seq += 1
         self._queue.pop(key, None)  # re-queued keys go to the back: first entry = oldest
-        self._queue[key] = (value, self._seq, time.monotonic())
+        self._queue[key] = (value, self._seq, observed)
         self._wakeup.set()
+
+    def queued_keys(self) -> list[bytes]:
+        """A snapshot of the keys waiting to be written (for per-scope metrics)."""
+        return list(self._queue)
 
     async def flush(self) -> None:
         """Wait until every write queued before this call is committed."""
@@ -182,6 +191,8 @@ class SyncWriter:
                 failures += 1
                 self.errors += 1
                 self.last_error = str(exc)
+                if self._on_error is not None:
+                    self._on_error(list(batch))
                 log.warning("local etcd write of %d keys failed (attempt %d): %s",
                             len(ops), failures, exc)
                 self._requeue(batch)
@@ -194,19 +205,18 @@ class SyncWriter:
             self.committed_ops += len(ops)
             if self._on_commit is not None:
                 now = time.monotonic()
-                oldest = min(t for _, _, t in batch.values())
-                self._on_commit(len(ops), now - oldest)
+                self._on_commit([(k, now - t) for k, (_, _, t) in batch.items() if t is not None])
             self._release_flushers()
 
-    def _take(self) -> dict[bytes, tuple[bytes | None, int, float]]:
-        batch: dict[bytes, tuple[bytes | None, int, float]] = {}
+    def _take(self) -> dict[bytes, _Entry]:
+        batch: dict[bytes, _Entry] = {}
         queue = self._queue
         for _ in range(min(self._batch_ops, len(queue))):
             key = next(iter(queue))
             batch[key] = queue.pop(key)
         return batch
 
-    def _requeue(self, batch: dict[bytes, tuple[bytes | None, int, float]]) -> None:
+    def _requeue(self, batch: dict[bytes, _Entry]) -> None:
         # Back in front, except keys that were updated meanwhile (the newer word wins).
         stale = {k: v for k, v in batch.items() if k not in self._queue}
         self._queue = {**stale, **self._queue}

@@ -12,7 +12,9 @@ from pathlib import Path
 from clustermesh.clusterconfig import validate_local_cluster
 from clustermesh.etcd.config import EtcdConfigError, parse_kvstore_opts
 from clustermesh.flags import parse_duration
+from clustermesh.logs import setup_logging
 
+from . import statuscmd
 from .mesh import KVStoreMesh
 from .options import MeshOptions
 
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kvstoremesh",
         description="Mirror every remote cluster's etcd into the local etcd "
                     "(Cilium KVStoreMesh, wire-compatible).",
+        epilog="Run 'kvstoremesh status --help' for the status command.",
     )
     p.add_argument("--cluster-name", required=True, help="name of the local cluster")
     p.add_argument("--cluster-id", type=int, required=True, help="ID of the local cluster")
@@ -68,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local etcd's --max-request-bytes (default 1.5 MiB)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", default="text", choices=("text", "json"))
     return p
 
 
@@ -124,10 +128,12 @@ async def serve(options: MeshOptions) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return statuscmd.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(level=args.log_level, fmt=args.log_format)
     try:
         options = options_from_args(args)
     except ValueError as exc:

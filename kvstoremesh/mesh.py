@@ -27,15 +27,21 @@ import logging
 import random
 import time
 
+from aiohttp import web
+
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
+from clustermesh.flags import listen_address
 from clustermesh.keys import CLUSTER_CONFIG_PREFIX, SERVICE_EXPORTS, SERVICES, SYNCED_PREFIX
+from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
 
 from .configdir import ClusterFile, ConfigDirectory
+from .metrics import MeshMetrics
 from .options import MeshOptions
 from .remote import RemoteCluster
+from .status import Readiness, status_models
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +60,38 @@ class KVStoreMesh:
         self.started_at = time.monotonic()
         self.initial_clusters: set[str] = set()
         self.config_ready = asyncio.Event()
+        self.local_connected = False
+        self.metrics = MeshMetrics()
+        self.metrics.attach(self)
+        self.readiness = Readiness(self)
+        self.runners: dict[str, web.AppRunner] = {}
 
     # -------------------------------------------------------------- lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
         o = self.options
         local_config = load_etcd_config(o.local_config)
-        self.local = EtcdClient(local_config, name="local etcd")
-        await self._connect_local(stop)
+        self.local = EtcdClient(local_config, name="local etcd",
+                                observer=self.metrics.etcd_operation)
         self.writer = SyncWriter(self.local, max_txn_ops=o.max_txn_ops,
                                  max_request_bytes=o.max_request_bytes,
                                  max_inflight=o.max_inflight, qps=o.qps,
-                                 bootstrap_qps=o.bootstrap_qps)
+                                 bootstrap_qps=o.bootstrap_qps,
+                                 on_commit=self.metrics.writes_committed,
+                                 on_error=self.metrics.writes_failed)
+        await self._start_servers()
+        try:
+            await self._connect_local(stop)
+        except BaseException:
+            await self._stop_servers()
+            raise
+        self.local_connected = True
         self.writer.start()
         directory = ConfigDirectory(o.config_dir, local_cluster_name=o.cluster_name,
                                     interval=o.config_poll_interval)
         background = [asyncio.create_task(directory.run(self, ready=self.config_ready),
-                                          name="config-dir")]
+                                          name="config-dir"),
+                      asyncio.create_task(self._watch_readiness(), name="readiness")]
         try:
             await self.config_ready.wait()
             self.initial_clusters = set(directory.known)
@@ -86,6 +107,8 @@ class KVStoreMesh:
                                  *self._removals.values(), return_exceptions=True)
             await self.writer.stop(drain_timeout=5.0)
             await self.local.close()
+            await self._stop_servers()
+            log.info("stopped")
 
     async def _connect_local(self, stop: asyncio.Event) -> None:
         assert self.local is not None
@@ -101,9 +124,47 @@ class KVStoreMesh:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    @property
-    def ready_clusters(self) -> int:
-        return sum(1 for r in self.remotes.values() if r.ready)
+    # ---------------------------------------------------------------- serving
+
+    def liveness(self) -> tuple[bool, list[str]]:
+        """Alive while the writer loop runs (never depends on remotes)."""
+        if self.writer is not None and self.local_connected and not self.writer.alive:
+            return False, ["local etcd writer stopped"]
+        return True, []
+
+    async def _start_servers(self) -> None:
+        o = self.options
+        health = health_app(live=self.liveness, ready=self.readiness.check)
+        self.runners["health"] = await serve(health, "", o.health_port)
+        if o.prometheus_serve_addr:
+            host, port = listen_address(o.prometheus_serve_addr)
+            self.runners["metrics"] = await serve(metrics_app(self.metrics.registry), host, port)
+        if o.api_serve_addr:
+            host, port = listen_address(o.api_serve_addr)
+            api = json_app({"/v1/cluster": lambda: status_models(self)})
+            self.runners["api"] = await serve(api, host, port)
+
+    def port(self, server: str) -> int:
+        """The port ``health``, ``metrics`` or ``api`` listens on."""
+        return bound_port(self.runners[server])
+
+    async def _stop_servers(self) -> None:
+        for runner in self.runners.values():
+            await runner.cleanup()
+        self.runners.clear()
+
+    async def _watch_readiness(self) -> None:
+        """Log the transition to ready and end the writer's bootstrap rate."""
+        while True:
+            ready, _ = self.readiness.check()
+            if ready:
+                assert self.writer is not None
+                self.writer.bootstrap_done()
+                log.info("KVStoreMesh ready: %d/%d remote clusters ready (%.1fs after start)",
+                         sum(1 for r in self.remotes.values() if r.ready), len(self.remotes),
+                         time.monotonic() - self.started_at)
+                return
+            await asyncio.sleep(0.2)
 
     # ------------------------------------------------------ config directory
 
@@ -129,7 +190,7 @@ class KVStoreMesh:
         assert self.local is not None and self.writer is not None
         previous = self.remotes.get(file.name)
         remote = RemoteCluster(name=file.name, config_path=file.path, local=self.local,
-                               writer=self.writer, options=self.options)
+                               writer=self.writer, options=self.options, metrics=self.metrics)
         if previous is not None:  # keep the failure history across a config change
             remote.state.failures = previous.state.failures
             remote.state.last_failure = previous.state.last_failure

@@ -27,13 +27,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdCompacted
 from clustermesh.etcd.watch import PUT
-from clustermesh.keys import Resource
+from clustermesh.keys import Resource, metrics_scope
 from clustermesh.syncwriter import SyncWriter
+
+if TYPE_CHECKING:
+    from .metrics import MeshMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,8 @@ def _digest(value: bytes) -> bytes:
 class Reflector:
     def __init__(self, *, resource: Resource, cluster: str, remote: EtcdClient,
                  local: EtcdClient, writer: SyncWriter, remote_cached: bool,
-                 page_size: int = 5000) -> None:
+                 page_size: int = 5000, metrics: MeshMetrics | None = None,
+                 on_synced: Callable[[], None] | None = None) -> None:
         self.resource = resource
         self.cluster = cluster
         self.remote = remote
@@ -60,7 +68,11 @@ class Reflector:
         self.source_prefix = resource.remote_prefix(cluster, cached=remote_cached).encode()
         self.target_prefix = resource.cache_prefix(cluster).encode()
         self.canary_key = resource.cache_canary(cluster).encode()
-        self.synced = asyncio.Event()
+        self.scope = metrics_scope(self.target_prefix.decode())
+        self.metrics = metrics
+        self.on_synced = on_synced
+        self.listed = False  # the initial remote list has been read
+        self.synced = asyncio.Event()  # ... and written, canary included
         self.relists = 0
         # cache key -> digest of the value the local cache holds (or will once the writer commits)
         self._digests: dict[bytes, bytes] = {}
@@ -102,6 +114,7 @@ class Reflector:
                 key = self.to_cache_key(kv.key)
                 seen.add(key)
                 self._upsert(key, kv.value)
+        self.listed = True
         for key in [k for k in self._digests if k not in seen]:
             self._remove(key)
         await self.writer.flush()
@@ -111,12 +124,19 @@ class Reflector:
     async def follow(self, start_revision: int) -> None:
         async with self.remote.watch(self.source_prefix, start_revision=start_revision) as watch:
             async for batch in watch:
+                observed = time.monotonic()
+                actions: Counter[str] = Counter()
                 for event in batch.events:
                     key = self.to_cache_key(event.kv.key)
                     if event.type == PUT:
-                        self._upsert(key, event.kv.value)
+                        self._upsert(key, event.kv.value, observed)
+                        actions["create" if event.kv.version == 1 else "update"] += 1
                     else:
-                        self._remove(key)
+                        self._remove(key, observed)
+                        actions["delete"] += 1
+                if self.metrics is not None and actions:
+                    self.metrics.events_handled(self.scope, actions,
+                                                time.monotonic() - observed)
 
     async def drain(self) -> int:
         """Delete everything this reflector cached (the reflector must not be running)."""
@@ -141,16 +161,16 @@ class Reflector:
                 digests[kv.key] = _digest(kv.value)
         self._digests = digests
 
-    def _upsert(self, key: bytes, value: bytes) -> None:
+    def _upsert(self, key: bytes, value: bytes, observed: float | None = None) -> None:
         digest = _digest(value)
         if self._digests.get(key) == digest:
             return
         self._digests[key] = digest
-        self.writer.put(key, value)
+        self.writer.put(key, value, observed=observed)
 
-    def _remove(self, key: bytes) -> None:
+    def _remove(self, key: bytes, observed: float | None = None) -> None:
         if self._digests.pop(key, None) is not None:
-            self.writer.delete(key)
+            self.writer.delete(key, observed=observed)
 
     async def _write_canary(self) -> None:
         # An existing canary (from before a relist or a restart) stays: rewriting its
@@ -161,4 +181,6 @@ class Reflector:
         if not self.synced.is_set():
             log.info("cluster %s: %s synced (%d keys)", self.cluster, self.name,
                      len(self._digests))
-        self.synced.set()
+            self.synced.set()
+            if self.on_synced is not None:
+                self.on_synced()

@@ -27,6 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
@@ -38,6 +39,9 @@ from clustermesh.syncwriter import SyncWriter
 
 from .options import MeshOptions
 from .reflector import Reflector
+
+if TYPE_CHECKING:
+    from .metrics import MeshMetrics
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,10 @@ class RemoteStatus:
     failures: int = 0
     last_failure: float | None = None  # unix time
     disconnected_since: float | None = field(default_factory=time.monotonic)
+    ever_connected: bool = False
     etcd_cluster_id: int | None = None
+    last_heartbeat: float | None = None  # monotonic time the heartbeat last changed
+    ready_after: float | None = None  # seconds from start to first ready
 
 
 class CanaryWatcher:
@@ -90,8 +97,10 @@ class CanaryWatcher:
 
 class RemoteCluster:
     def __init__(self, *, name: str, config_path: Path, local: EtcdClient, writer: SyncWriter,
-                 options: MeshOptions) -> None:
+                 options: MeshOptions, metrics: MeshMetrics | None = None) -> None:
         self.name = name
+        self.metrics = metrics
+        self.created = time.monotonic()
         self.config_path = config_path
         self.local = local
         self.writer = writer
@@ -112,6 +121,12 @@ class RemoteCluster:
     def synced(self, resource_name: str) -> bool:
         reflector = self.reflectors.get(resource_name)
         return reflector is not None and reflector.synced.is_set()
+
+    def _reflector_synced(self) -> None:
+        if self.ready and self.state.ready_after is None:
+            self.state.ready_after = time.monotonic() - self.created
+            log.info("cluster %s: all resources synced, ready (%.2fs after start)", self.name,
+                     self.state.ready_after)
 
     def _fail(self, reason: str) -> None:
         self.state.failures += 1
@@ -150,11 +165,16 @@ class RemoteCluster:
 
     async def _session(self) -> None:
         etcd_config = await asyncio.to_thread(load_etcd_config, self.config_path)
-        async with EtcdClient(etcd_config, name=f"remote {self.name}") as remote:
+        observer = self.metrics.etcd_operation if self.metrics is not None else None
+        for warning in etcd_config.warnings:
+            log.warning("cluster %s: %s: %s", self.name, self.config_path, warning)
+        async with EtcdClient(etcd_config, name=f"remote {self.name}",
+                              observer=observer) as remote:
             self._remote_client = remote
             status = await remote.status()
             self.state.etcd_cluster_id = status.cluster_id
             self.state.connected = True
+            self.state.ever_connected = True
             self.state.disconnected_since = None
             self.state.status = _status_line(remote, status.cluster_id)
             log.info("cluster %s: connected to %s (etcd cluster ID %x)", self.name,
@@ -162,6 +182,8 @@ class RemoteCluster:
             config, config_revision = await self._read_cluster_config(remote)
             self.state.config = config
             self.state.config_retrieved = True
+            log.info("cluster %s: cluster configuration retrieved: %s", self.name,
+                     config.to_json().decode())
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._assert_cached_config(config))
                 group.create_task(self._watch_heartbeat(remote))
@@ -179,7 +201,8 @@ class RemoteCluster:
         for resource in RESOURCES:
             reflector = Reflector(resource=resource, cluster=self.name, remote=remote,
                                   local=self.local, writer=self.writer,
-                                  remote_cached=config.cached, page_size=self.options.page_size)
+                                  remote_cached=config.cached, page_size=self.options.page_size,
+                                  metrics=self.metrics, on_synced=self._reflector_synced)
             old = previous.get(resource.name)
             if old is not None and old.synced.is_set():
                 reflector.synced.set()  # canary already written; readiness is not lost
@@ -254,15 +277,15 @@ class RemoteCluster:
     # ----------------------------------------------------------------- checks
 
     async def _watch_heartbeat(self, remote: EtcdClient) -> None:
-        last = time.monotonic()
+        # Like Cilium: the connection counts as a heartbeat; receipt time, not the value.
+        self.state.last_heartbeat = time.monotonic()
         timeout = self.options.heartbeat_timeout
 
         async def watch() -> None:
-            nonlocal last
             async with remote.watch(HEARTBEAT_KEY.encode(), prefix=False) as w:
                 async for batch in w:
                     if batch.events:
-                        last = time.monotonic()
+                        self.state.last_heartbeat = time.monotonic()
 
         task = asyncio.create_task(watch())
         try:
@@ -270,7 +293,7 @@ class RemoteCluster:
                 await asyncio.sleep(min(timeout / 4, 5.0))
                 if task.done():
                     task.result()  # re-raise the watch's error
-                age = time.monotonic() - last
+                age = time.monotonic() - self.state.last_heartbeat
                 if age > timeout:
                     raise SessionFailure(
                         f"{age:.0f}s since last heartbeat update has been received "

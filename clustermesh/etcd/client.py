@@ -30,7 +30,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,8 @@ RequestOp = rpc_pb2.RequestOp
 Compare = rpc_pb2.Compare
 
 MAX_RECEIVE_MESSAGE_LENGTH = 64 * 1024 * 1024
+# Called after every unary request: (method, request, seconds, succeeded). For metrics.
+Observer = Callable[[str, Any, float, bool], None]
 DEFAULT_PAGE_SIZE = 5000
 
 
@@ -162,6 +165,7 @@ class EtcdClient:
         keepalive_time: float = 10.0,
         keepalive_timeout: float = 5.0,
         tls_reload_interval: float = 10.0,
+        observer: Observer | None = None,
     ) -> None:
         if not config.endpoints:
             raise ValueError(f"{config.source or name}: no etcd endpoints configured")
@@ -172,6 +176,7 @@ class EtcdClient:
         self._keepalive_time = keepalive_time
         self._keepalive_timeout = keepalive_timeout
         self._tls_reload_interval = tls_reload_interval
+        self._observer = observer
         self._conn: _Connection | None = None
         self._next_endpoint = 0
         self._conn_lock = asyncio.Lock()
@@ -370,11 +375,18 @@ class EtcdClient:
             conn = await self._connection()
             fn = getattr(getattr(conn, service), method)
             token = self._token
+            started = time.perf_counter()
             try:
-                return await fn(request, timeout=timeout or self._request_timeout,
-                                metadata=self._metadata())
+                response = await fn(request, timeout=timeout or self._request_timeout,
+                                    metadata=self._metadata())
             except grpc.aio.AioRpcError as exc:
                 err = translate(exc, endpoint=conn.url)
+                if self._observer is not None:
+                    self._observer(method, request, time.perf_counter() - started, False)
+            else:
+                if self._observer is not None:
+                    self._observer(method, request, time.perf_counter() - started, True)
+                return response
             if isinstance(err, EtcdInvalidToken) and self.uses_password and token_refreshes < 2:
                 token_refreshes += 1
                 await self._authenticate(token)

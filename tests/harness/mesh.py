@@ -198,6 +198,8 @@ class MeshEnv:
             "cluster_name": LOCAL_NAME, "cluster_id": 200, "config_dir": self.config_dir,
             "local_config": self.local_config, "config_poll_interval": 0.05,
             "removal_grace": 0.0, "status_check_interval": 1.0,
+            "health_port": 0, "api_serve_addr": "127.0.0.1:0",
+            "prometheus_serve_addr": "127.0.0.1:0",
         }
         values.update(overrides)
         return MeshOptions(**values)  # type: ignore[arg-type]

@@ -1,0 +1,180 @@
+"""Prometheus metrics of KVStoreMesh, under Cilium's names (facts §5).
+
+Two kinds:
+
+* **Events** — histograms and counters updated as things happen: etcd request
+  durations, watch-event handling, write errors, propagation lag.
+* **State** — gauges computed at scrape time from the live mesh by
+  :class:`_StateCollector` (remote clusters, failures, readiness, queue sizes,
+  cached keys, heartbeat age), so they can never drift from what the status API
+  says.
+
+Each :class:`MeshMetrics` has its own registry (with the process, GC and
+platform collectors), so several daemons can live in one test process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from clustermesh.keys import RESOURCES, cluster_of, metrics_scope
+
+if TYPE_CHECKING:
+    from .mesh import KVStoreMesh
+
+NS = "cilium_kvstoremesh"
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_METHOD_ACTIONS = {"Range": "Get", "Put": "Update", "DeleteRange": "Delete", "Txn": "Txn",
+                   "Compact": "Compact", "Status": "Status", "Authenticate": "Authenticate"}
+
+
+def _request_key(request: Any) -> str:
+    key = getattr(request, "key", b"")
+    if not key and getattr(request, "success", None):
+        op = request.success[0]
+        key = (op.request_put.key or op.request_delete_range.key or op.request_range.key)
+    return key.decode(errors="replace") if isinstance(key, bytes) else ""
+
+
+class MeshMetrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self.operations = Histogram(
+            f"{NS}_kvstore_operations_duration_seconds",
+            "Duration in seconds of kvstore operations",
+            ["action", "kind", "outcome", "scope"], registry=registry)
+        self.events_queue = Histogram(
+            f"{NS}_kvstore_events_queue_seconds",
+            "Seconds waited before a received event was queued",
+            ["action", "scope"], registry=registry)
+        self.sync_errors = Counter(
+            f"{NS}_kvstore_sync_errors",
+            "Number of times synchronization to the kvstore failed",
+            ["scope", "source_cluster"], registry=registry)
+        self.propagation_lag = Histogram(
+            f"{NS}_propagation_lag_seconds",
+            "Seconds from a remote change arriving in our watch to its local commit",
+            ["target_cluster"], buckets=_LAG_BUCKETS, registry=registry)
+
+    def attach(self, mesh: KVStoreMesh) -> None:
+        self.registry.register(_StateCollector(mesh))
+
+    # ------------------------------------------------------------- observers
+
+    def etcd_operation(self, method: str, request: Any, seconds: float, ok: bool) -> None:
+        """EtcdClient observer: one unary request finished."""
+        action = _METHOD_ACTIONS.get(method, method)
+        if method == "Range" and getattr(request, "range_end", b""):
+            action = "GetPrefix"
+        elif method == "DeleteRange" and getattr(request, "range_end", b""):
+            action = "DeletePrefix"
+        self.operations.labels(action, "etcd", "success" if ok else "failure",
+                               metrics_scope(_request_key(request))).observe(seconds)
+
+    def events_handled(self, scope: str, actions: Tally[str], seconds: float) -> None:
+        for action, count in actions.items():
+            hist = self.events_queue.labels(action, scope)
+            for _ in range(count):
+                hist.observe(seconds)
+
+    def writes_committed(self, keys_and_lags: list[tuple[bytes, float]]) -> None:
+        for key, lag in keys_and_lags:
+            cluster = cluster_of(key.decode(errors="replace"))
+            if cluster is not None:
+                self.propagation_lag.labels(cluster).observe(lag)
+
+    def writes_failed(self, keys: list[bytes]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for key in keys:
+            text = key.decode(errors="replace")
+            seen.add((metrics_scope(text), cluster_of(text) or ""))
+        for scope, cluster in seen:
+            self.sync_errors.labels(scope, cluster).inc()
+
+
+class _StateCollector(Collector):
+    def __init__(self, mesh: KVStoreMesh) -> None:
+        self.mesh = mesh
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        mesh = self.mesh
+        local = mesh.options.cluster_name
+        remotes = sorted(mesh.remotes.items())
+        per_remote = ["source_cluster", "source_node_name", "target_cluster"]
+
+        total = GaugeMetricFamily(f"{NS}_remote_clusters",
+                                  "Number of remote clusters to which KVStoreMesh is connected",
+                                  labels=["source_cluster", "source_node_name"])
+        total.add_metric([local, ""], len(remotes))
+        yield total
+
+        failures = GaugeMetricFamily(f"{NS}_remote_cluster_failures",
+                                     "The total number of failures related to the remote cluster",
+                                     labels=per_remote)
+        last = GaugeMetricFamily(f"{NS}_remote_cluster_last_failure_ts",
+                                 "The timestamp of the last failure of the remote cluster",
+                                 labels=per_remote)
+        readiness = GaugeMetricFamily(f"{NS}_remote_cluster_readiness_status",
+                                      "The readiness status of the remote cluster",
+                                      labels=per_remote)
+        heartbeat = GaugeMetricFamily(f"{NS}_remote_heartbeat_age_seconds",
+                                      "Seconds since the remote cluster's heartbeat last changed",
+                                      labels=["target_cluster"])
+        cached = GaugeMetricFamily(f"{NS}_cached_keys",
+                                   "Keys cached locally per remote cluster and resource",
+                                   labels=["target_cluster", "resource"])
+        initial = GaugeMetricFamily(f"{NS}_kvstore_initial_sync_completed",
+                                    "Whether the initial synchronization from/to the kvstore "
+                                    "has completed", labels=["scope", "source_cluster", "action"])
+        bootstrap = GaugeMetricFamily(f"{NS}_bootstrap_seconds",
+                                      "Duration in seconds to complete bootstrap",
+                                      labels=["source_cluster"])
+        now = time.monotonic()
+        for name, remote in remotes:
+            labels = [local, "", name]
+            failures.add_metric(labels, remote.state.failures)
+            last.add_metric(labels, remote.state.last_failure or 0)
+            readiness.add_metric(labels, 1 if remote.ready else 0)
+            if remote.state.last_heartbeat is not None:
+                heartbeat.add_metric([name], now - remote.state.last_heartbeat)
+            if remote.state.ready_after is not None:
+                bootstrap.add_metric([name], remote.state.ready_after)
+            for resource in RESOURCES:
+                reflector = remote.reflectors.get(resource.name)
+                scope = "/".join(resource.cache_base.split("/")[2:4])
+                cached.add_metric([name, resource.name],
+                                  reflector.cached_keys if reflector else 0)
+                initial.add_metric([scope, name, "read"],
+                                   1 if reflector is not None and reflector.listed else 0)
+                initial.add_metric([scope, name, "write"],
+                                   1 if reflector is not None and reflector.synced.is_set() else 0)
+        yield from (failures, last, readiness, heartbeat, cached, initial, bootstrap)
+
+        queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
+                                  "Number of elements queued for synchronization in the kvstore",
+                                  labels=["scope", "source_cluster"])
+        if mesh.writer is not None:
+            sizes: Tally[tuple[str, str]] = Tally()
+            for key in mesh.writer.queued_keys():
+                text = key.decode(errors="replace")
+                sizes[(metrics_scope(text), cluster_of(text) or "")] += 1
+            for (scope, cluster), size in sorted(sizes.items()):
+                queue.add_metric([scope, cluster], size)
+        yield queue
