@@ -98,6 +98,7 @@ class Watch:
 
     async def _run(self) -> AsyncIterator[WatchBatch]:
         failures = 0
+        reauthenticated = False  # since the last watch the server accepted
         while not self._closed:
             try:
                 conn = await self._client._connection()
@@ -117,7 +118,11 @@ class Watch:
                     key=self._key, range_end=self._range_end,
                     start_revision=self._next_revision,
                     prev_kv=self._prev_kv, progress_notify=self._progress_notify,
+                    # Let etcd split responses above its request limit instead of one
+                    # message that could exceed our receive limit (catch-up of a big backlog).
+                    fragment=True,
                 )))
+                fragments: list[kv_pb2.Event] = []
                 async for resp in call:
                     if resp.canceled:
                         raise self._cancel_error(resp, conn.url)
@@ -126,12 +131,20 @@ class Watch:
                             # Watching "from now": pin it so a resume misses nothing.
                             self._next_revision = resp.header.revision + 1
                         failures = 0
+                        reauthenticated = False
                         continue
-                    if resp.events:
-                        self._next_revision = resp.events[-1].kv.mod_revision + 1
+                    if resp.fragment:
+                        fragments.extend(resp.events)
+                        continue
+                    events: Sequence[kv_pb2.Event] = resp.events
+                    if fragments:
+                        fragments.extend(resp.events)
+                        events, fragments = fragments, []
+                    if events:
+                        self._next_revision = events[-1].kv.mod_revision + 1
                     elif resp.header.revision >= self._next_revision:
                         self._next_revision = resp.header.revision + 1
-                    yield WatchBatch(resp.events, self._next_revision - 1)
+                    yield WatchBatch(events, self._next_revision - 1)
                 if self._closed:
                     return
                 raise EtcdUnavailable("watch stream ended", endpoint=conn.url)
@@ -141,9 +154,27 @@ class Watch:
                 err: EtcdError = translate(exc, endpoint=conn.url)
             except EtcdError as exc:
                 err = exc
+            except asyncio.CancelledError:
+                # A cancelled consumer task, or our own cancel(): stop.  Otherwise grpc
+                # cancelled the call because its channel was closed (retired after a
+                # failover or a TLS rotation): resume on the current channel.
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                if self._closed:
+                    return
+                err = EtcdUnavailable("watch stream cancelled: its channel was closed",
+                                      endpoint=conn.url)
             finally:
                 call.cancel()
             if isinstance(err, EtcdInvalidToken) and self._client.uses_password:
+                await self._client._authenticate(token)
+                continue
+            if (isinstance(err, EtcdPermissionDenied) and self._client.uses_password
+                    and not reauthenticated):
+                # etcd 3.5.1 cancels a watch whose token expired (or is unknown after a
+                # restart) as "permission denied": retry once with a fresh token.
+                reauthenticated = True
                 await self._client._authenticate(token)
                 continue
             if not isinstance(err, EtcdUnavailable):
