@@ -9,104 +9,47 @@ Two kinds:
   cached keys, heartbeat age), so they can never drift from what the status API
   says.
 
-Each :class:`MeshMetrics` has its own registry (with the process, GC and
-platform collectors), so several daemons can live in one test process.
+The kvstore metrics common to both daemons come from
+:class:`clustermesh.metrics.KVStoreMetrics`.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter as Tally
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from clustermesh.keys import RESOURCES, cluster_of, metrics_scope
+from clustermesh.keys import RESOURCES, cluster_of
+from clustermesh.metrics import KVStoreMetrics
 
 if TYPE_CHECKING:
     from .mesh import KVStoreMesh
 
 NS = "cilium_kvstoremesh"
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_METHOD_ACTIONS = {"Range": "Get", "Put": "Update", "DeleteRange": "Delete", "Txn": "Txn",
-                   "Compact": "Compact", "Status": "Status", "Authenticate": "Authenticate"}
 
 
-def _request_key(request: Any) -> str:
-    key = getattr(request, "key", b"")
-    if not key and getattr(request, "success", None):
-        op = request.success[0]
-        key = (op.request_put.key or op.request_delete_range.key or op.request_range.key)
-    return key.decode(errors="replace") if isinstance(key, bytes) else ""
-
-
-class MeshMetrics:
+class MeshMetrics(KVStoreMetrics):
     def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        GCCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        self.operations = Histogram(
-            f"{NS}_kvstore_operations_duration_seconds",
-            "Duration in seconds of kvstore operations",
-            ["action", "kind", "outcome", "scope"], registry=registry)
-        self.events_queue = Histogram(
-            f"{NS}_kvstore_events_queue_seconds",
-            "Seconds waited before a received event was queued",
-            ["action", "scope"], registry=registry)
-        self.sync_errors = Counter(
-            f"{NS}_kvstore_sync_errors",
-            "Number of times synchronization to the kvstore failed",
-            ["scope", "source_cluster"], registry=registry)
+        super().__init__(NS)
         self.propagation_lag = Histogram(
             f"{NS}_propagation_lag_seconds",
             "Seconds from a remote change arriving in our watch to its local commit",
-            ["target_cluster"], buckets=_LAG_BUCKETS, registry=registry)
+            ["target_cluster"], buckets=_LAG_BUCKETS, registry=self.registry)
 
     def attach(self, mesh: KVStoreMesh) -> None:
         self.registry.register(_StateCollector(mesh))
 
-    # ------------------------------------------------------------- observers
-
-    def etcd_operation(self, method: str, request: Any, seconds: float, ok: bool) -> None:
-        """EtcdClient observer: one unary request finished."""
-        action = _METHOD_ACTIONS.get(method, method)
-        if method == "Range" and getattr(request, "range_end", b""):
-            action = "GetPrefix"
-        elif method == "DeleteRange" and getattr(request, "range_end", b""):
-            action = "DeletePrefix"
-        self.operations.labels(action, "etcd", "success" if ok else "failure",
-                               metrics_scope(_request_key(request))).observe(seconds)
-
-    def events_handled(self, scope: str, actions: Tally[str], seconds: float) -> None:
-        for action, count in actions.items():
-            hist = self.events_queue.labels(action, scope)
-            for _ in range(count):
-                hist.observe(seconds)
-
     def writes_committed(self, keys_and_lags: list[tuple[bytes, float]]) -> None:
+        """SyncWriter commit hook: propagation lag of each change observed in a watch."""
         for key, lag in keys_and_lags:
             cluster = cluster_of(key.decode(errors="replace"))
             if cluster is not None:
                 self.propagation_lag.labels(cluster).observe(lag)
-
-    def writes_failed(self, keys: list[bytes]) -> None:
-        seen: set[tuple[str, str]] = set()
-        for key in keys:
-            text = key.decode(errors="replace")
-            seen.add((metrics_scope(text), cluster_of(text) or ""))
-        for scope, cluster in seen:
-            self.sync_errors.labels(scope, cluster).inc()
 
 
 class _StateCollector(Collector):
@@ -171,10 +114,7 @@ class _StateCollector(Collector):
                                   "Number of elements queued for synchronization in the kvstore",
                                   labels=["scope", "source_cluster"])
         if mesh.writer is not None:
-            sizes: Tally[tuple[str, str]] = Tally()
-            for key in mesh.writer.queued_keys():
-                text = key.decode(errors="replace")
-                sizes[(metrics_scope(text), cluster_of(text) or "")] += 1
+            sizes = mesh.metrics.queue_sizes(mesh.writer.queued_keys())
             for (scope, cluster), size in sorted(sizes.items()):
                 queue.add_metric([scope, cluster], size)
         yield queue

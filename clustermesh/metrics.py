@@ -1,0 +1,89 @@
+"""kvstore metrics both daemons export, under Cilium's names (facts §5).
+
+:class:`KVStoreMetrics` owns a registry (with the standard process, GC and
+platform collectors) and the event-driven kvstore metrics; each daemon adds its
+own on top, under its namespace (``cilium_kvstoremesh``,
+``cilium_clustermesh_apiserver``).  One registry per daemon instance, so tests
+can run several in one process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from .keys import cluster_of, metrics_scope
+
+_METHOD_ACTIONS = {"Range": "Get", "Put": "Update", "DeleteRange": "Delete", "Txn": "Txn",
+                   "Compact": "Compact", "Status": "Status", "Authenticate": "Authenticate"}
+
+
+def _request_key(request: Any) -> str:
+    key = getattr(request, "key", b"")
+    if not key and getattr(request, "success", None):
+        op = request.success[0]
+        key = op.request_put.key or op.request_delete_range.key or op.request_range.key
+    return key.decode(errors="replace") if isinstance(key, bytes) else ""
+
+
+class KVStoreMetrics:
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self.operations = Histogram(
+            f"{namespace}_kvstore_operations_duration_seconds",
+            "Duration in seconds of kvstore operations",
+            ["action", "kind", "outcome", "scope"], registry=registry)
+        self.events_queue = Histogram(
+            f"{namespace}_kvstore_events_queue_seconds",
+            "Seconds waited before a received event was queued",
+            ["action", "scope"], registry=registry)
+        self.sync_errors = Counter(
+            f"{namespace}_kvstore_sync_errors",
+            "Number of times synchronization to the kvstore failed",
+            ["scope", "source_cluster"], registry=registry)
+
+    def etcd_operation(self, method: str, request: Any, seconds: float, ok: bool) -> None:
+        """EtcdClient observer: one unary request finished."""
+        action = _METHOD_ACTIONS.get(method, method)
+        if method == "Range" and getattr(request, "range_end", b""):
+            action = "GetPrefix"
+        elif method == "DeleteRange" and getattr(request, "range_end", b""):
+            action = "DeletePrefix"
+        self.operations.labels(action, "etcd", "success" if ok else "failure",
+                               metrics_scope(_request_key(request))).observe(seconds)
+
+    def events_handled(self, scope: str, actions: Tally[str], seconds: float) -> None:
+        for action, count in actions.items():
+            hist = self.events_queue.labels(action, scope)
+            for _ in range(count):
+                hist.observe(seconds)
+
+    def writes_failed(self, keys: list[bytes], *, default_cluster: str = "") -> None:
+        """SyncWriter error hook: one error per (scope, cluster) in the failed batch."""
+        seen: set[tuple[str, str]] = set()
+        for key in keys:
+            text = key.decode(errors="replace")
+            seen.add((metrics_scope(text), cluster_of(text) or default_cluster))
+        for scope, cluster in seen:
+            self.sync_errors.labels(scope, cluster).inc()
+
+    def queue_sizes(self, keys: list[bytes], *, default_cluster: str = ""
+                    ) -> Tally[tuple[str, str]]:
+        sizes: Tally[tuple[str, str]] = Tally()
+        for key in keys:
+            text = key.decode(errors="replace")
+            sizes[(metrics_scope(text), cluster_of(text) or default_cluster)] += 1
+        return sizes
