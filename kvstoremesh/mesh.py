@@ -173,6 +173,7 @@ class KVStoreMesh:
         removal = self._removals.get(name)
         if removal is not None:
             log.info("cluster %s: re-added while being removed; starts after the cleanup", name)
+            await self._stop_remote(name)  # a start still pending from an earlier re-add
             self._tasks[name] = asyncio.create_task(self._start_after(removal, file))
             return
         await self._stop_remote(name)

@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clustermesh.assertion import keep_asserted
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import EtcdConfigError, load_etcd_config
-from clustermesh.etcd.errors import EtcdError
+from clustermesh.etcd.errors import EtcdCompacted, EtcdError
+from clustermesh.etcd.watch import PUT
 from clustermesh.keys import HEARTBEAT_KEY, RESOURCES, SERVICE_EXPORTS, cluster_config_key
 from clustermesh.keys import synced_prefix as synced_prefix_of
 from clustermesh.syncwriter import SyncWriter
@@ -84,15 +86,17 @@ class CanaryWatcher:
         self._event(key).set()
 
     async def run(self, remote: EtcdClient, prefix: bytes) -> None:
-        kvs, revision = await remote.list_prefix(prefix)
-        for kv in kvs:
-            self.seen(kv.key)
-        async with remote.watch(prefix, start_revision=revision + 1) as watch:
-            async for batch in watch:
-                for event in batch.events:
-                    # A canary never "un-syncs" a running reflector; deletes are ignored.
-                    if event.type == 0:
-                        self.seen(event.kv.key)
+        while True:  # list, watch; relist if the remote compacted past us
+            kvs, revision = await remote.list_prefix(prefix)
+            for kv in kvs:
+                self.seen(kv.key)
+            with contextlib.suppress(EtcdCompacted):
+                async with remote.watch(prefix, start_revision=revision + 1) as watch:
+                    async for batch in watch:
+                        for event in batch.events:
+                            # A canary never "un-syncs" a running reflector; deletes are ignored.
+                            if event.type == PUT:
+                                self.seen(event.kv.key)
 
 
 class RemoteCluster:
@@ -242,34 +246,34 @@ class RemoteCluster:
 
     async def _watch_config_change(self, remote: EtcdClient, config: CiliumClusterConfig,
                                    revision: int) -> None:
+        """End the session when the remote publishes a different cluster config."""
         key = cluster_config_key(self.name).encode()
-        async with remote.watch(key, prefix=False, start_revision=revision + 1) as watch:
-            async for batch in watch:
-                for event in batch.events:
-                    if event.type != 0:
-                        continue  # deleted: keep the last known config, as Cilium does
-                    try:
-                        new = CiliumClusterConfig.from_json(event.kv.value)
-                    except ValueError:
-                        continue
-                    if new != config:
-                        raise SessionFailure("remote cluster configuration changed")
+
+        def check(value: bytes) -> None:
+            try:
+                new = CiliumClusterConfig.from_json(value)
+            except ValueError:
+                return  # keep the last valid config, as Cilium does
+            if new != config:
+                raise SessionFailure("remote cluster configuration changed")
+
+        while True:
+            try:
+                async with remote.watch(key, prefix=False, start_revision=revision + 1) as watch:
+                    async for batch in watch:
+                        for event in batch.events:
+                            if event.type == PUT:  # a delete keeps the last known config
+                                check(event.kv.value)
+            except EtcdCompacted:
+                resp = await remote.range(key)
+                if resp.kvs:
+                    check(resp.kvs[0].value)
+                revision = resp.header.revision
 
     async def _assert_cached_config(self, config: CiliumClusterConfig) -> None:
-        """Write the cached cluster-config and rewrite it whenever it is changed or deleted."""
-        key = cluster_config_key(self.name).encode()
-        value = config.as_cached().to_json()
-        while True:
-            current = await self.local.get(key)
-            revision = 0
-            if current is None or current.value != value:
-                revision = await self.local.put(key, value)
-            else:
-                revision = current.mod_revision
-            async with self.local.watch(key, prefix=False, start_revision=revision + 1) as watch:
-                async for batch in watch:
-                    if any(e.type != 0 or e.kv.value != value for e in batch.events):
-                        break
+        """Publish the cached cluster-config; rewrite it whenever it is changed or deleted."""
+        await keep_asserted(self.local, cluster_config_key(self.name).encode(),
+                            config.as_cached().to_json())
 
     async def delete_cached_config(self) -> None:
         await self.local.delete(cluster_config_key(self.name).encode())
@@ -282,10 +286,12 @@ class RemoteCluster:
         timeout = self.options.heartbeat_timeout
 
         async def watch() -> None:
-            async with remote.watch(HEARTBEAT_KEY.encode(), prefix=False) as w:
-                async for batch in w:
-                    if batch.events:
-                        self.state.last_heartbeat = time.monotonic()
+            while True:  # from "now" again if the remote compacted past us
+                with contextlib.suppress(EtcdCompacted):
+                    async with remote.watch(HEARTBEAT_KEY.encode(), prefix=False) as w:
+                        async for batch in w:
+                            if batch.events:
+                                self.state.last_heartbeat = time.monotonic()
 
         task = asyncio.create_task(watch())
         try:
