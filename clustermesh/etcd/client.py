@@ -311,9 +311,10 @@ class EtcdClient:
         return conn
 
     def _retire(self, conn: _Connection) -> None:
-        # Let in-flight calls on the old channel finish (or fail over) on their own.
+        # In-flight calls on the old channel get up to a request timeout to finish;
+    # watches still on it are cancelled then and resume on the new channel.
         async def close_later() -> None:
-            await conn.channel.close(grace=2.0)
+            await conn.channel.close(grace=self._request_timeout)
 
         task = asyncio.create_task(close_later())
         self._retired.add(task)

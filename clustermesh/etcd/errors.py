@@ -61,7 +61,7 @@ _UNAVAILABLE_CODES = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNKNOWN,
 }
-_TLS_MARKERS = ("ssl", "handshake", "certificate", "tls")
+_TLS_MARKERS = ("ssl", "handshake", "certificate", "tls", "tsi_")
 
 
 def translate(exc: grpc.aio.AioRpcError, *, endpoint: str | None = None) -> EtcdError:

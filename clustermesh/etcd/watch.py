@@ -172,8 +172,8 @@ class Watch:
                 continue
             if (isinstance(err, EtcdPermissionDenied) and self._client.uses_password
                     and not reauthenticated):
-                # etcd 3.5.1 cancels a watch whose token expired (or is unknown after a
-                # restart) as "permission denied": retry once with a fresh token.
+                # etcd 3.5.1 cancels a watch created with an expired token (e.g. resuming
+                # on another member) as "permission denied": retry once with a fresh token.
                 reauthenticated = True
                 await self._client._authenticate(token)
                 continue
