@@ -29,11 +29,17 @@ import time
 
 from aiohttp import web
 
-from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.client import EtcdClient, prefix_range_end
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.flags import listen_address
-from clustermesh.keys import CLUSTER_CONFIG_PREFIX, SERVICE_EXPORTS, SERVICES, SYNCED_PREFIX
+from clustermesh.keys import (
+    CLUSTER_CONFIG_PREFIX,
+    RESOURCES,
+    SERVICE_EXPORTS,
+    SERVICES,
+    SYNCED_PREFIX,
+)
 from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
 
@@ -245,6 +251,9 @@ class KVStoreMesh:
             async for page, _ in self.local.range_pages(prefix.encode(), keys_only=True):
                 for kv in page:
                     names.add(kv.key.decode(errors="replace")[len(prefix):].split("/", 1)[0])
+        # Cache data whose canaries are already gone (a drain interrupted half-way).
+        for resource in RESOURCES:
+            names |= await self._clusters_under(resource.cache_base + "/")
         for name in sorted(names - configured - {self.options.cluster_name}):
             if not name or name in self._removals:
                 continue
@@ -252,6 +261,20 @@ class KVStoreMesh:
             orphan = RemoteCluster(name=name, config_path=self.options.config_dir / name,
                                    local=self.local, writer=self.writer, options=self.options)
             self._start_removal(orphan)
+
+    async def _clusters_under(self, base: str) -> set[str]:
+        """Cluster names below ``base`` (``<base><cluster>/...``): one 1-key read per
+        cluster, skipping over each cluster's keys instead of listing them."""
+        assert self.local is not None
+        names: set[str] = set()
+        start, end = base.encode(), prefix_range_end(base.encode())
+        while True:
+            resp = await self.local.range(start, end, limit=1, keys_only=True)
+            if not resp.kvs:
+                return names
+            name = resp.kvs[0].key[len(base):].split(b"/", 1)[0]
+            names.add(name.decode(errors="replace"))
+            start = prefix_range_end(base.encode() + name + b"/")
 
     # -------------------------------------------------------------- cache TTL
 
