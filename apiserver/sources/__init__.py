@@ -1,0 +1,64 @@
+"""Where the apiserver's Kubernetes objects come from.
+
+A source delivers objects of the kinds in :data:`KINDS` to an
+:class:`ObjectSink`: every object once when first listed, then each change, and
+``synced(kind)`` once the first complete list of a kind has been delivered.  Two
+sources exist and feed the same sink and converters:
+
+* :mod:`apiserver.sources.kubernetes` — list+watch against a kube-apiserver;
+* :mod:`apiserver.sources.manifests` — YAML files in a directory, watched live
+  (the local mesh and non-Kubernetes environments).
+
+Objects are plain dicts in the Kubernetes API's JSON form.  A relist (watch
+expired, source restarted) is delivered as ``replace(kind, objects)``: the sink
+diffs it against what it holds, so deletions missed while away are not lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str  # the Kubernetes kind, e.g. "CiliumEndpoint"
+    api_version: str  # "group/version" or "v1"
+    plural: str
+    namespaced: bool
+
+
+CILIUM_IDENTITY = Kind("CiliumIdentity", "cilium.io/v2", "ciliumidentities", False)
+CILIUM_ENDPOINT = Kind("CiliumEndpoint", "cilium.io/v2", "ciliumendpoints", True)
+CILIUM_NODE = Kind("CiliumNode", "cilium.io/v2", "ciliumnodes", False)
+SERVICE = Kind("Service", "v1", "services", True)
+ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", True)
+NAMESPACE = Kind("Namespace", "v1", "namespaces", False)
+SERVICE_EXPORT = Kind("ServiceExport", "multicluster.x-k8s.io/v1alpha1", "serviceexports", True)
+
+KINDS: tuple[Kind, ...] = (CILIUM_IDENTITY, CILIUM_ENDPOINT, CILIUM_NODE, SERVICE,
+                           ENDPOINT_SLICE, NAMESPACE, SERVICE_EXPORT)
+KINDS_BY_NAME = {k.name: k for k in KINDS}
+
+
+def object_key(obj: Obj) -> tuple[str, str]:
+    """(namespace, name) of an object; namespace is "" for cluster-scoped kinds."""
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+class ObjectSink(Protocol):
+    def upsert(self, kind: Kind, obj: Obj) -> None: ...
+    def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
+    def replace(self, kind: Kind, objects: Sequence[Obj]) -> None:
+        """The complete current set of ``kind`` (first list or relist)."""
+    def synced(self, kind: Kind) -> None:
+        """The first complete list of ``kind`` has been delivered."""
+
+
+class Source(Protocol):
+    async def run(self, sink: ObjectSink, kinds: Sequence[Kind]) -> None:
+        """Deliver ``kinds`` to ``sink`` until cancelled."""
