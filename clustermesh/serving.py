@@ -15,6 +15,7 @@ credentials: the status objects they render carry none.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -76,9 +77,22 @@ async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start ``app`` on ``host:port`` (host "" = all interfaces); returns the runner."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or None, port)
+    site: web.BaseSite
+    if host:
+        site = web.TCPSite(runner, host, port)
+    else:
+        # One socket for all interfaces, like Go's net.Listen(":port").  asyncio would
+        # open one socket per address family instead, and with port 0 each gets its own
+        # port, so bound_port() could name the IPv6 one while 127.0.0.1 is elsewhere.
+        site = web.SockSite(runner, _all_interfaces_socket(port))
     await site.start()
     return runner
+
+
+def _all_interfaces_socket(port: int) -> socket.socket:
+    if socket.has_dualstack_ipv6():
+        return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    return socket.create_server(("0.0.0.0", port))
 
 
 def bound_port(runner: web.AppRunner) -> int:

@@ -23,11 +23,12 @@ from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from clustermesh.keys import RESOURCES, cluster_of
+from clustermesh.keys import RESOURCES, SERVICE_EXPORTS, Resource, cluster_of
 from clustermesh.metrics import KVStoreMetrics
 
 if TYPE_CHECKING:
     from .mesh import KVStoreMesh
+    from .remote import RemoteCluster
 
 NS = "cilium_kvstoremesh"
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -50,6 +51,13 @@ class MeshMetrics(KVStoreMetrics):
             cluster = cluster_of(key.decode(errors="replace"))
             if cluster is not None:
                 self.propagation_lag.labels(cluster).observe(lag)
+
+
+def _unsupported(remote: RemoteCluster, resource: Resource) -> bool:
+    """Service exports of a remote without MCS-API support: drained, never watched."""
+    config = remote.state.config
+    return (resource is SERVICE_EXPORTS and config is not None
+            and config.service_exports_enabled is None)
 
 
 class _StateCollector(Collector):
@@ -104,8 +112,9 @@ class _StateCollector(Collector):
                 scope = "/".join(resource.cache_base.split("/")[2:4])
                 cached.add_metric([name, resource.name],
                                   reflector.cached_keys if reflector else 0)
-                initial.add_metric([scope, name, "read"],
-                                   1 if reflector is not None and reflector.listed else 0)
+                if not _unsupported(remote, resource):  # never read: no "read" series
+                    initial.add_metric([scope, name, "read"],
+                                       1 if reflector is not None and reflector.listed else 0)
                 initial.add_metric([scope, name, "write"],
                                    1 if reflector is not None and reflector.synced.is_set() else 0)
         yield from (failures, last, readiness, heartbeat, cached, initial, bootstrap)

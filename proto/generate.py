@@ -24,9 +24,8 @@ _HEADER = '"""Generated from proto/ by proto/generate.py. Do not edit."""\n'
 
 
 def generate(out_dir: Path) -> None:
-    from grpc_tools import protoc  # only needed to (re)generate, not at run time
-
     import grpc_tools
+    from grpc_tools import protoc  # only needed to (re)generate, not at run time
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)

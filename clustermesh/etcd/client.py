@@ -39,6 +39,7 @@ import grpc
 
 from .config import Endpoint, EtcdConfig, EtcdConfigError, load_tls_files
 from .errors import (
+    EtcdAuthError,
     EtcdError,
     EtcdInvalidToken,
     EtcdPermissionDenied,
@@ -59,6 +60,7 @@ Compare = rpc_pb2.Compare
 MAX_RECEIVE_MESSAGE_LENGTH = 64 * 1024 * 1024
 # Called after every unary request: (method, request, seconds, succeeded). For metrics.
 Observer = Callable[[str, Any, float, bool], None]
+_RETIRE_GRACE = 2.0  # seconds an old channel stays open after a failover or TLS rotation
 DEFAULT_PAGE_SIZE = 5000
 
 
@@ -311,10 +313,10 @@ class EtcdClient:
         return conn
 
     def _retire(self, conn: _Connection) -> None:
-        # In-flight calls on the old channel get up to a request timeout to finish;
-    # watches still on it are cancelled then and resume on the new channel.
+        # In-flight calls on the old channel get a short grace to finish; calls and
+    # watches still on it are then cancelled by grpc and retried on the new channel.
         async def close_later() -> None:
-            await conn.channel.close(grace=self._request_timeout)
+            await conn.channel.close(grace=_RETIRE_GRACE)
 
         task = asyncio.create_task(close_later())
         self._retired.add(task)
@@ -384,6 +386,14 @@ class EtcdClient:
                 err = translate(exc, endpoint=conn.url)
                 if self._observer is not None:
                     self._observer(method, request, time.perf_counter() - started, False)
+            except asyncio.CancelledError:
+                # Our caller being cancelled: stop. Otherwise grpc cancelled the call
+                # because its channel was retired (failover, TLS rotation): retry.
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or self._closed:
+                    raise
+                err = EtcdUnavailable("request cancelled: its channel was closed",
+                                      endpoint=conn.url)
             else:
                 if self._observer is not None:
                     self._observer(method, request, time.perf_counter() - started, True)
@@ -574,13 +584,20 @@ class EtcdClient:
                 return True
             if "UNIMPLEMENTED" not in str(exc):
                 raise
-        # etcd 3.4: listing users needs root when auth is on and nothing when it is off.
-        conn = await self._connection()
+        # etcd 3.4 has no AuthStatus. Ask it to authenticate the empty user name, which
+        # cannot exist: "authentication is not enabled" when off, "authentication failed"
+        # when on, whoever asks (a UserList probe would succeed for root with auth on).
         try:
-            await conn.auth.UserList(rpc_pb2.AuthUserListRequest(), timeout=self._request_timeout)
-        except grpc.aio.AioRpcError:
+            await self._call("auth", "Authenticate",
+                             rpc_pb2.AuthenticateRequest(name="", password=""))
+        except EtcdAuthError:
             return True
-        return False
+        except EtcdError as exc:
+            if "authentication is not enabled" in str(exc):
+                return False
+            raise
+        raise EtcdError("etcd accepted an empty user name: cannot tell whether auth is on",
+                        endpoint=self.endpoint)
 
     async def user_add(self, name: str, password: str | None = None) -> None:
         """Add a user; without a password it can only authenticate by client certificate."""
