@@ -5,28 +5,40 @@ from __future__ import annotations
 import argparse
 import re
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-                 "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
+                 "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str) -> float:
-    """Go's ``time.ParseDuration`` (``15s``, ``10m``, ``1h30m``, ``0``) in seconds."""
-    raw = text.strip()
-    if raw in ("0", ""):
-        if raw == "":
-            raise argparse.ArgumentTypeError("empty duration")
+    """A Go duration (``2m``, ``1m30s``, ``500ms``, ``1.5h``, ``0``) in seconds.
+
+    ValueError (naming the text) if it is not one, or is negative.
+    """
+    s = text.strip()
+    if s in ("0", "+0"):
         return 0.0
-    pos = 0
-    total = 0.0
-    while pos < len(raw):
-        match = _DURATION_PART.match(raw, pos)
+    s = s.removeprefix("+")
+    if s.startswith("-"):
+        raise ValueError(f"invalid duration {text!r}: it must not be negative")
+    total, pos = 0.0, 0
+    while pos < len(s):
+        match = _DURATION_PART.match(s, pos)
         if match is None:
-            raise argparse.ArgumentTypeError(
-                f"invalid duration {text!r}: use a number with a unit, e.g. 15s, 10m, 1h30m")
+            break
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
+    if pos == 0 or pos < len(s):
+        raise ValueError(f"invalid duration {text!r}: expected e.g. 2m, 90s, 1m30s, 500ms")
     return total
+
+
+def duration_arg(text: str) -> float:
+    """:func:`parse_duration` for argparse ``type=``: the message reaches the user."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def listen_address(text: str) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clustermesh.clusterconfig import validate_local_cluster
 from clustermesh.etcd.config import EtcdConfigError, parse_kvstore_opts
-from clustermesh.flags import parse_duration
+from clustermesh.flags import duration_arg
 from clustermesh.logs import setup_logging
 
 from . import statuscmd
@@ -45,23 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOST:PORT or :PORT to serve /metrics on (default: off)")
     p.add_argument("--api-serve-addr", default="localhost:9889",
                    help="HOST:PORT of the status API (default localhost:9889)")
-    p.add_argument("--per-cluster-ready-timeout", type=parse_duration, default=15.0,
+    p.add_argument("--per-cluster-ready-timeout", type=duration_arg, default=15.0,
                    metavar="DURATION",
                    help="drop a remote that has not connected within this from the "
                         "readiness wait (default 15s)")
-    p.add_argument("--global-ready-timeout", type=parse_duration, default=600.0,
+    p.add_argument("--global-ready-timeout", type=duration_arg, default=600.0,
                    metavar="DURATION", help="report ready after this regardless (default 10m)")
-    p.add_argument("--clustermesh-cache-ttl", type=parse_duration, default=0.0,
+    p.add_argument("--clustermesh-cache-ttl", type=duration_arg, default=0.0,
                    metavar="DURATION",
                    help="drain a disconnected remote's services after this (default 0s: never)")
-    p.add_argument("--cluster-removal-grace", type=parse_duration, default=180.0,
+    p.add_argument("--cluster-removal-grace", type=duration_arg, default=180.0,
                    metavar="DURATION",
                    help="wait between deleting a removed cluster's config and its data "
                         "(default 3m)")
-    p.add_argument("--heartbeat-timeout", type=parse_duration, default=120.0,
+    p.add_argument("--heartbeat-timeout", type=duration_arg, default=120.0,
                    metavar="DURATION",
                    help="reconnect a remote whose heartbeat is older than this (default 2m)")
-    p.add_argument("--status-check-interval", type=parse_duration, default=30.0,
+    p.add_argument("--status-check-interval", type=duration_arg, default=30.0,
                    metavar="DURATION",
                    help="how often a remote's etcd status and cluster ID are checked "
                         "(default 30s)")

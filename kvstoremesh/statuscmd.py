@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from clustermesh.flags import parse_duration
+from clustermesh.flags import duration_arg
 
 from .status import format_status
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="details for every cluster, not only the ones not ready")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--wait", action="store_true", help="wait until all clusters are ready")
-    p.add_argument("--timeout", type=parse_duration, default=300.0, metavar="DURATION",
+    p.add_argument("--timeout", type=duration_arg, default=300.0, metavar="DURATION",
                    help="with --wait: give up after this long (default 5m)")
     return p
 

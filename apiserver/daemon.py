@@ -1,0 +1,200 @@
+"""The clustermesh-apiserver daemon: one source, one publisher, one etcd.
+
+Tasks while running:
+
+* the source (Kubernetes or a manifests directory) feeding the
+  :class:`~apiserver.publisher.Publisher`, which writes through the one
+  :class:`~clustermesh.syncwriter.SyncWriter`;
+* ``cilium/cluster-config/<name>`` kept asserted (rewritten if deleted or
+  modified, as Cilium's enforcer does);
+* ``cilium/.heartbeat`` rewritten every minute, the liveness signal every
+  remote reader watches;
+* health (``/healthz``, ``/readyz``: ready once every resource has written its
+  sync canary) and metrics servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from clustermesh.assertion import keep_asserted
+from clustermesh.clusterconfig import CiliumClusterConfig
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.config import load_etcd_config
+from clustermesh.etcd.errors import EtcdError
+from clustermesh.flags import listen_address
+from clustermesh.keys import HEARTBEAT_KEY, cluster_config_key
+from clustermesh.metrics import KVStoreMetrics
+from clustermesh.serving import bound_port, health_app, metrics_app, serve
+from clustermesh.syncwriter import SyncWriter
+
+from .publisher import Publisher, rfc3339_now
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+NS = "cilium_clustermesh_apiserver"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiserverOptions:
+    cluster_name: str
+    cluster_id: int
+    max_connected_clusters: int = 255
+    local_config: Path
+    mcs_api: bool = False
+    health_port: int = 9880
+    prometheus_serve_addr: str = ""
+    heartbeat_interval: float = 60.0
+    qps: float = 0.0
+    bootstrap_qps: float = 0.0
+    max_inflight: int = 4
+    max_txn_ops: int = 128
+    max_request_bytes: int = 1536 * 1024
+
+    @property
+    def cluster_config(self) -> CiliumClusterConfig:
+        return CiliumClusterConfig(id=self.cluster_id, synced_canaries=True,
+                                   max_connected_clusters=self.max_connected_clusters,
+                                   service_exports_enabled=self.mcs_api)
+
+
+class ApiServer:
+    def __init__(self, options: ApiserverOptions, source: Source) -> None:
+        self.options = options
+        self.source = source
+        self.metrics = KVStoreMetrics(NS)
+        self.local: EtcdClient | None = None
+        self.writer: SyncWriter | None = None
+        self.publisher: Publisher | None = None
+        self.runners: dict[str, web.AppRunner] = {}
+        self.started_at = time.monotonic()
+
+    def ready(self) -> tuple[bool, list[str]]:
+        if self.publisher is None:
+            return False, ["local etcd: not connected"]
+        waiting = [f"{r.name}: not synced" for r, e in self.publisher.resource_synced.items()
+                   if not e.is_set()]
+        return not waiting, waiting
+
+    def live(self) -> tuple[bool, list[str]]:
+        problems = []
+        if self.writer is not None and self.publisher is not None and not self.writer.alive:
+            problems.append("etcd writer stopped")
+        if self.publisher is not None and self.publisher.failed is not None:
+            problems.append(f"publisher failed: {self.publisher.failed}")
+        return not problems, problems
+
+    def port(self, server: str) -> int:
+        return bound_port(self.runners[server])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        o = self.options
+        self.local = EtcdClient(load_etcd_config(o.local_config), name="local etcd",
+                                observer=self.metrics.etcd_operation)
+        self.runners["health"] = await serve(health_app(live=self.live, ready=self.ready),
+                                             "", o.health_port)
+        if o.prometheus_serve_addr:
+            self.metrics.registry.register(_StateCollector(self))
+            host, port = listen_address(o.prometheus_serve_addr)
+            self.runners["metrics"] = await serve(metrics_app(self.metrics.registry), host, port)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._connect(stop)
+            self.writer = SyncWriter(
+                self.local, max_txn_ops=o.max_txn_ops, max_request_bytes=o.max_request_bytes,
+                max_inflight=o.max_inflight, qps=o.qps, bootstrap_qps=o.bootstrap_qps,
+                on_error=lambda keys: self.metrics.writes_failed(
+                    keys, default_cluster=o.cluster_name))
+            self.writer.start()
+            self.publisher = Publisher(cluster=o.cluster_name, cluster_id=o.cluster_id,
+                                       local=self.local, writer=self.writer, mcs_api=o.mcs_api)
+            self.publisher.start()
+            tasks = [
+                asyncio.create_task(self.source.run(self.publisher, self.publisher.kinds),
+                                    name="source"),
+                asyncio.create_task(keep_asserted(
+                    self.local, cluster_config_key(o.cluster_name).encode(),
+                    o.cluster_config.to_json()), name="cluster-config"),
+                asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            ]
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for task in done:
+                if task is not waiter and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            log.info("shutting down")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.publisher is not None:
+                await self.publisher.close()
+            if self.writer is not None:
+                await self.writer.stop(drain_timeout=5.0)
+            await self.local.close()
+            for runner in self.runners.values():
+                await runner.cleanup()
+
+    async def _connect(self, stop: asyncio.Event) -> None:
+        assert self.local is not None
+        delay = 0.5
+        while True:
+            try:
+                await self.local.connect()
+                return
+            except EtcdError as exc:
+                if stop.is_set():
+                    raise
+                log.warning("etcd not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _heartbeat(self) -> None:
+        assert self.local is not None
+        while True:
+            try:
+                await self.local.put(HEARTBEAT_KEY.encode(), rfc3339_now())
+            except EtcdError as exc:
+                log.warning("heartbeat write failed: %s", exc)
+            await asyncio.sleep(self.options.heartbeat_interval)
+
+
+class _StateCollector(Collector):
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cluster = self.server.options.cluster_name
+        publisher = self.server.publisher
+        initial = GaugeMetricFamily(f"{NS}_kvstore_initial_sync_completed",
+                                    "Whether the initial synchronization from/to the kvstore "
+                                    "has completed", labels=["scope", "source_cluster", "action"])
+        bootstrap = GaugeMetricFamily(f"{NS}_bootstrap_seconds",
+                                      "Duration in seconds to complete bootstrap",
+                                      labels=["source_cluster"])
+        queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
+                                  "Number of elements queued for synchronization in the kvstore",
+                                  labels=["scope", "source_cluster"])
+        if publisher is not None:
+            for resource, event in publisher.resource_synced.items():
+                scope = "/".join(resource.base.split("/")[2:4])
+                initial.add_metric([scope, cluster, "write"], 1 if event.is_set() else 0)
+            if publisher.ready:
+                bootstrap.add_metric([cluster], max(publisher.synced_after.values(), default=0))
+        if self.server.writer is not None:
+            sizes = self.server.metrics.queue_sizes(self.server.writer.queued_keys(),
+                                                    default_cluster=cluster)
+            for (scope, source), size in sorted(sizes.items()):
+                queue.add_metric([scope, source], size)
+        yield from (initial, bootstrap, queue)
