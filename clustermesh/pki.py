@@ -1,0 +1,364 @@
+"""A small TLS PKI: the CA and the etcd server/client certificates of a mesh.
+
+Used by ``clustermesh enable`` and the local mesh to mint certificates, and by the
+tests to build throw-away PKIs.
+
+Design
+------
+* Everything is ECDSA P-256: key generation takes microseconds, so a whole PKI (CA, one
+  server certificate, a handful of client certificates) is built in a few milliseconds.
+* One server certificate serves both etcd's client port *and* its peer port, which is why it
+  carries both the ``serverAuth`` and ``clientAuth`` extended key usages: with peer TLS an
+  etcd member dials the other members presenting this very certificate as a client cert.
+* Client certificates carry the user name as their subject CN. With etcd's
+  ``--client-cert-auth`` and auth enabled, etcd uses the CN as the user name when the client
+  sends no password token, so ``pki.client("alice")`` *is* the etcd user ``alice``.
+* Every file is PEM. Private keys are unencrypted PKCS#8 written with mode 0600 (Go's
+  ``tls.X509KeyPair`` reads PKCS#8 EC keys; some tools warn about world-readable keys).
+* Files are written atomically (temp file + ``os.replace``) so a process that watches a
+  certificate path for rotation never reads a half-written file.
+* :meth:`CertificateAuthority.issue_client` can be called at any time, e.g. to rotate a
+  client certificate (``stem=`` overwrites a fixed path in place; without it a fresh,
+  unique path is used) or to mint a certificate with a chosen expiry for "certificate
+  expires within N days" checks, including already-expired ones.
+* :meth:`CertificateAuthority.load` reuses an existing CA (a CA shared by the clusters
+  of a mesh), so certificates of every cluster chain to one root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import itertools
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CA_VALIDITY",
+    "LEAF_VALIDITY",
+    "CertificateAuthority",
+    "ClientCert",
+    "TlsMaterial",
+    "read_not_after",
+]
+
+#: Lifetime of generated CAs.
+CA_VALIDITY = dt.timedelta(days=3650)
+#: Default lifetime of generated leaf (server/client) certificates.
+LEAF_VALIDITY = dt.timedelta(days=365)
+# Certificates start one hour in the past so small clock differences between the test
+# process and etcd never make a freshly minted certificate "not yet valid".
+_BACKDATE = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    """A client certificate and key, plus the CA bundle that goes with it.
+
+    ``ca_file`` is the certificate of the CA that *issued* this certificate. For the main PKI
+    that is also the CA that signed the server certificate, so ``ca_file`` doubles as the
+    trust bundle a client needs. For a certificate from :func:`make_other_ca` it is the
+    unrelated CA; use ``dataclasses.replace(cert, ca_file=...)`` to mix and match.
+    """
+
+    name: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """Server-side TLS material of an etcd member.
+
+    ``client`` is the client certificate the *harness itself* presents when it talks to a
+    server using this material (health checks, ``etcdctl`` helpers) — normally the ``root``
+    certificate, so harness calls keep working once ``--client-cert-auth`` and auth are on.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client: ClientCert | None = None
+
+    def with_client(self, client: ClientCert | None) -> TlsMaterial:
+        """A copy whose harness client certificate is ``client``."""
+        return replace(self, client=client)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _validity(
+    validity: dt.timedelta | None,
+    not_before: dt.datetime | None,
+    not_after: dt.datetime | None,
+    default: dt.timedelta,
+) -> tuple[dt.datetime, dt.datetime]:
+    """Resolve the validity window; an explicit ``not_after`` wins over ``validity``."""
+    start = not_before if not_before is not None else _now() - _BACKDATE
+    if not_after is None:
+        not_after = _now() + (validity if validity is not None else default)
+    if not_after <= start:
+        # Allow "already expired" certificates: move the start before the end.
+        start = not_after - dt.timedelta(days=1)
+    return start, not_after
+
+
+def read_not_after(cert_file: Path) -> dt.datetime:
+    """The (timezone-aware, UTC) expiry of the first certificate in a PEM file."""
+    cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    return cert.not_valid_after_utc
+
+
+class CertificateAuthority:
+    """A self-signed ECDSA P-256 CA that writes its certificate/key under ``dir``.
+
+    Issued certificates land next to it. Thread-safe: the unique-name counter is locked.
+    """
+
+    def __init__(
+        self,
+        dir: Path,
+        *,
+        name: str = "ca",
+        validity: dt.timedelta = CA_VALIDITY,
+        organization: str = "clustermesh",
+    ) -> None:
+        self.dir = Path(dir)
+        self.name = name
+        self.organization = organization
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.private_key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                x509.NameAttribute(NameOID.COMMON_NAME, name),
+            ]
+        )
+        start, end = _validity(validity, None, None, CA_VALIDITY)
+        public_key = self.private_key.public_key()
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .sign(self.private_key, hashes.SHA256())
+        )
+        self.ca_file = self.dir / f"{name}.crt"
+        self.key_file = self.dir / f"{name}.key"
+        _write_atomic(self.ca_file, _cert_pem(self.certificate))
+        _write_atomic(self.key_file, _key_pem(self.private_key), 0o600)
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+
+    @classmethod
+    def load(cls, cert_file: Path, key_file: Path, *, dir: Path) -> CertificateAuthority:
+        """An existing CA (PEM certificate and unencrypted key); issues into ``dir``."""
+        ca = cls.__new__(cls)
+        ca.dir = Path(dir)
+        ca.dir.mkdir(parents=True, exist_ok=True)
+        ca.certificate = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+        key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) and not hasattr(key, "sign"):
+            raise ValueError(f"{key_file}: not a private key")
+        ca.private_key = key  # type: ignore[assignment]
+        names = ca.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ca.name = str(names[0].value) if names else "ca"
+        orgs = ca.certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        ca.organization = str(orgs[0].value) if orgs else "clustermesh"
+        ca.ca_file = Path(cert_file)
+        ca.key_file = Path(key_file)
+        ca._lock = threading.Lock()
+        ca._counter = itertools.count(1)
+        return ca
+
+    def _unique_stem(self, base: str) -> str:
+        with self._lock:
+            while True:
+                stem = f"{base}-{next(self._counter)}"
+                if not (self.dir / f"{stem}.crt").exists():
+                    return stem
+
+    def _issue(
+        self,
+        *,
+        common_name: str,
+        stem: str,
+        eku: Sequence[x509.ObjectIdentifier],
+        dns_names: Iterable[str] = (),
+        ips: Iterable[str] = (),
+        validity: dt.timedelta | None,
+        not_before: dt.datetime | None,
+        not_after: dt.datetime | None,
+    ) -> tuple[Path, Path, dt.datetime]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        start, end = _validity(validity, not_before, not_after, LEAF_VALIDITY)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.organization),
+                        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                    ]
+                )
+            )
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    # Irrelevant for ECDSA, but some RSA-minded validators look for it.
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.private_key.public_key()),
+                critical=False,
+            )
+        )
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        if sans:
+            # Go ignores the CN for hostname checks; server certificates need SANs.
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self.private_key, hashes.SHA256())
+        cert_file = self.dir / f"{stem}.crt"
+        key_file = self.dir / f"{stem}.key"
+        # Key first: a watcher that reacts to the certificate changing then finds a
+        # matching key already in place.
+        _write_atomic(key_file, _key_pem(key), 0o600)
+        _write_atomic(cert_file, _cert_pem(cert))
+        return cert_file, key_file, end
+
+    def issue_server(
+        self,
+        name: str = "server",
+        *,
+        dns_names: Iterable[str] = ("localhost",),
+        ips: Iterable[str] = ("127.0.0.1", "::1"),
+        validity: dt.timedelta | None = None,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        stem: str | None = None,
+        client: ClientCert | None = None,
+    ) -> TlsMaterial:
+        """Issue a server(+peer) certificate with the given SANs.
+
+        ``stem`` fixes the file names (``<stem>.crt``/``<stem>.key``, overwritten in place);
+        by default a unique stem derived from ``name`` is used. ``client`` becomes
+        :attr:`TlsMaterial.client`.
+        """
+        cert_file, key_file, _ = self._issue(
+            common_name=name,
+            stem=stem or self._unique_stem(name),
+            eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            dns_names=dns_names,
+            ips=ips,
+            validity=validity,
+            not_before=not_before,
+            not_after=not_after,
+        )
+        return TlsMaterial(
+            ca_file=self.ca_file, cert_file=cert_file, key_file=key_file, client=client
+        )
+
+    def issue_client(
+        self,
+        name: str,
+        *,
+        validity: dt.timedelta | None = None,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        stem: str | None = None,
+    ) -> ClientCert:
+        """Issue a client certificate whose CN is ``name`` (the etcd user name).
+
+        Expiry: ``not_after`` (absolute, may lie in the past for an expired certificate)
+        wins over ``validity`` (relative to now); the default is :data:`LEAF_VALIDITY`.
+        ``stem`` fixes the file names and overwrites them atomically (rotation in place);
+        by default each call writes new, unique files.
+        """
+        cert_file, key_file, end = self._issue(
+            common_name=name,
+            stem=stem or self._unique_stem(f"client-{name}"),
+            eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            validity=validity,
+            not_before=not_before,
+            not_after=not_after,
+        )
+        return ClientCert(
+            name=name, ca_file=self.ca_file, cert_file=cert_file, key_file=key_file, not_after=end
+        )
