@@ -1,0 +1,182 @@
+"""Validate remote entries before they reach the cache — the checks agents apply.
+
+Upstream KVStoreMesh copies remote bytes blindly and every agent filters them
+(facts §3.3, §6.4).  We apply the agents' rules once, at the cache, so that a
+broken or hostile remote cannot reach any agent.  :func:`check_entry` returns
+``None`` for an acceptable entry and a short, stable reason otherwise (the
+reason is a metric label and appears in status, so it must not contain data).
+
+The rules, per resource, for an entry of remote cluster ``C`` with ID ``I``:
+
+* nodes — JSON object; ``Name`` equals the key; ``Cluster`` equals ``C``;
+  ``ClusterID`` equals ``I``;
+* services — JSON object; ``cluster``/``namespace``/``name`` present, equal to
+  ``C`` and to the ``<namespace>/<name>`` key; ``clusterID`` equals ``I``;
+  frontend and backend keys are IP addresses;
+* service exports — JSON object; cluster, namespace, name present and equal to
+  ``C`` and the key; a non-zero export timestamp; ``type`` ClusterSetIP or
+  Headless; ``sessionAffinity`` ClientIP or None;
+* identities — the key is a numeric ID inside ``C``'s range for the mesh's
+  ``maxConnectedClusters``; the label string carries
+  ``k8s:io.cilium.k8s.policy.cluster=C``;
+* endpoints (ipcache) — the key is an IP or ``IP/len`` and equals the value's
+  ``IP`` (+ mask); JSON object; ``ID`` inside ``C``'s range or below 256.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from collections.abc import Callable
+from typing import Any
+
+from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES, Resource
+
+CLUSTER_LABEL = "k8s:io.cilium.k8s.policy.cluster"
+RESERVED_IDENTITY_MAX = 255
+
+
+def identity_range(cluster_id: int, max_connected_clusters: int) -> tuple[int, int]:
+    """The numeric identities cluster ``cluster_id`` may allocate (facts §6.3)."""
+    shift = 24 - (max_connected_clusters + 1).bit_length() + 1
+    return cluster_id << shift, ((cluster_id + 1) << shift) - 1
+
+
+def _json_object(value: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(value)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _is_ip(text: Any) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_node(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
+                _: int) -> str | None:
+    if doc.get("Name") != key:
+        return "name-mismatch"
+    if doc.get("Cluster") != cluster:
+        return "cluster-mismatch"
+    if doc.get("ClusterID") != cluster_id:
+        return "cluster-id-mismatch"
+    return None
+
+
+def _check_service(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
+                   _: int) -> str | None:
+    for field in ("cluster", "namespace", "name"):
+        if not isinstance(doc.get(field), str) or not doc[field]:
+            return f"missing-{field}"
+    if doc["cluster"] != cluster:
+        return "cluster-mismatch"
+    if f"{doc['namespace']}/{doc['name']}" != key:
+        return "name-mismatch"
+    if doc.get("clusterID") != cluster_id:
+        return "cluster-id-mismatch"
+    for field in ("frontends", "backends"):
+        addresses = doc.get(field) or {}
+        if not isinstance(addresses, dict) or not all(_is_ip(a) for a in addresses):
+            return f"invalid-{field}"
+    return None
+
+
+_EXPORT_TYPES = {"ClusterSetIP", "Headless"}
+_AFFINITIES = {"ClientIP", "None"}
+
+
+def _check_service_export(key: str, doc: dict[str, Any], cluster: str, _id: int,
+                          _max: int) -> str | None:
+    for field in ("cluster", "namespace", "name"):
+        if not isinstance(doc.get(field), str) or not doc[field]:
+            return f"missing-{field}"
+    if doc["cluster"] != cluster:
+        return "cluster-mismatch"
+    if f"{doc['namespace']}/{doc['name']}" != key:
+        return "name-mismatch"
+    stamp = doc.get("exportCreationTimestamp")
+    if not isinstance(stamp, str) or not stamp or stamp.startswith("0001-01-01"):
+        return "missing-timestamp"
+    if doc.get("type") not in _EXPORT_TYPES:
+        return "invalid-type"
+    if doc.get("sessionAffinity") not in _AFFINITIES:
+        return "invalid-session-affinity"
+    return None
+
+
+def check_identity(key: str, value: bytes, cluster: str, cluster_id: int,
+                   max_connected_clusters: int) -> str | None:
+    if not key.isdigit():
+        return "invalid-id"
+    low, high = identity_range(cluster_id, max_connected_clusters)
+    if not low <= int(key) <= high:
+        return "id-out-of-range"
+    try:
+        labels = value.decode()
+    except UnicodeDecodeError:
+        return "invalid-labels"
+    if f"{CLUSTER_LABEL}={cluster}" not in labels.split(";"):
+        return "cluster-label-mismatch"
+    return None
+
+
+def check_endpoint(key: str, value: bytes, cluster: str, cluster_id: int,
+                   max_connected_clusters: int) -> str | None:
+    try:
+        network = ipaddress.ip_network(key, strict=True) if "/" in key else None
+        address = network.network_address if network else ipaddress.ip_address(key)
+    except ValueError:
+        return "invalid-key"
+    doc = _json_object(value)
+    if doc is None:
+        return "invalid-json"
+    if not _is_ip(doc.get("IP")) or ipaddress.ip_address(doc["IP"]) != address:
+        return "key-mismatch"
+    if network is not None:
+        mask = doc.get("Mask")
+        try:
+            prefix = bin(int.from_bytes(base64.b64decode(mask or ""), "big")).count("1")
+        except (ValueError, TypeError):
+            return "key-mismatch"
+        if prefix != network.prefixlen:
+            return "key-mismatch"
+    identity = doc.get("ID")
+    if not isinstance(identity, int) or isinstance(identity, bool):
+        return "invalid-id"
+    low, high = identity_range(cluster_id, max_connected_clusters)
+    if not (0 <= identity <= RESERVED_IDENTITY_MAX or low <= identity <= high):
+        return "id-out-of-range"
+    return None
+
+
+_JSON_CHECKS: dict[Resource, Callable[[str, dict[str, Any], str, int, int], str | None]] = {
+    NODES: _check_node,
+    SERVICES: _check_service,
+    SERVICE_EXPORTS: _check_service_export,
+}
+
+
+def check_entry(resource: Resource, key: str, value: bytes, *, cluster: str, cluster_id: int,
+                max_connected_clusters: int) -> str | None:
+    """Why this entry must not be cached (None: it is fine).
+
+    ``key`` is the part of the key below the resource's prefix for ``cluster``
+    (a node name, ``ns/name``, an identity ID, an IP).
+    """
+    if resource is IDENTITIES:
+        return check_identity(key, value, cluster, cluster_id, max_connected_clusters)
+    if resource is ENDPOINTS:
+        return check_endpoint(key, value, cluster, cluster_id, max_connected_clusters)
+    doc = _json_object(value)
+    if doc is None:
+        return "invalid-json"
+    return _JSON_CHECKS[resource](key, doc, cluster, cluster_id, max_connected_clusters)

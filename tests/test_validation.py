@@ -1,0 +1,133 @@
+"""Entry validation: every rule with a valid and an invalid example.
+
+Valid entries come from the converters (whose golden values are Cilium's own
+testdata) and from the facts' examples: validation must never reject them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from apiserver import converters
+from apiserver.sample import workload
+from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES, Resource
+from kvstoremesh.validation import check_entry, identity_range
+
+NODE = {"Name": "node-a", "Cluster": "cluster3", "IPAddresses": [], "ClusterID": 3}
+SERVICE = {"cluster": "cluster3", "namespace": "ns-alpha", "name": "echo-service",
+           "frontends": {"10.96.0.10": {"http": {"Protocol": "TCP", "Port": 80}}},
+           "backends": {"10.244.1.10": {"http": {"Protocol": "TCP", "Port": 8080}}},
+           "labels": {}, "selector": {"app": "echo"}, "includeExternal": True,
+           "shared": True, "clusterID": 3}
+EXPORT = {"cluster": "cluster3", "name": "basic", "namespace": "default",
+          "exportCreationTimestamp": "2026-01-01T00:00:00Z", "ports": [],
+          "type": "ClusterSetIP", "sessionAffinity": "ClientIP"}
+ENDPOINT = {"IP": "10.244.2.74", "HostIP": "172.18.0.2", "ID": 199475, "Key": 5,
+            "Metadata": ""}
+
+
+def check(resource: Resource, key: str, value: bytes | dict, *, cluster: str = "cluster3",
+          cluster_id: int = 3, max_connected: int = 255) -> str | None:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return check_entry(resource, key, raw, cluster=cluster, cluster_id=cluster_id,
+                       max_connected_clusters=max_connected)
+
+
+def test_identity_ranges() -> None:
+    assert identity_range(1, 255) == (65536, 131071)
+    assert identity_range(3, 255) == (196608, 262143)
+    assert identity_range(1, 511) == (32768, 65535)
+
+
+def test_facts_examples_are_valid() -> None:
+    assert check(NODES, "node-a", NODE) is None
+    assert check(SERVICES, "ns-alpha/echo-service", SERVICE) is None
+    assert check(SERVICE_EXPORTS, "default/basic", EXPORT) is None
+    assert check(IDENTITIES, "196915",
+                 b"k8s:app=baz;k8s:io.cilium.k8s.policy.cluster=cluster3;"
+                 b"k8s:io.kubernetes.pod.namespace=bar;") is None
+    assert check(ENDPOINTS, "10.244.2.74", ENDPOINT) is None
+    assert check(ENDPOINTS, "10.244.0.0/16", {**ENDPOINT, "IP": "10.244.0.0",
+                                               "Mask": "//8AAA=="}) is None
+    assert check(ENDPOINTS, "fd00::5", {**ENDPOINT, "IP": "fd00::5"}) is None
+    assert check(ENDPOINTS, "10.0.0.1", {**ENDPOINT, "IP": "10.0.0.1", "ID": 2}) is None
+
+
+@pytest.mark.parametrize("cluster_id", [1, 7, 255])
+def test_everything_the_converters_publish_is_valid(cluster_id: int) -> None:
+    cluster = f"cluster{cluster_id}"
+    objects = workload(cluster=cluster, cluster_id=cluster_id)
+    entries: dict[str, bytes] = {}
+    for obj in objects:
+        kind = obj["kind"]
+        if kind == "CiliumIdentity":
+            entries |= converters.identity_entries(obj)
+        elif kind == "CiliumEndpoint":
+            entries |= converters.endpoint_entries(obj)
+        elif kind == "CiliumNode":
+            entries |= converters.node_entries(obj, cluster=cluster, cluster_id=cluster_id)
+        elif kind == "Service":
+            slices = [o for o in objects if o["kind"] == "EndpointSlice"]
+            entries |= converters.service_entries(obj, slices, cluster=cluster,
+                                                  cluster_id=cluster_id)
+    assert len(entries) > 10
+    for key, value in entries.items():
+        for resource in (NODES, SERVICES, SERVICE_EXPORTS, IDENTITIES, ENDPOINTS):
+            prefix = resource.state_prefix(cluster)
+            if key.startswith(prefix):
+                assert check(resource, key[len(prefix):], value, cluster=cluster,
+                             cluster_id=cluster_id) is None, key
+                break
+        else:
+            raise AssertionError(f"unexpected key {key}")
+
+
+@pytest.mark.parametrize(("resource", "key", "value", "reason"), [
+    (NODES, "node-a", b"{not json", "invalid-json"),
+    (NODES, "node-a", b"[1,2]", "invalid-json"),
+    (NODES, "node-b", NODE, "name-mismatch"),
+    (NODES, "node-a", {**NODE, "Cluster": "cluster4"}, "cluster-mismatch"),
+    (NODES, "node-a", {**NODE, "ClusterID": 4}, "cluster-id-mismatch"),
+    (SERVICES, "ns-alpha/echo-service", {**SERVICE, "name": ""}, "missing-name"),
+    (SERVICES, "ns-alpha/echo-service", {**SERVICE, "cluster": "x"}, "cluster-mismatch"),
+    (SERVICES, "other/echo-service", SERVICE, "name-mismatch"),
+    (SERVICES, "ns-alpha/echo-service", {**SERVICE, "clusterID": 9}, "cluster-id-mismatch"),
+    (SERVICES, "ns-alpha/echo-service", {**SERVICE, "backends": {"nope": {}}},
+     "invalid-backends"),
+    (SERVICES, "ns-alpha/echo-service", {**SERVICE, "frontends": {"1.2.3": {}}},
+     "invalid-frontends"),
+    (SERVICE_EXPORTS, "default/basic", {**EXPORT, "namespace": ""}, "missing-namespace"),
+    (SERVICE_EXPORTS, "default/basic", {**EXPORT, "cluster": "x"}, "cluster-mismatch"),
+    (SERVICE_EXPORTS, "default/other", EXPORT, "name-mismatch"),
+    (SERVICE_EXPORTS, "default/basic", {**EXPORT, "exportCreationTimestamp":
+                                        "0001-01-01T00:00:00Z"}, "missing-timestamp"),
+    (SERVICE_EXPORTS, "default/basic", {**EXPORT, "type": "LoadBalancer"}, "invalid-type"),
+    (SERVICE_EXPORTS, "default/basic", {**EXPORT, "sessionAffinity": "Sticky"},
+     "invalid-session-affinity"),
+    (IDENTITIES, "abc", b"k8s:io.cilium.k8s.policy.cluster=cluster3;", "invalid-id"),
+    (IDENTITIES, "65537", b"k8s:io.cilium.k8s.policy.cluster=cluster3;", "id-out-of-range"),
+    (IDENTITIES, "196915", b"k8s:app=x;", "cluster-label-mismatch"),
+    (IDENTITIES, "196915", b"k8s:io.cilium.k8s.policy.cluster=cluster30;",
+     "cluster-label-mismatch"),
+    (IDENTITIES, "196915", b"\xff\xfe", "invalid-labels"),
+    (ENDPOINTS, "10.0.0.300", ENDPOINT, "invalid-key"),
+    (ENDPOINTS, "10.244.2.74", b"\x00garbage", "invalid-json"),
+    (ENDPOINTS, "10.244.2.75", ENDPOINT, "key-mismatch"),
+    (ENDPOINTS, "10.244.0.0/16", {**ENDPOINT, "IP": "10.244.0.0", "Mask": "////AA=="},
+     "key-mismatch"),
+    (ENDPOINTS, "10.244.2.74", {**ENDPOINT, "ID": 65537}, "id-out-of-range"),
+    (ENDPOINTS, "10.244.2.74", {**ENDPOINT, "ID": "199475"}, "invalid-id"),
+])
+def test_invalid_entries_are_rejected(resource: Resource, key: str, value: bytes | dict,
+                                      reason: str) -> None:
+    assert check(resource, key, value) == reason
+
+
+def test_511_mode_ranges() -> None:
+    # 65536 belongs to cluster 2 in 511-mode, cluster 1 in 255-mode.
+    label = b"k8s:io.cilium.k8s.policy.cluster=cluster1;"
+    assert check(IDENTITIES, "65536", label, cluster="cluster1", cluster_id=1) is None
+    assert check(IDENTITIES, "65536", label, cluster="cluster1", cluster_id=1,
+                 max_connected=511) == "id-out-of-range"
