@@ -69,10 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local etcd's --max-txn-ops (default 128)")
     p.add_argument("--max-request-bytes", type=int, default=1536 * 1024,
                    help="local etcd's --max-request-bytes (default 1.5 MiB)")
+    p.add_argument("--validate-remote-data", type=_bool_flag, nargs="?", const=True,
+                   default=True, metavar="true|false",
+                   help="keep remote entries that agents would reject out of the cache "
+                        "(default true; false mirrors bytes unchecked, like upstream)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", default="text", choices=("text", "json"))
     return p
+
+
+def _bool_flag(text: str) -> bool:
+    """Go's strconv.ParseBool, so ``--flag=false`` works as with Cilium's flags."""
+    lowered = text.lower()
+    if lowered in ("1", "t", "true"):
+        return True
+    if lowered in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")
 
 
 def options_from_args(args: argparse.Namespace) -> MeshOptions:
@@ -103,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> MeshOptions:
         max_inflight=int(_number(opts, "etcd.maxInflight", 4)),
         max_txn_ops=args.max_txn_ops,
         max_request_bytes=args.max_request_bytes,
+        validate_remote_data=args.validate_remote_data,
     )
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -41,6 +41,14 @@ class MeshMetrics(KVStoreMetrics):
             f"{NS}_propagation_lag_seconds",
             "Seconds from a remote change arriving in our watch to its local commit",
             ["target_cluster"], buckets=_LAG_BUCKETS, registry=self.registry)
+
+        self.rejected_entries = Counter(
+            f"{NS}_rejected_entries",
+            "Remote entries kept out of the cache by validation",
+            ["target_cluster", "resource", "reason"], registry=self.registry)
+
+    def entry_rejected(self, cluster: str, resource: str, reason: str) -> None:
+        self.rejected_entries.labels(cluster, resource, reason).inc()
 
     def attach(self, mesh: KVStoreMesh) -> None:
         self.registry.register(_StateCollector(mesh))

@@ -29,3 +29,4 @@ class MeshOptions:
     max_txn_ops: int = 128
     max_request_bytes: int = 1536 * 1024
     page_size: int = 5000
+    validate_remote_data: bool = True

@@ -41,6 +41,7 @@ from clustermesh.syncwriter import SyncWriter
 
 if TYPE_CHECKING:
     from .metrics import MeshMetrics
+    from .rejections import Rejections
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class Reflector:
     def __init__(self, *, resource: Resource, cluster: str, remote: EtcdClient,
                  local: EtcdClient, writer: SyncWriter, remote_cached: bool,
                  page_size: int = 5000, metrics: MeshMetrics | None = None,
-                 on_synced: Callable[[], None] | None = None) -> None:
+                 on_synced: Callable[[], None] | None = None,
+                 validate: Callable[[str, bytes], str | None] | None = None,
+                 rejections: Rejections | None = None) -> None:
         self.resource = resource
         self.cluster = cluster
         self.remote = remote
@@ -71,6 +74,8 @@ class Reflector:
         self.scope = metrics_scope(self.target_prefix.decode())
         self.metrics = metrics
         self.on_synced = on_synced
+        self.validate = validate  # (key below the prefix, value) -> reason to reject
+        self.rejections = rejections
         self.listed = False  # the initial remote list has been read
         self.synced = asyncio.Event()  # ... and written, canary included
         self.relists = 0
@@ -162,6 +167,17 @@ class Reflector:
         self._digests = digests
 
     def _upsert(self, key: bytes, value: bytes, observed: float | None = None) -> None:
+        if self.validate is not None:
+            suffix = key[len(self.target_prefix):].decode(errors="replace")
+            reason = self.validate(suffix, value)
+            if reason is not None:
+                # Not cached, and a previously valid version is withdrawn.
+                if self.rejections is not None:
+                    self.rejections.record(self.name, suffix, reason)
+                if self.metrics is not None:
+                    self.metrics.entry_rejected(self.cluster, self.name, reason)
+                self._remove(key, observed)
+                return
         digest = _digest(value)
         if self._digests.get(key) == digest:
             return

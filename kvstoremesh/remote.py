@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,8 @@ from clustermesh.syncwriter import SyncWriter
 
 from .options import MeshOptions
 from .reflector import Reflector
+from .rejections import Rejections
+from .validation import check_entry
 
 if TYPE_CHECKING:
     from .metrics import MeshMetrics
@@ -111,6 +114,7 @@ class RemoteCluster:
         self.options = options
         self.state = RemoteStatus()
         self.reflectors: dict[str, Reflector] = {}
+        self.rejections = Rejections(name)
         self.enabled_resources: set[str] = set()
         self._remote_client: EtcdClient | None = None
 
@@ -203,10 +207,16 @@ class RemoteCluster:
         previous = self.reflectors
         self.reflectors = {}
         for resource in RESOURCES:
+            validate = None
+            if self.options.validate_remote_data:
+                validate = partial(check_entry, resource, cluster=self.name,
+                                   cluster_id=config.id,
+                                   max_connected_clusters=self.options.max_connected_clusters)
             reflector = Reflector(resource=resource, cluster=self.name, remote=remote,
                                   local=self.local, writer=self.writer,
                                   remote_cached=config.cached, page_size=self.options.page_size,
-                                  metrics=self.metrics, on_synced=self._reflector_synced)
+                                  metrics=self.metrics, on_synced=self._reflector_synced,
+                                  validate=validate, rejections=self.rejections)
             old = previous.get(resource.name)
             if old is not None and old.synced.is_set():
                 reflector.synced.set()  # canary already written; readiness is not lost

@@ -114,6 +114,13 @@ def remote_cluster_model(remote: RemoteCluster) -> dict[str, Any]:
     }
     if s.last_failure is not None:
         model["last-failure"] = _rfc3339_millis(s.last_failure)
+    if remote.rejections.total:
+        # Ours, not Cilium's: what validation kept out of the cache, and recent examples.
+        model["rejected-entries"] = {
+            "total": remote.rejections.total,
+            "latest": [{"resource": r.resource, "key": r.key, "reason": r.reason}
+                       for r in remote.rejections.latest],
+        }
     return model
 
 
@@ -163,6 +170,11 @@ def format_status(models: list[dict[str, Any]], *, verbose: bool = False,
             f"   └  synchronization status: nodes={_b(synced['nodes'])}, "
             f"endpoints={_b(synced['endpoints'])}, identities={_b(synced['identities'])}, "
             f"services={_b(synced['services'])}")
+        rejected = m.get("rejected-entries")
+        if rejected:
+            examples = ", ".join(f"{r['resource']} {r['key']!r}: {r['reason']}"
+                                 for r in rejected["latest"])
+            lines.append(f"   └  rejected entries: {rejected['total']} (latest: {examples})")
     return "\n".join(lines) + "\n"
 
 

@@ -152,15 +152,16 @@ async def test_config_dir_add_change_remove_while_running(mesh_env: MeshEnv) -> 
     new = await mesh_env.add_remote("cluster1", 1, server=other, service_exports=True,
                                     write_file=False)
     state = sample_state("cluster1", 1, nodes=1, endpoints=1, services=1)
-    state[NODES]["node-0"] = b'{"Name":"node-0","moved":true}'
-    state[NODES]["node-b"] = b'{"Name":"node-b"}'
+    state[NODES]["node-0"] = b'{"Name":"node-0","Cluster":"cluster1","ClusterID":1,"moved":true}'
+    state[NODES]["node-b"] = b'{"Name":"node-b","Cluster":"cluster1","ClusterID":1}'
     await new.publish(state)
     await new.write_canaries()
     mesh_env.write_remote_file(new)
     await mesh_env.assert_converged()
     await mesh_env.wait_ready()
     local = await mesh_env.local_tree()
-    assert local[b"cilium/cache/nodes/v1/cluster1/node-0"] == b'{"Name":"node-0","moved":true}'
+    assert local[b"cilium/cache/nodes/v1/cluster1/node-0"] == (
+        b'{"Name":"node-0","Cluster":"cluster1","ClusterID":1,"moved":true}')
     for stale in (b"cilium/cache/nodes/v1/cluster1/node-1",
                   b"cilium/cache/ip/v1/cluster1/10.1.0.6",
                   b"cilium/cache/services/v1/cluster1/default/svc-1"):
@@ -250,7 +251,7 @@ async def test_readded_during_removal_starts_after_cleanup(mesh_env: MeshEnv) ->
     await wait_until(config_gone, "the removal of cluster2 to start", timeout=5)
     removal_started = time.monotonic()
     # The remote changes meanwhile, then its file comes back, within the grace period.
-    await c2.put(NODES, "node-late", b'{"Name":"node-late"}')
+    await c2.put(NODES, "node-late", b'{"Name":"node-late","Cluster":"cluster2","ClusterID":2}')
     await c2.delete(SERVICES, "default/svc-1")
     mesh_env.remotes["cluster2"] = c2
     mesh_env.write_remote_file(c2)
@@ -430,7 +431,7 @@ async def test_etcd_cluster_id_change_resyncs(mesh_env: MeshEnv,
     await c1.write_config()
     await c1.heartbeat()
     state = sample_state("cluster1", 1, nodes=1, endpoints=2, services=1)
-    state[NODES]["node-new"] = b'{"Name":"node-new"}'
+    state[NODES]["node-new"] = b'{"Name":"node-new","Cluster":"cluster1","ClusterID":1}'
     await c1.publish(state)
     await c1.write_canaries()
 

@@ -35,6 +35,7 @@ from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, RESOURCES, SERVICE_EXPORTS, SERVICES
 from kvstoremesh.mesh import KVStoreMesh
+from kvstoremesh.validation import check_entry
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "cilium_kvstoremesh"
@@ -146,12 +147,18 @@ async def readyz_timeline(mesh: KVStoreMesh, timeout: float) -> list[Observation
 
 
 async def expected_counts(remote: Remote) -> dict[str, int]:
-    """Keys of each resource the remote publishes for this cluster name (what the
-    daemon must cache); none for service exports when the remote does not support them."""
+    """Keys of each resource the remote publishes for this cluster name that pass
+    validation (what the daemon must cache: clusters sharing an etcd share the
+    identities and ipcache prefixes, and each caches only its own); none for service
+    exports when the remote does not support them."""
     counts: dict[str, int] = {}
     for resource in RESOURCES:
-        keys = await read_tree(remote.client, remote.prefix(resource).encode())
-        counts[resource.name] = len(keys)
+        prefix = remote.prefix(resource).encode()
+        keys = await read_tree(remote.client, prefix)
+        counts[resource.name] = sum(
+            1 for key, value in keys.items()
+            if check_entry(resource, key[len(prefix):].decode(), value, cluster=remote.name,
+                           cluster_id=remote.config.id, max_connected_clusters=255) is None)
     if remote.config.service_exports_enabled is None:
         counts[SERVICE_EXPORTS.name] = 0
     return counts
@@ -302,7 +309,7 @@ async def test_metrics_by_value_after_sync_update_and_remote_failure(
     # A live update is propagated and its lag observed.
     lag = f"{NS}_propagation_lag_seconds"
     before = metric_sum(m, f"{lag}_count", target_cluster="cluster1")
-    await c1.put(NODES, "node-new", b'{"Name":"node-new"}')
+    await c1.put(NODES, "node-new", b'{"Name":"node-new","Cluster":"cluster1","ClusterID":1}')
     await mesh_env.assert_converged()
     m = await wait_until(lambda: _scrape_if(
         mesh, lambda m: metric_sum(m, f"{lag}_count", target_cluster="cluster1") > before),
@@ -363,12 +370,17 @@ async def test_promtool_accepts_the_metrics(mesh_env: MeshEnv) -> None:
     await mesh_env.wait_ready()
     await wait_until(lambda: mesh.remotes["cluster2"].state.failures >= 1,
                      "cluster2 to fail at least once")
-    # One live update, so that the histograms of events and lag have samples too.
-    await mesh_env.remotes["cluster1"].put(NODES, "node-new", b"{}")
+    # One live update, so that the histograms of events and lag have samples too, and
+    # one entry validation rejects, so that the rejection counter has a series.
+    await mesh_env.remotes["cluster1"].put(
+        NODES, "node-new", b'{"Name":"node-new","Cluster":"cluster1","ClusterID":1}')
+    await mesh_env.remotes["cluster1"].put(NODES, "node-bad", b"{}")
     await mesh_env.assert_converged()
     text, m = await scrape(mesh)
     assert metric(m, f"{NS}_remote_cluster_failures", target_cluster="cluster2") >= 1
     assert metric_sum(m, f"{NS}_propagation_lag_seconds_count") >= 1
+    assert metric(m, f"{NS}_rejected_entries_total", target_cluster="cluster1",
+                  resource="nodes", reason="name-mismatch") == 1
 
     proc = await asyncio.create_subprocess_exec(
         promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE,
@@ -429,7 +441,7 @@ REMOTE_CLUSTER_SCHEMA: dict[str, Any] = {
     "config": {"required": bool, "retrieved": bool, "cluster-id": int, "kvstoremesh": bool,
                "sync-canaries": bool, "service-exports-enabled": (bool, _NONE)},
 }
-REMOTE_CLUSTER_OPTIONAL: dict[str, Any] = {"last-failure": str}
+REMOTE_CLUSTER_OPTIONAL: dict[str, Any] = {"last-failure": str, "rejected-entries": dict}
 
 
 def schema_errors(doc: Any, schema: dict[str, Any], optional: dict[str, Any] | None = None,

@@ -40,9 +40,10 @@ async def test_mirrors_every_resource_byte_for_byte(mesh_env: MeshEnv) -> None:
         b'"maxConnectedClusters":255,"serviceExportsEnabled":true}}')
 
     # Live updates, deletes, and a value with arbitrary bytes.
-    await c1.put(NODES, "node-new", b'{"Name":"node-new"}')
+    await c1.put(NODES, "node-new", b'{"Name":"node-new","Cluster":"cluster1","ClusterID":1}')
     await c1.delete(SERVICES, "default/svc-1")
-    await c10.put(IDENTITIES, "655370", b"\x00\xff binary \n")
+    labels = "k8s:app=\u00e9t\u00e9 \u2603;k8s:io.cilium.k8s.policy.cluster=cluster10;"
+    await c10.put(IDENTITIES, "655370", labels.encode())
     await mesh_env.assert_converged()
 
 
@@ -129,7 +130,7 @@ async def test_restart_with_full_cache_writes_nothing_and_removes_stale(mesh_env
     await mesh_env.stop_mesh()
     for i in range(100):
         await c1.delete(ENDPOINTS, f"10.1.0.{i + 5}")
-    await c1.put(NODES, "node-0", b'{"Name":"node-0","changed":true}')
+    await c1.put(NODES, "node-0", b'{"Name":"node-0","Cluster":"cluster1","ClusterID":1,"x":1}')
     await mesh_env.start_mesh()
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
@@ -154,7 +155,7 @@ async def test_stale_keys_removed_after_disconnect(mesh_env: MeshEnv) -> None:
     c1.server.start()
     for i in range(20):
         await c1.delete(ENDPOINTS, f"10.1.0.{i + 5}")
-    await c1.put(ENDPOINTS, "10.1.9.9", b'{"IP":"10.1.9.9"}')
+    await c1.put(ENDPOINTS, "10.1.9.9", b'{"IP":"10.1.9.9","ID":65538}')
     await mesh_env.assert_converged()
 
 
@@ -172,7 +173,7 @@ async def test_relist_after_remote_compaction(mesh_env: MeshEnv) -> None:
     c1.server.start()
     for i in range(10):
         await c1.delete(ENDPOINTS, f"10.1.0.{i + 5}")
-    await c1.put(ENDPOINTS, "10.1.7.7", b'{"IP":"10.1.7.7"}')
+    await c1.put(ENDPOINTS, "10.1.7.7", b'{"IP":"10.1.7.7","ID":65538}')
     c1.server.stop()
     await asyncio.sleep(1.5)  # the watch backs off; it resumes only after the compaction
     c1.server.start()

@@ -38,6 +38,7 @@ from clustermesh.keys import (
 )
 from kvstoremesh.mesh import KVStoreMesh
 from kvstoremesh.options import MeshOptions
+from kvstoremesh.validation import check_entry
 
 from .etcd import EtcdCluster, EtcdFactory, EtcdServer
 
@@ -235,7 +236,13 @@ class MeshEnv:
                 await asyncio.sleep(0.05)
 
     async def expected(self) -> dict[bytes, bytes]:
-        """The exact local tree a correct KVStoreMesh holds for the current remotes."""
+        """The exact local tree a correct KVStoreMesh holds for the current remotes.
+
+        With validation on (the default), entries the agents' rules reject are not
+        expected in the cache (the rules themselves are tested in test_validation).
+        """
+        validate = self.mesh is None or self.mesh.options.validate_remote_data
+        max_connected = self.mesh.options.max_connected_clusters if self.mesh else 255
         tree: dict[bytes, bytes] = {}
         for remote in self.remotes.values():
             name = remote.name
@@ -247,7 +254,13 @@ class MeshEnv:
                 source = remote.prefix(resource).encode()
                 target = resource.cache_prefix(name).encode()
                 for key, value in (await read_tree(remote.client, source)).items():
-                    tree[target + key[len(source):]] = value
+                    suffix = key[len(source):]
+                    if validate and check_entry(
+                            resource, suffix.decode(errors="replace"), value, cluster=name,
+                            cluster_id=remote.config.id,
+                            max_connected_clusters=max_connected) is not None:
+                        continue
+                    tree[target + suffix] = value
         return tree
 
     async def local_tree(self) -> dict[bytes, bytes]:
