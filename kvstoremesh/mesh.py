@@ -44,6 +44,7 @@ from clustermesh.serving import bound_port, health_app, json_app, metrics_app, s
 from clustermesh.syncwriter import SyncWriter
 
 from .configdir import ClusterFile, ConfigDirectory
+from .diagnostics import ClusterIds, Problem, overlapping_pod_cidrs
 from .metrics import MeshMetrics
 from .options import MeshOptions
 from .remote import RemoteCluster
@@ -70,6 +71,7 @@ class KVStoreMesh:
         self.metrics = MeshMetrics()
         self.metrics.attach(self)
         self.readiness = Readiness(self)
+        self.cluster_ids = ClusterIds()
         self.runners: dict[str, web.AppRunner] = {}
 
     # -------------------------------------------------------------- lifecycle
@@ -97,7 +99,8 @@ class KVStoreMesh:
                                     interval=o.config_poll_interval)
         background = [asyncio.create_task(directory.run(self, ready=self.config_ready),
                                           name="config-dir"),
-                      asyncio.create_task(self._watch_readiness(), name="readiness")]
+                      asyncio.create_task(self._watch_readiness(), name="readiness"),
+                      asyncio.create_task(self._log_problems(), name="problems")]
         try:
             await self.config_ready.wait()
             self.initial_clusters = set(directory.known)
@@ -130,7 +133,37 @@ class KVStoreMesh:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    # ------------------------------------------------------------ diagnostics
+
+    def problems(self) -> list[Problem]:
+        """Misconfigurations of the mesh as we see it now (see kvstoremesh.diagnostics)."""
+        found: list[Problem] = []
+        for _, remote in sorted(self.remotes.items()):
+            if remote.state.problem is not None:
+                found.append(remote.state.problem)
+            found.extend(remote.state.certificate_problems)
+        found.extend(overlapping_pod_cidrs({
+            name: [net for nets in remote.pod_cidrs.values() for net in nets]
+            for name, remote in self.remotes.items()}))
+        return found
+
+    async def _log_problems(self) -> None:
+        """One log line when a problem appears and one when it is gone."""
+        known: set[Problem] = set()
+        while True:
+            current = set(self.problems())
+            for problem in sorted(current - known, key=lambda p: p.message):
+                log.error("mesh problem (%s): %s", problem.kind, problem.message)
+            for problem in sorted(known - current, key=lambda p: p.message):
+                log.info("mesh problem resolved (%s): %s", problem.kind, problem.message)
+            known = current
+            await asyncio.sleep(5.0)
+
     # ---------------------------------------------------------------- serving
+
+    def _readiness_with_problems(self) -> tuple[bool, list[str]]:
+        ready, lines = self.readiness.check()
+        return ready, lines + [f"problem: {p.message}" for p in self.problems()]
 
     def liveness(self) -> tuple[bool, list[str]]:
         """Alive while the writer loop runs (never depends on remotes)."""
@@ -140,7 +173,7 @@ class KVStoreMesh:
 
     async def _start_servers(self) -> None:
         o = self.options
-        health = health_app(live=self.liveness, ready=self.readiness.check)
+        health = health_app(live=self.liveness, ready=self._readiness_with_problems)
         self.runners["health"] = await serve(health, "", o.health_port)
         if o.prometheus_serve_addr:
             host, port = listen_address(o.prometheus_serve_addr)
@@ -189,6 +222,7 @@ class KVStoreMesh:
         remote = self.remotes.get(name)
         await self._stop_remote(name)
         self.remotes.pop(name, None)
+        self.cluster_ids.release(name)
         if remote is not None:
             log.info("cluster %s: configuration removed; draining its cached data", name)
             self._start_removal(remote)
@@ -197,7 +231,8 @@ class KVStoreMesh:
         assert self.local is not None and self.writer is not None
         previous = self.remotes.get(file.name)
         remote = RemoteCluster(name=file.name, config_path=file.path, local=self.local,
-                               writer=self.writer, options=self.options, metrics=self.metrics)
+                               writer=self.writer, options=self.options, metrics=self.metrics,
+                               cluster_ids=self.cluster_ids)
         if previous is not None:  # keep the failure history across a config change
             remote.state.failures = previous.state.failures
             remote.state.last_failure = previous.state.last_failure

@@ -16,6 +16,7 @@ The kvstore metrics common to both daemons come from
 from __future__ import annotations
 
 import time
+from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -125,7 +126,14 @@ class _StateCollector(Collector):
                                        1 if reflector is not None and reflector.listed else 0)
                 initial.add_metric([scope, name, "write"],
                                    1 if reflector is not None and reflector.synced.is_set() else 0)
-        yield from (failures, last, readiness, heartbeat, cached, initial, bootstrap)
+        problems = GaugeMetricFamily(f"{NS}_mesh_problems",
+                                     "Mesh misconfigurations found (duplicate or own cluster "
+                                     "IDs, overlapping pod CIDRs, expiring certificates...)",
+                                     labels=["target_cluster", "kind"])
+        for (cluster, kind), count in sorted(Tally(
+                (p.cluster, p.kind) for p in mesh.problems()).items()):
+            problems.add_metric([cluster, kind], count)
+        yield from (failures, last, readiness, heartbeat, cached, initial, bootstrap, problems)
 
         queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
                                   "Number of elements queued for synchronization in the kvstore",

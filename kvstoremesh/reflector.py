@@ -61,7 +61,8 @@ class Reflector:
                  page_size: int = 5000, metrics: MeshMetrics | None = None,
                  on_synced: Callable[[], None] | None = None,
                  validate: Callable[[str, bytes], str | None] | None = None,
-                 rejections: Rejections | None = None) -> None:
+                 rejections: Rejections | None = None,
+                 observe: Callable[[bytes, bytes | None], None] | None = None) -> None:
         self.resource = resource
         self.cluster = cluster
         self.remote = remote
@@ -76,6 +77,7 @@ class Reflector:
         self.on_synced = on_synced
         self.validate = validate  # (key below the prefix, value) -> reason to reject
         self.rejections = rejections
+        self.observe = observe  # (cache key, value or None when removed): e.g. pod CIDRs
         self.listed = False  # the initial remote list has been read
         self.synced = asyncio.Event()  # ... and written, canary included
         self.relists = 0
@@ -178,6 +180,8 @@ class Reflector:
                     self.metrics.entry_rejected(self.cluster, self.name, reason)
                 self._remove(key, observed)
                 return
+        if self.observe is not None:
+            self.observe(key, value)
         digest = _digest(value)
         if self._digests.get(key) == digest:
             return
@@ -185,6 +189,8 @@ class Reflector:
         self.writer.put(key, value, observed=observed)
 
     def _remove(self, key: bytes, observed: float | None = None) -> None:
+        if self.observe is not None:
+            self.observe(key, None)
         if self._digests.pop(key, None) is not None:
             self.writer.delete(key, observed=observed)
 

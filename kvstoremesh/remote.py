@@ -32,14 +32,30 @@ from typing import TYPE_CHECKING
 
 from clustermesh.assertion import keep_asserted
 from clustermesh.clusterconfig import CiliumClusterConfig
-from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.client import EtcdClient, prefix_range_end
 from clustermesh.etcd.config import EtcdConfigError, load_etcd_config
 from clustermesh.etcd.errors import EtcdCompacted, EtcdError
 from clustermesh.etcd.watch import PUT
-from clustermesh.keys import HEARTBEAT_KEY, RESOURCES, SERVICE_EXPORTS, cluster_config_key
+from clustermesh.keys import (
+    CLUSTER_CONFIG_PREFIX,
+    HEARTBEAT_KEY,
+    NODES,
+    RESOURCES,
+    SERVICE_EXPORTS,
+    cluster_config_key,
+)
 from clustermesh.keys import synced_prefix as synced_prefix_of
 from clustermesh.syncwriter import SyncWriter
 
+from .diagnostics import (
+    ClusterIds,
+    Network,
+    Problem,
+    config_problem,
+    duplicate_id_problem,
+    expiring_certificates,
+    pod_cidrs,
+)
 from .options import MeshOptions
 from .reflector import Reflector
 from .rejections import Rejections
@@ -69,6 +85,8 @@ class RemoteStatus:
     etcd_cluster_id: int | None = None
     last_heartbeat: float | None = None  # monotonic time the heartbeat last changed
     ready_after: float | None = None  # seconds from start to first ready
+    problem: Problem | None = None  # why the remote's configuration is refused
+    certificate_problems: list[Problem] = field(default_factory=list)
 
 
 class CanaryWatcher:
@@ -104,8 +122,11 @@ class CanaryWatcher:
 
 class RemoteCluster:
     def __init__(self, *, name: str, config_path: Path, local: EtcdClient, writer: SyncWriter,
-                 options: MeshOptions, metrics: MeshMetrics | None = None) -> None:
+                 options: MeshOptions, metrics: MeshMetrics | None = None,
+                 cluster_ids: ClusterIds | None = None) -> None:
         self.name = name
+        self.cluster_ids = cluster_ids if cluster_ids is not None else ClusterIds()
+        self.pod_cidrs: dict[bytes, list[Network]] = {}  # cached node key -> its pod CIDRs
         self.metrics = metrics
         self.created = time.monotonic()
         self.config_path = config_path
@@ -129,6 +150,12 @@ class RemoteCluster:
     def synced(self, resource_name: str) -> bool:
         reflector = self.reflectors.get(resource_name)
         return reflector is not None and reflector.synced.is_set()
+
+    def _node_seen(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.pod_cidrs.pop(key, None)
+        else:
+            self.pod_cidrs[key] = pod_cidrs(value)
 
     def _reflector_synced(self) -> None:
         if self.ready and self.state.ready_after is None:
@@ -176,6 +203,7 @@ class RemoteCluster:
         observer = self.metrics.etcd_operation if self.metrics is not None else None
         for warning in etcd_config.warnings:
             log.warning("cluster %s: %s: %s", self.name, self.config_path, warning)
+        self.state.certificate_problems = expiring_certificates(etcd_config, remote=self.name)
         async with EtcdClient(etcd_config, name=f"remote {self.name}",
                               observer=observer) as remote:
             self._remote_client = remote
@@ -188,6 +216,7 @@ class RemoteCluster:
             log.info("cluster %s: connected to %s (etcd cluster ID %x)", self.name,
                      remote.endpoint, status.cluster_id)
             config, config_revision = await self._read_cluster_config(remote)
+            await self._check_config(config)
             self.state.config = config
             self.state.config_retrieved = True
             log.info("cluster %s: cluster configuration retrieved: %s", self.name,
@@ -216,7 +245,8 @@ class RemoteCluster:
                                   local=self.local, writer=self.writer,
                                   remote_cached=config.cached, page_size=self.options.page_size,
                                   metrics=self.metrics, on_synced=self._reflector_synced,
-                                  validate=validate, rejections=self.rejections)
+                                  validate=validate, rejections=self.rejections,
+                                  observe=self._node_seen if resource is NODES else None)
             old = previous.get(resource.name)
             if old is not None and old.synced.is_set():
                 reflector.synced.set()  # canary already written; readiness is not lost
@@ -236,6 +266,25 @@ class RemoteCluster:
 
     # ------------------------------------------------------------ cluster config
 
+    async def _check_config(self, config: CiliumClusterConfig) -> None:
+        """Refuse a remote whose cluster-config does not fit our mesh (facts §6.2).
+
+        What we cached of a refused remote is withdrawn: with its ID in doubt, its
+        identities and endpoints would be foreign data to the agents.
+        """
+        problem = config_problem(config, remote=self.name, local_id=self.options.cluster_id,
+                                 max_connected_clusters=self.options.max_connected_clusters)
+        if problem is None:
+            self.cluster_ids.claim(self.name, config.id)
+            others = self.cluster_ids.sharing(self.name)
+            if others:
+                problem = duplicate_id_problem(self.name, config.id, others)
+        self.state.problem = problem
+        if problem is not None:
+            await self.delete_cached_config()
+            await self.drain()
+            raise SessionFailure(problem.message)
+
     async def _read_cluster_config(self, remote: EtcdClient
                                    ) -> tuple[CiliumClusterConfig, int]:
         key = cluster_config_key(self.name).encode()
@@ -250,9 +299,23 @@ class RemoteCluster:
             else:
                 self.state.status = (f"waiting for the remote cluster configuration "
                                      f"({key.decode()} is missing)")
+                others = await self._published_config_names(remote)
+                if others:
+                    self.state.problem = Problem(
+                        "cluster-config-name", self.name,
+                        f"the etcd configured in {self.config_path} publishes the "
+                        f"cluster-config of {', '.join(others)}, not of {self.name}: name the "
+                        "file after the cluster it points to")
+                    self.state.status += f"; {self.state.problem.message}"
             log.warning("cluster %s: %s", self.name, self.state.status)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    async def _published_config_names(self, remote: EtcdClient) -> list[str]:
+        prefix = CLUSTER_CONFIG_PREFIX + "/"
+        resp = await remote.range(prefix.encode(), prefix_range_end(prefix.encode()),
+                                  keys_only=True, limit=10)
+        return [kv.key.decode(errors="replace")[len(prefix):] for kv in resp.kvs]
 
     async def _watch_config_change(self, remote: EtcdClient, config: CiliumClusterConfig,
                                    revision: int) -> None:
@@ -335,6 +398,11 @@ class RemoteCluster:
             if status.cluster_id != pinned:
                 raise SessionFailure(
                     f"etcd cluster ID changed from {pinned:x} to {status.cluster_id:x}")
+            others = self.cluster_ids.sharing(self.name)
+            if others and self.state.config is not None:
+                self.state.problem = duplicate_id_problem(self.name, self.state.config.id,
+                                                          others)
+                raise SessionFailure(self.state.problem.message)
             self.state.status = _status_line(remote, status.cluster_id)
 
     # ---------------------------------------------------------------- removal

@@ -125,7 +125,15 @@ def remote_cluster_model(remote: RemoteCluster) -> dict[str, Any]:
 
 
 def status_models(mesh: KVStoreMesh) -> list[dict[str, Any]]:
-    return [remote_cluster_model(r) for _, r in sorted(mesh.remotes.items())]
+    models = [remote_cluster_model(r) for _, r in sorted(mesh.remotes.items())]
+    by_cluster: dict[str, list[str]] = {}
+    for problem in mesh.problems():
+        by_cluster.setdefault(problem.cluster, []).append(problem.message)
+    for model in models:
+        if model["name"] in by_cluster:
+            # Ours, not Cilium's: mesh misconfigurations this cluster is part of.
+            model["problems"] = by_cluster[model["name"]]
+    return models
 
 
 def _since(last_failure: str | None, now: datetime) -> str:
@@ -153,6 +161,8 @@ def format_status(models: list[dict[str, Any]], *, verbose: bool = False,
             f"{m['num-identities']} identities, {m['num-shared-services']} services, "
             f"{m['num-service-exports']} MCS-API service exports, {m['num-failures']} failures "
             f"(last: {_since(m.get('last-failure'), now)})")
+        for problem in m.get("problems", ()):
+            lines.append(f"   └  problem: {problem}")
         if m.get("ready") and not verbose:
             continue
         config = m["config"]

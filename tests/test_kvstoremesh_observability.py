@@ -441,7 +441,8 @@ REMOTE_CLUSTER_SCHEMA: dict[str, Any] = {
     "config": {"required": bool, "retrieved": bool, "cluster-id": int, "kvstoremesh": bool,
                "sync-canaries": bool, "service-exports-enabled": (bool, _NONE)},
 }
-REMOTE_CLUSTER_OPTIONAL: dict[str, Any] = {"last-failure": str, "rejected-entries": dict}
+REMOTE_CLUSTER_OPTIONAL: dict[str, Any] = {"last-failure": str, "rejected-entries": dict,
+                                           "problems": list}
 
 
 def schema_errors(doc: Any, schema: dict[str, Any], optional: dict[str, Any] | None = None,
