@@ -1,0 +1,256 @@
+"""``clustermesh``: set up and inspect a Cluster Mesh.
+
+    clustermesh local up|status|check|troubleshoot|restart|stop|down [--dir DIR]
+    clustermesh enable --cluster-name NAME --cluster-id ID --output DIR [...]
+    clustermesh connect --source DIR --destination DIR
+    clustermesh status [--cluster-dir DIR ... | --kvstoremesh-api [NAME=]HOST:PORT ...]
+    clustermesh check --cluster-dir DIR --cluster-dir DIR ...
+    clustermesh troubleshoot --cluster-dir DIR ...
+
+Exit status: 0 success, 1 a check/status/troubleshoot found a problem (or the
+command failed), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from clustermesh.clusterconfig import DEFAULT_MAX_CONNECTED_CLUSTERS
+from clustermesh.flags import duration_arg
+
+__all__ = ["main"]
+
+
+def _bool_arg(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _names_arg(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of cluster names")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clustermesh.localmesh.mesh import default_dir
+
+    p = argparse.ArgumentParser(
+        prog="clustermesh",
+        description="Set up and inspect a Cilium Cluster Mesh (clustermesh-apiserver + "
+                    "KVStoreMesh).  Start with `clustermesh local up`: a 3-cluster mesh on "
+                    "this machine.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # ---- local
+    local = sub.add_parser("local", help="a mesh of local clusters (etcd + apiserver + "
+                                         "KVStoreMesh each) on loopback",
+                           description="Run a whole Cluster Mesh on this machine.")
+    lsub = local.add_subparsers(dest="local_command", required=True, metavar="SUBCOMMAND")
+    dir_help = f"state directory of the mesh (default {default_dir()})"
+
+    def with_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--dir", type=Path, default=None, help=dir_help)
+        return parser
+
+    up = with_dir(lsub.add_parser("up", help="create and start the mesh, wait until ready"))
+    up.add_argument("--clusters", type=int, default=3, metavar="N",
+                    help="number of clusters, named cluster1..clusterN (default 3)")
+    up.add_argument("--names", type=_names_arg, default=None, metavar="A,B,C",
+                    help="cluster names instead (IDs 1, 2, ... in this order)")
+    up.add_argument("--max-connected-clusters", type=int, default=255, choices=(255, 511))
+    up.add_argument("--kvstoremesh", action=argparse.BooleanOptionalAction, default=True,
+                    help="start a KVStoreMesh per cluster (default: yes)")
+    up.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION",
+                    help="give up waiting for readiness after this (default 2m)")
+    st = with_dir(lsub.add_parser("status", help="processes and KVStoreMesh status"))
+    st.add_argument("--wait", action="store_true", help="wait until everything is ready")
+    st.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION")
+    st.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    ck = with_dir(lsub.add_parser("check", help="the connectivity test on the local mesh"))
+    ck.add_argument("--timeout", type=duration_arg, default=30.0, metavar="DURATION",
+                    help="per phase (publish, removal; default 30s)")
+    with_dir(lsub.add_parser("troubleshoot", help="run the troubleshooting list"))
+    rs = with_dir(lsub.add_parser("restart", help="start again every stopped process "
+                                                 "(same ports and data)"))
+    rs.add_argument("--cluster", help="only this cluster")
+    rs.add_argument("--timeout", type=duration_arg, default=60.0, metavar="DURATION")
+    sp = with_dir(lsub.add_parser("stop", help="stop one process (fault injection)"))
+    sp.add_argument("--cluster", required=True)
+    sp.add_argument("--component", required=True, choices=("etcd", "apiserver", "kvstoremesh"))
+    sp.add_argument("--kill", action="store_true", help="SIGKILL instead of SIGTERM")
+    dn = with_dir(lsub.add_parser("down", help="stop every process of the mesh, remove the "
+                                              "state directory"))
+    dn.add_argument("--keep", action="store_true",
+                    help="keep the state directory (logs, certificates, data)")
+
+    # ---- enable
+    en = sub.add_parser("enable", help="generate a cluster's CA/certificates, Helm values and "
+                                       "Secrets (files only)")
+    en.add_argument("--cluster-name", required=True)
+    en.add_argument("--cluster-id", type=int, required=True)
+    en.add_argument("--max-connected-clusters", type=int,
+                    default=DEFAULT_MAX_CONNECTED_CLUSTERS)
+    en.add_argument("--service-type", default="NodePort",
+                    choices=("LoadBalancer", "NodePort", "ClusterIP"),
+                    help="how other clusters reach this cluster's etcd (default NodePort)")
+    ca = en.add_mutually_exclusive_group()
+    ca.add_argument("--ca-dir", type=Path, metavar="DIR",
+                    help="the mesh CA in DIR (ca.crt, ca.key): created if absent, reused "
+                         "otherwise — pass the same DIR for every cluster")
+    ca.add_argument("--shared-ca", type=Path, metavar="FILE",
+                    help="an existing CA certificate; its key next to it (.key) or "
+                         "--shared-ca-key")
+    en.add_argument("--shared-ca-key", type=Path, metavar="FILE")
+    en.add_argument("--enable-kvstoremesh", type=_bool_arg, default=True, metavar="true|false")
+    en.add_argument("--address", default="",
+                    help="DNS name or IP other clusters reach this cluster's etcd at "
+                         "(default <name>.mesh.cilium.io)")
+    en.add_argument("--port", type=int, default=None,
+                    help="its port (default 32379 for NodePort, else 2379)")
+    en.add_argument("--output", type=Path, required=True, metavar="DIR",
+                    help="the cluster directory to create")
+
+    # ---- connect
+    co = sub.add_parser("connect", help="connect two clusters (both directions)")
+    co.add_argument("--source", type=Path, required=True, metavar="DIR")
+    co.add_argument("--destination", type=Path, required=True, metavar="DIR")
+
+    # ---- status / check / troubleshoot on cluster directories
+    ss = sub.add_parser("status", help="per cluster: remotes configured, connected, ready")
+    ss.add_argument("--cluster-dir", type=Path, action="append", default=[], metavar="DIR")
+    ss.add_argument("--kvstoremesh-api", action="append", default=[],
+                    metavar="[NAME=]HOST:PORT", help="a KVStoreMesh status API; repeatable")
+    ss.add_argument("--wait", action="store_true")
+    ss.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION")
+    ss.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    cc = sub.add_parser("check", help="connectivity test between cluster directories")
+    cc.add_argument("--cluster-dir", type=Path, action="append", default=[], metavar="DIR",
+                    required=True)
+    cc.add_argument("--timeout", type=duration_arg, default=30.0, metavar="DURATION")
+    ts = sub.add_parser("troubleshoot", help="run the troubleshooting list")
+    ts.add_argument("--cluster-dir", type=Path, action="append", default=[], metavar="DIR",
+                    required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from clustermesh.localmesh.binaries import EtcdNotFound
+    from clustermesh.localmesh.mesh import LocalMeshError
+
+    from .clusterdir import ClusterDirError
+
+    try:
+        if args.command == "local":
+            from . import localcmd
+
+            return localcmd.run(args)
+        return globals()[f"_cmd_{args.command}"](args)
+    except (LocalMeshError, ClusterDirError, EtcdNotFound, ValueError) as exc:
+        print(f"clustermesh {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"clustermesh {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_enable(args: argparse.Namespace) -> int:
+    from .clusterdir import enable
+
+    if args.shared_ca_key is not None and args.shared_ca is None:
+        raise ValueError("--shared-ca-key needs --shared-ca")
+    d = enable(args.output, name=args.cluster_name, cluster_id=args.cluster_id,
+               max_connected_clusters=args.max_connected_clusters,
+               service_type=args.service_type, kvstoremesh=args.enable_kvstoremesh,
+               ca_dir=args.ca_dir, shared_ca=args.shared_ca, shared_ca_key=args.shared_ca_key,
+               address=args.address, port=args.port)
+    print(f"cluster {d.name} (id {d.id}) enabled in {d.path}:\n"
+          f"  certs/        CA, etcd server cert, admin-{d.name}, local-{d.name} and remote "
+          "client certs\n"
+          "  values.yaml   Helm values for helm/clustermesh\n"
+          "  secrets.yaml  the TLS Secrets (kubectl apply -f secrets.yaml)\n"
+          "  clustermesh/  KVStoreMesh's remote cluster config directory\n"
+          f"other clusters reach its etcd at {d.endpoint}; next: clustermesh connect "
+          f"--source {d.path} --destination <other cluster dir>")
+    return 0
+
+
+def _cmd_connect(args: argparse.Namespace) -> int:
+    from .clusterdir import ClusterDir, connect
+
+    a, b = ClusterDir.load(args.source), ClusterDir.load(args.destination)
+    connect(a, b)
+    print(f"connected {a.name} <-> {b.name}: {a.config_dir / b.name} and "
+          f"{b.config_dir / a.name} written, values.yaml of both updated")
+    return 0
+
+
+def _targets_from_args(args: argparse.Namespace):
+    from .clusterdir import ClusterDir
+    from .status import Target, targets_from_dirs
+
+    targets = targets_from_dirs([ClusterDir.load(p) for p in args.cluster_dir])
+    for spec in args.kvstoremesh_api:
+        name, _, addr = spec.rpartition("=")
+        targets.append(Target(name=name or addr, api=addr))
+    if not targets:
+        raise ValueError("nothing to ask: pass --cluster-dir DIR or --kvstoremesh-api "
+                         "HOST:PORT (or use `clustermesh local status` for the local mesh)")
+    return targets
+
+
+def _print_statuses(statuses, output: str) -> int:
+    from .status import format_statuses, statuses_json
+
+    if output == "json":
+        print(json.dumps(statuses_json(statuses), indent=2))
+    else:
+        sys.stdout.write(format_statuses(statuses))
+    return 0 if all(s.ready for s in statuses) else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect, wait
+
+    targets = _targets_from_args(args)
+    statuses = wait(targets, timeout=args.timeout) if args.wait else collect(targets)
+    return _print_statuses(statuses, args.output)
+
+
+def run_check(targets, timeout: float) -> int:
+    from .check import format_result
+    from .check import run_check as run
+
+    names = ", ".join(t.name for t in targets)
+    print(f"publishing a probe identity, endpoint and global service in {names} ...",
+          flush=True)
+    result = asyncio.run(run(targets, timeout=timeout))
+    sys.stdout.write(format_result(result, timeout=timeout))
+    return 0 if result.ok else 1
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .check import CheckTarget
+    from .clusterdir import ClusterDir
+
+    return run_check([CheckTarget.from_dir(ClusterDir.load(p)) for p in args.cluster_dir],
+                     args.timeout)
+
+
+def _cmd_troubleshoot(args: argparse.Namespace) -> int:
+    from .clusterdir import ClusterDir
+    from .troubleshoot import troubleshoot
+
+    report = troubleshoot([ClusterDir.load(p) for p in args.cluster_dir])
+    sys.stdout.write(report.format())
+    return 0 if report.failures == 0 else 1

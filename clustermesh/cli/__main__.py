@@ -1,0 +1,7 @@
+"""``python -m clustermesh.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,464 @@
+"""The cluster directory: everything ``clustermesh enable`` generates for one cluster.
+
+``enable`` creates it, ``connect`` adds remote clusters to it, ``status``,
+``check`` and ``troubleshoot`` read it, and the local mesh is made of them
+(``local up`` = ``enable`` for each cluster + ``connect`` for each pair + start the
+processes).  Layout::
+
+    <dir>/
+      cluster.yaml          metadata: name, id, maxConnectedClusters, service type,
+                            kvstoremesh, the address/port other clusters reach this
+                            cluster's etcd at, the CA, connected remotes, and (local
+                            mesh, or when reachable) the daemons' status addresses
+      certs/
+        ca.crt              the mesh CA (every cluster of a mesh shares it)
+        ca.key              only when the CA was generated here (no --ca-dir/--shared-ca)
+        server.crt/.key     etcd server certificate (serverAuth+clientAuth; SANs:
+                            127.0.0.1, ::1, localhost, <name>.mesh.cilium.io,
+                            *.mesh.cilium.io, clustermesh-apiserver.kube-system.svc,
+                            the --address)
+        admin.crt/.key      client, CN admin-<name>: clustermesh-apiserver and KVStoreMesh
+        local.crt/.key      client, CN local-<name>: this cluster's Cilium agents
+        remote.crt/.key     client, CN remote: the *other* clusters' KVStoreMesh
+      clustermesh/          KVStoreMesh's --clustermesh-config directory: one etcd
+                            client YAML per remote cluster, named after it, plus
+                            common-etcd-client{.crt,.key,-ca.crt} (the remote cert);
+                            <remote>.etcd-client{.crt,.key,-ca.crt} when a remote uses
+                            another CA
+      etcd-admin.yaml       etcd client config of this cluster's etcd, as admin-<name>
+      etcd-local.yaml       the same as local-<name> (what agents use)
+      values.yaml           Helm values for helm/clustermesh
+      secrets.yaml          the TLS Secrets the chart expects (kubernetes.io/tls:
+                            ca.crt, tls.crt, tls.key)
+
+Every path inside the directory is written relative to it, so the directory can
+be moved or mounted elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clustermesh.clusterconfig import (
+    DEFAULT_MAX_CONNECTED_CLUSTERS,
+    validate_local_cluster,
+)
+from clustermesh.etcd.config import EtcdConfig, load_etcd_config
+from clustermesh.pki import CertificateAuthority
+
+CLUSTER_FILE = "cluster.yaml"
+CERTS = "certs"
+CONFIG_DIR = "clustermesh"
+SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
+MESH_DOMAIN = "mesh.cilium.io"
+NAMESPACE = "kube-system"
+SERVER_SECRET = "clustermesh-apiserver-server-cert"
+ADMIN_SECRET = "clustermesh-apiserver-admin-cert"
+REMOTE_SECRET = "clustermesh-apiserver-remote-cert"
+LOCAL_SECRET = "clustermesh-apiserver-local-cert"
+COMMON_CLIENT = "common-etcd-client"
+
+
+class ClusterDirError(ValueError):
+    """A problem the user must fix; the message says what and how."""
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    data = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Remote:
+    name: str
+    id: int
+    address: str
+    port: int
+    own_tls: bool = False  # <name>.etcd-client.* instead of the common remote cert
+
+
+@dataclass
+class ClusterDir:
+    path: Path
+    name: str
+    id: int
+    max_connected_clusters: int = DEFAULT_MAX_CONNECTED_CLUSTERS
+    service_type: str = "NodePort"
+    kvstoremesh: bool = True
+    address: str = ""
+    port: int = 2379
+    ca_key: str = ""  # where the CA key is, if known (relative to path or absolute)
+    kvstoremesh_api: str = ""  # HOST:PORT of KVStoreMesh's status API, if reachable
+    kvstoremesh_health: str = ""  # HOST:PORT of its /readyz
+    apiserver_health: str = ""
+    manifests_dir: str = ""  # the apiserver's manifests directory (local mesh)
+    remotes: list[Remote] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def certs(self) -> Path:
+        return self.path / CERTS
+
+    @property
+    def config_dir(self) -> Path:
+        return self.path / CONFIG_DIR
+
+    @property
+    def ca_file(self) -> Path:
+        return self.certs / "ca.crt"
+
+    def cert(self, stem: str) -> tuple[Path, Path]:
+        return self.certs / f"{stem}.crt", self.certs / f"{stem}.key"
+
+    @property
+    def ca_key_file(self) -> Path | None:
+        if not self.ca_key:
+            return None
+        key = Path(self.ca_key)
+        return key if key.is_absolute() else self.path / key
+
+    def etcd_config_file(self, user: str = "admin") -> Path:
+        return self.path / f"etcd-{user}.yaml"
+
+    def etcd_config(self, user: str = "admin") -> EtcdConfig:
+        return load_etcd_config(self.etcd_config_file(user))
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"https://{host}:{self.port}"
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "maxConnectedClusters": self.max_connected_clusters,
+            "serviceType": self.service_type,
+            "kvstoremesh": self.kvstoremesh,
+            "address": self.address,
+            "port": self.port,
+            "ca": {"cert": f"{CERTS}/ca.crt", "key": self.ca_key},
+            "kvstoremeshApi": self.kvstoremesh_api,
+            "kvstoremeshHealth": self.kvstoremesh_health,
+            "apiserverHealth": self.apiserver_health,
+            "manifestsDir": self.manifests_dir,
+            "remotes": [{"name": r.name, "id": r.id, "address": r.address, "port": r.port,
+                         "ownTls": r.own_tls} for r in self.remotes],
+        }
+
+    def save(self) -> None:
+        header = ("# clustermesh cluster directory (written by `clustermesh enable`, updated by\n"
+                  "# `clustermesh connect`); see clustermesh/cli/clusterdir.py for the layout.\n")
+        write_atomic(self.path / CLUSTER_FILE,
+                     header + yaml.safe_dump(self.to_doc(), sort_keys=False))
+        self.write_values()
+
+    @classmethod
+    def load(cls, path: Path | str) -> ClusterDir:
+        path = Path(path)
+        file = path / CLUSTER_FILE
+        try:
+            doc = yaml.safe_load(file.read_text())
+        except FileNotFoundError:
+            raise ClusterDirError(f"{path}: not a cluster directory (no {CLUSTER_FILE}); "
+                                  "create one with `clustermesh enable --output DIR`") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise ClusterDirError(f"{file}: cannot read: {exc}") from None
+        if not isinstance(doc, dict) or "name" not in doc or "id" not in doc:
+            raise ClusterDirError(f"{file}: not a cluster.yaml (needs name and id)")
+        return cls(
+            path=path, name=str(doc["name"]), id=int(doc["id"]),
+            max_connected_clusters=int(doc.get("maxConnectedClusters") or 255),
+            service_type=str(doc.get("serviceType") or "NodePort"),
+            kvstoremesh=bool(doc.get("kvstoremesh", True)),
+            address=str(doc.get("address") or ""), port=int(doc.get("port") or 2379),
+            ca_key=str((doc.get("ca") or {}).get("key") or ""),
+            kvstoremesh_api=str(doc.get("kvstoremeshApi") or ""),
+            kvstoremesh_health=str(doc.get("kvstoremeshHealth") or ""),
+            apiserver_health=str(doc.get("apiserverHealth") or ""),
+            manifests_dir=str(doc.get("manifestsDir") or ""),
+            remotes=[Remote(name=str(r["name"]), id=int(r["id"]), address=str(r["address"]),
+                            port=int(r["port"]), own_tls=bool(r.get("ownTls")))
+                     for r in doc.get("remotes") or []],
+        )
+
+    # ------------------------------------------------------------------ generated files
+
+    def write_client_configs(self) -> None:
+        for user in ("admin", "local"):
+            doc = {"endpoints": [self.endpoint], "trusted-ca-file": f"{CERTS}/ca.crt",
+                   "cert-file": f"{CERTS}/{user}.crt", "key-file": f"{CERTS}/{user}.key"}
+            write_atomic(self.etcd_config_file(user), yaml.safe_dump(doc, sort_keys=False))
+
+    def helm_values(self) -> dict[str, Any]:
+        clusters = []
+        for r in self.remotes:
+            entry: dict[str, Any] = {"name": r.name, "address": r.address, "port": r.port}
+            if r.own_tls:
+                stem = f"{r.name}.etcd-client"
+                entry["tls"] = {
+                    "cert": _b64(self.config_dir / f"{stem}.crt"),
+                    "key": _b64(self.config_dir / f"{stem}.key"),
+                    "caCert": _b64(self.config_dir / f"{r.name}.etcd-client-ca.crt"),
+                }
+            clusters.append(entry)
+        values: dict[str, Any] = {
+            "cluster": {"name": self.name, "id": self.id},
+            "maxConnectedClusters": self.max_connected_clusters,
+            "service": {"type": self.service_type},
+            "kvstoremesh": {"enabled": self.kvstoremesh},
+            "tls": {"serverSecret": SERVER_SECRET, "adminSecret": ADMIN_SECRET,
+                    "remoteSecret": REMOTE_SECRET},
+            "clustermesh": {"config": {"enabled": True, "domain": MESH_DOMAIN,
+                                       "clusters": clusters}},
+        }
+        if self.service_type == "NodePort":
+            values["service"]["nodePort"] = self.port
+        return values
+
+    def write_values(self) -> None:
+        header = (f"# Helm values for helm/clustermesh, cluster {self.name} (generated by\n"
+                  "# `clustermesh enable`/`connect`). Install with:\n"
+                  f"#   kubectl apply -f secrets.yaml && helm install clustermesh "
+                  f"helm/clustermesh -n {NAMESPACE} -f values.yaml\n")
+        write_atomic(self.path / "values.yaml",
+                     header + yaml.safe_dump(self.helm_values(), sort_keys=False))
+
+    def secrets(self) -> list[dict[str, Any]]:
+        docs = []
+        for secret, stem in ((SERVER_SECRET, "server"), (ADMIN_SECRET, "admin"),
+                             (REMOTE_SECRET, "remote"), (LOCAL_SECRET, "local")):
+            crt, key = self.cert(stem)
+            docs.append({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": secret, "namespace": NAMESPACE,
+                             "labels": {"app.kubernetes.io/part-of": "clustermesh",
+                                        "clustermesh.io/cluster": self.name}},
+                "data": {"ca.crt": _b64(self.ca_file), "tls.crt": _b64(crt),
+                         "tls.key": _b64(key)},
+            })
+        return docs
+
+    def write_secrets(self) -> None:
+        header = (f"# TLS Secrets of cluster {self.name} (generated by `clustermesh enable`):\n"
+                  f"# {SERVER_SECRET} (etcd server), {ADMIN_SECRET} (CN admin-{self.name}),\n"
+                  f"# {REMOTE_SECRET} (CN remote), {LOCAL_SECRET} (CN local-{self.name},"
+                  " for Cilium agents).\n")
+        write_atomic(self.path / "secrets.yaml",
+                     header + yaml.safe_dump_all(self.secrets(), sort_keys=False), 0o600)
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes().strip()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- enable
+
+
+def _default_port(service_type: str) -> int:
+    return 32379 if service_type == "NodePort" else 2379
+
+
+def _load_or_create_ca(certs: Path, *, ca_dir: Path | None, shared_ca: Path | None,
+                       shared_ca_key: Path | None) -> tuple[CertificateAuthority, str]:
+    """The CA to issue with, and where its key is (as recorded in cluster.yaml)."""
+    if ca_dir is not None and shared_ca is not None:
+        raise ClusterDirError("--ca-dir and --shared-ca are alternatives: give one of them")
+    if shared_ca is not None:
+        key = shared_ca_key or shared_ca.with_suffix(".key")
+        if not shared_ca.is_file():
+            raise ClusterDirError(f"--shared-ca {shared_ca}: no such file")
+        if not key.is_file():
+            raise ClusterDirError(
+                f"--shared-ca {shared_ca}: its private key {key} does not exist; "
+                "pass it with --shared-ca-key FILE")
+        try:
+            ca = CertificateAuthority.load(shared_ca, key, dir=certs)
+        except ValueError as exc:
+            raise ClusterDirError(f"--shared-ca {shared_ca}: cannot load the CA: {exc}") from None
+        return ca, str(key.resolve())
+    if ca_dir is not None:
+        cert, key = ca_dir / "ca.crt", ca_dir / "ca.key"
+        if cert.exists() and key.exists():
+            return CertificateAuthority.load(cert, key, dir=certs), str(key.resolve())
+        if cert.exists() or key.exists():
+            raise ClusterDirError(f"--ca-dir {ca_dir}: has only one of ca.crt and ca.key")
+        created = CertificateAuthority(ca_dir, name="ca")
+        created.dir = certs
+        return created, str(key.resolve())
+    ca = CertificateAuthority(certs, name="ca")
+    return ca, f"{CERTS}/ca.key"
+
+
+def server_sans(name: str, address: str) -> tuple[list[str], list[str]]:
+    dns = ["localhost", f"{name}.{MESH_DOMAIN}", f"*.{MESH_DOMAIN}",
+           "clustermesh-apiserver", f"clustermesh-apiserver.{NAMESPACE}.svc",
+           f"clustermesh-apiserver.{NAMESPACE}.svc.cluster.local"]
+    ips = ["127.0.0.1", "::1"]
+    if address:
+        try:
+            ip = str(ipaddress.ip_address(address))
+            if ip not in ips:
+                ips.append(ip)
+        except ValueError:
+            if address not in dns:
+                dns.append(address)
+    return dns, ips
+
+
+def enable(output: Path, *, name: str, cluster_id: int,
+           max_connected_clusters: int = DEFAULT_MAX_CONNECTED_CLUSTERS,
+           service_type: str = "NodePort", kvstoremesh: bool = True,
+           ca_dir: Path | None = None, shared_ca: Path | None = None,
+           shared_ca_key: Path | None = None, address: str = "",
+           port: int | None = None) -> ClusterDir:
+    """Validate the cluster and write its directory (see the module docstring)."""
+    validate_local_cluster(name=name, cluster_id=cluster_id,
+                           max_connected_clusters=max_connected_clusters)
+    if service_type not in SERVICE_TYPES:
+        raise ClusterDirError(f"service type {service_type!r} is not one of "
+                              f"{', '.join(SERVICE_TYPES)}")
+    if port is not None and not 0 < port < 65536:
+        raise ClusterDirError(f"port {port} is not between 1 and 65535")
+    output = Path(output)
+    if (output / CLUSTER_FILE).exists():
+        raise ClusterDirError(f"{output} already holds a cluster directory "
+                              f"({(output / CLUSTER_FILE)}); choose another --output "
+                              "or remove it first")
+    if output.exists() and any(output.iterdir()):
+        raise ClusterDirError(f"{output} exists and is not empty; choose an empty or new "
+                              "--output directory")
+    output.mkdir(parents=True, exist_ok=True)
+    certs = output / CERTS
+    ca, ca_key = _load_or_create_ca(certs, ca_dir=ca_dir, shared_ca=shared_ca,
+                                    shared_ca_key=shared_ca_key)
+    if ca.ca_file != certs / "ca.crt":
+        write_atomic(certs / "ca.crt", Path(ca.ca_file).read_bytes())
+    address = address or f"{name}.{MESH_DOMAIN}"
+    cdir = ClusterDir(path=output, name=name, id=cluster_id,
+                      max_connected_clusters=max_connected_clusters,
+                      service_type=service_type, kvstoremesh=kvstoremesh, address=address,
+                      port=port or _default_port(service_type), ca_key=ca_key)
+    dns, ips = server_sans(name, address)
+    ca.issue_server("clustermesh-apiserver", dns_names=dns, ips=ips, stem="server")
+    ca.issue_client(f"admin-{name}", stem="admin")
+    ca.issue_client(f"local-{name}", stem="local")
+    ca.issue_client("remote", stem="remote")
+    # The config directory holds the common remote certificate, as the chart projects it.
+    config_dir = cdir.config_dir
+    config_dir.mkdir(exist_ok=True)
+    crt, key = cdir.cert("remote")
+    write_atomic(config_dir / f"{COMMON_CLIENT}.crt", crt.read_bytes())
+    write_atomic(config_dir / f"{COMMON_CLIENT}.key", key.read_bytes(), 0o600)
+    write_atomic(config_dir / f"{COMMON_CLIENT}-ca.crt", cdir.ca_file.read_bytes())
+    cdir.write_client_configs()
+    cdir.write_secrets()
+    cdir.save()
+    return cdir
+
+
+# ---------------------------------------------------------------------------- connect
+
+
+def check_connectable(a: ClusterDir, b: ClusterDir) -> None:
+    """Raise ClusterDirError if ``a`` and ``b`` cannot be in one mesh, saying why."""
+    if a.name == b.name:
+        raise ClusterDirError(
+            f"both clusters are named {a.name!r} ({a.path}, {b.path}): cluster names must "
+            "be unique in a mesh (the name keys every cache prefix, and KVStoreMesh ignores "
+            "a remote named like its own cluster); re-run `clustermesh enable` with another "
+            "--cluster-name for one of them")
+    if a.id == b.id:
+        raise ClusterDirError(
+            f"clusters {a.name} and {b.name} both have cluster ID {a.id}: IDs must be unique "
+            "in a mesh (identities are allocated from a range derived from the ID, and agents "
+            "reject a second remote with the same ID); re-run `clustermesh enable` with "
+            "another --cluster-id for one of them")
+    if a.max_connected_clusters != b.max_connected_clusters:
+        raise ClusterDirError(
+            f"cluster {a.name} has maxConnectedClusters {a.max_connected_clusters} but "
+            f"{b.name} has {b.max_connected_clusters}: every cluster of a mesh must use the "
+            "same value (it decides how many identity bits hold the cluster ID, and agents "
+            "reject a remote with a different value)")
+    for x, y in ((a, b), (b, a)):
+        for r in x.remotes:
+            if r.name != y.name and r.id == y.id:
+                raise ClusterDirError(
+                    f"cluster {y.name} has ID {y.id}, which {r.name} (already connected to "
+                    f"{x.name}) uses too: IDs must be unique in a mesh")
+            if r.name == y.name and r.id != y.id:
+                continue  # reconnecting after a re-enable: the entry is replaced
+
+
+def _remote_config(endpoint: str, stem: str) -> str:
+    return (f"endpoints:\n- {endpoint}\ntrusted-ca-file: {stem}-ca.crt\n"
+            f"cert-file: {stem}.crt\nkey-file: {stem}.key\n")
+
+
+def _connect_one(src: ClusterDir, dst: ClusterDir) -> Remote:
+    """Write dst's remote config into src's config directory."""
+    same_ca = _fingerprint(src.ca_file) == _fingerprint(dst.ca_file)
+    own_tls = False
+    stem = COMMON_CLIENT
+    if not same_ca:
+        key = dst.ca_key_file
+        if key is None or not key.is_file():
+            raise ClusterDirError(
+                f"clusters {src.name} and {dst.name} use different CAs and the CA key of "
+                f"{dst.name} is not available here, so no client certificate {dst.name}'s etcd "
+                "would accept can be issued: enable every cluster with the same --ca-dir or "
+                "--shared-ca")
+        ca = CertificateAuthority.load(dst.ca_file, key, dir=src.config_dir)
+        stem = f"{dst.name}.etcd-client"
+        ca.issue_client("remote", stem=stem)
+        write_atomic(src.config_dir / f"{stem}-ca.crt", dst.ca_file.read_bytes())
+        own_tls = True
+    write_atomic(src.config_dir / dst.name, _remote_config(dst.endpoint, stem))
+    remote = Remote(name=dst.name, id=dst.id, address=dst.address, port=dst.port,
+                    own_tls=own_tls)
+    src.remotes = [r for r in src.remotes if r.name != dst.name] + [remote]
+    src.remotes.sort(key=lambda r: r.name)
+    src.save()
+    return remote
+
+
+def connect(a: ClusterDir, b: ClusterDir) -> None:
+    """Connect both directions (each cluster's KVStoreMesh gets the other's config)."""
+    check_connectable(a, b)
+    _connect_one(a, b)
+    _connect_one(b, a)
+
+
+def disconnect(a: ClusterDir, b: ClusterDir) -> None:
+    for src, dst in ((a, b), (b, a)):
+        (src.config_dir / dst.name).unlink(missing_ok=True)
+        for suffix in (".etcd-client.crt", ".etcd-client.key", ".etcd-client-ca.crt"):
+            (src.config_dir / f"{dst.name}{suffix}").unlink(missing_ok=True)
+        src.remotes = [r for r in src.remotes if r.name != dst.name]
+        src.save()
+

@@ -1,0 +1,126 @@
+"""``clustermesh local ...``: the local mesh subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clustermesh.localmesh import procs
+from clustermesh.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
+
+from .clusterdir import ClusterDir
+
+
+def _mesh(args: argparse.Namespace) -> LocalMesh:
+    return LocalMesh.load(args.dir or default_dir())
+
+
+def _dir_flag(mesh: LocalMesh) -> str:
+    return "" if mesh.dir == default_dir().absolute() else f" --dir {mesh.dir}"
+
+
+def run(args: argparse.Namespace) -> int:
+    return globals()[f"_{args.local_command}"](args)
+
+
+def _up(args: argparse.Namespace) -> int:
+    names = args.names or [f"cluster{i}" for i in range(1, args.clusters + 1)]
+    if args.names is None and args.clusters < 1:
+        raise LocalMeshError("--clusters must be at least 1")
+    mesh = LocalMesh(args.dir or default_dir())
+    mesh.up(names=names, max_connected_clusters=args.max_connected_clusters,
+            kvstoremesh=args.kvstoremesh, timeout=args.timeout,
+            say=lambda s: print(s, flush=True))
+    flag = _dir_flag(mesh)
+    print(f"\nthe mesh runs in the background (logs: {mesh.dir}/<cluster>/logs/).\n"
+          f"  clustermesh local status{flag}\n"
+          f"  clustermesh local check{flag}\n"
+          f"  clustermesh local troubleshoot{flag}\n"
+          f"  clustermesh local down{flag}      # stop it and remove {mesh.dir}")
+    return 0
+
+
+def process_notes(mesh: LocalMesh):
+    """For troubleshoot/status: explain a recorded process that is not running."""
+    def note(d: ClusterDir, component: str) -> str | None:
+        rec = mesh.processes.get(f"{d.name}/{component}")
+        if rec is None or procs.is_running(rec):
+            return None
+        return (f"{d.name}/{component} (pid {rec.pid}) is not running; its log is {rec.log}; "
+                f"start it again with `clustermesh local restart{_dir_flag(mesh)} "
+                f"--cluster {d.name}`")
+    return note
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import _print_statuses
+    from .status import Target, collect, wait
+
+    mesh = _mesh(args)
+    if not mesh.kvstoremesh:
+        running = mesh.running()
+        for key, ok in running.items():
+            print(f"{key}: {'running' if ok else 'NOT RUNNING'}")
+        print("this mesh runs without KVStoreMesh (local up --no-kvstoremesh): there is no "
+              "KVStoreMesh status to show; agents would connect to each etcd directly")
+        return 0 if all(running.values()) else 1
+
+    def targets() -> list[Target]:
+        out = []
+        for c in mesh.clusters:
+            notes = [f"{key.split('/')[1]} process NOT RUNNING (pid {rec.pid})"
+                     for key, rec in mesh.processes.items()
+                     if key.startswith(f"{c.name}/") and not procs.is_running(rec)]
+            d = c.cluster_dir
+            out.append(Target(name=c.name, api=c.kvstoremesh_api, cluster_id=c.id,
+                              configured=[r.name for r in d.remotes], notes=notes))
+        return out
+
+    statuses = (wait(targets(), timeout=args.timeout, refresh=targets) if args.wait
+                else collect(targets()))
+    return _print_statuses(statuses, args.output)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from . import run_check
+    from .check import CheckTarget
+
+    mesh = _mesh(args)
+    if not mesh.kvstoremesh:
+        raise LocalMeshError("this mesh runs without KVStoreMesh (local up --no-kvstoremesh): "
+                             "the check reads each cluster's KVStoreMesh cache; start the mesh "
+                             "with --kvstoremesh")
+    return run_check([CheckTarget.from_dir(c.cluster_dir) for c in mesh.clusters],
+                     args.timeout)
+
+
+def _troubleshoot(args: argparse.Namespace) -> int:
+    from .troubleshoot import troubleshoot
+
+    mesh = _mesh(args)
+    report = troubleshoot([c.cluster_dir for c in mesh.clusters],
+                          process_notes=process_notes(mesh))
+    sys.stdout.write(report.format())
+    return 0 if report.failures == 0 else 1
+
+
+def _restart(args: argparse.Namespace) -> int:
+    mesh = _mesh(args)
+    if args.cluster:
+        mesh.cluster(args.cluster)
+    mesh.start_stopped(cluster=args.cluster, timeout=args.timeout,
+                       say=lambda s: print(s, flush=True))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    mesh = _mesh(args)
+    result = mesh.stop_component(args.cluster, args.component, kill=args.kill)
+    print(f"{args.cluster}/{args.component}: {result}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    mesh = _mesh(args)
+    mesh.down(keep=args.keep, say=lambda s: print(s, flush=True))
+    return 0

@@ -1,0 +1,135 @@
+"""``clustermesh status``: the mesh as every KVStoreMesh sees it.
+
+For each cluster: which remotes are configured (files in its config directory,
+when known), connected and ready, with their counts — from its KVStoreMesh's
+status API (``GET /v1/cluster``, the ``RemoteCluster`` model).  A summary names
+every cluster that is unreachable or not ready, and from where.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from clustermesh.localmesh.mesh import fetch_status
+
+from .clusterdir import ClusterDir
+
+
+@dataclass
+class Target:
+    name: str
+    api: str  # HOST:PORT of the KVStoreMesh status API
+    cluster_id: int | None = None
+    configured: list[str] | None = None  # remote names from the config, when known
+    notes: list[str] = field(default_factory=list)  # e.g. "etcd not running"
+
+
+@dataclass
+class ClusterStatus:
+    target: Target
+    models: list[dict[str, Any]] | None  # None: API unreachable
+
+    @property
+    def remotes(self) -> list[str]:
+        names = set(self.target.configured or [])
+        names |= {m["name"] for m in self.models or []}
+        return sorted(names)
+
+    def model(self, name: str) -> dict[str, Any] | None:
+        for m in self.models or []:
+            if m.get("name") == name:
+                return m
+        return None
+
+    @property
+    def ready(self) -> bool:
+        if self.models is None or self.target.notes:
+            return False
+        return all((m := self.model(r)) is not None and m.get("ready") for r in self.remotes)
+
+
+def targets_from_dirs(dirs: list[ClusterDir]) -> list[Target]:
+    targets = []
+    for d in dirs:
+        if not d.kvstoremesh_api:
+            raise ValueError(f"{d.path}: cluster {d.name} records no KVStoreMesh status API "
+                             "address (kvstoremeshApi in cluster.yaml); pass "
+                             f"--kvstoremesh-api {d.name}=HOST:PORT instead")
+        targets.append(Target(name=d.name, api=d.kvstoremesh_api, cluster_id=d.id,
+                              configured=[r.name for r in d.remotes]))
+    return targets
+
+
+def collect(targets: list[Target]) -> list[ClusterStatus]:
+    return [ClusterStatus(t, fetch_status(t.api)) for t in targets]
+
+
+def wait(targets: list[Target], *, timeout: float, refresh=None) -> list[ClusterStatus]:
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = collect(targets if refresh is None else refresh())
+        if all(s.ready for s in statuses) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(1.0)
+
+
+def _frac(n: int, total: int) -> str:
+    return f"{n}/{total}"
+
+
+def format_statuses(statuses: list[ClusterStatus]) -> str:
+    lines: list[str] = []
+    problems: list[str] = []
+    total = sum(len(s.remotes) for s in statuses)
+    ready_links = sum(1 for s in statuses for r in s.remotes
+                      if (m := s.model(r)) is not None and m.get("ready"))
+    lines.append(f"Cluster Mesh: {len(statuses)} clusters, "
+                 f"{ready_links}/{total} KVStoreMesh connections ready")
+    for s in statuses:
+        t = s.target
+        ident = f" (id {t.cluster_id})" if t.cluster_id is not None else ""
+        for note in t.notes:
+            problems.append(f"{t.name}: {note}")
+        if s.models is None:
+            lines.append(f"{t.name}{ident}: KVStoreMesh status API at {t.api} unreachable"
+                         + (f" [{'; '.join(t.notes)}]" if t.notes else ""))
+            problems.append(f"{t.name}: KVStoreMesh status API at {t.api} unreachable")
+            continue
+        remotes = s.remotes
+        configured = len(t.configured) if t.configured is not None else len(s.models)
+        connected = sum(1 for r in remotes if (m := s.model(r)) and m.get("connected"))
+        ready = sum(1 for r in remotes if (m := s.model(r)) and m.get("ready"))
+        lines.append(
+            f"{t.name}{ident}: {_frac(configured, len(remotes))} remotes configured, "
+            f"{_frac(connected, len(remotes))} connected, {_frac(ready, len(remotes))} ready"
+            + (f" [{'; '.join(t.notes)}]" if t.notes else ""))
+        for r in remotes:
+            m = s.model(r)
+            if m is None:
+                lines.append(f"   {r}: configured, not loaded by KVStoreMesh yet")
+                problems.append(f"{r}: not loaded by {t.name}'s KVStoreMesh")
+                continue
+            state = "ready" if m.get("ready") else (
+                "connected, not ready" if m.get("connected") else "NOT CONNECTED")
+            lines.append(
+                f"   {r}: {state}, {m.get('num-nodes', 0)} nodes, "
+                f"{m.get('num-endpoints', 0)} endpoints, {m.get('num-identities', 0)} "
+                f"identities, {m.get('num-shared-services', 0)} services, "
+                f"{m.get('num-failures', 0)} failures")
+            if not m.get("ready"):
+                lines.append(f"   └  {m.get('status', '')}")
+                problems.append(f"{r}: {state.lower()} as seen from {t.name}")
+    if problems:
+        lines.append("Problems:")
+        lines.extend(f"  - {p}" for p in problems)
+    else:
+        lines.append("All clusters are connected to all clusters and ready.")
+    return "\n".join(lines) + "\n"
+
+
+def statuses_json(statuses: list[ClusterStatus]) -> list[dict[str, Any]]:
+    return [{"name": s.target.name, "api": s.target.api, "reachable": s.models is not None,
+             "ready": s.ready, "notes": s.target.notes, "remotes": s.models or []}
+            for s in statuses]

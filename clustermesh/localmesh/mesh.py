@@ -1,0 +1,490 @@
+"""A local Cluster Mesh: N clusters, each an etcd + clustermesh-apiserver + KVStoreMesh.
+
+``up`` is ``clustermesh enable`` for each cluster (one shared CA, the etcd on a free
+loopback port), ``clustermesh connect`` for each pair, then the processes:
+
+1. every etcd (TLS, ``--client-cert-auth``), waited for, then initialised with the
+   users and roles of ``clustermesh-apiserver etcdinit`` (auth enabled);
+2. every clustermesh-apiserver, fed by the cluster's ``manifests/`` directory, which
+   starts with a small realistic workload (:mod:`apiserver.sample`);
+3. every KVStoreMesh (unless ``kvstoremesh=False``), each with one config file per
+   other cluster using the ``remote`` client certificate;
+
+and waits until every apiserver is ready and every KVStoreMesh reports every
+remote ready.  The processes run detached (own session, logs in
+``<dir>/<cluster>/logs/``) and are recorded with their pid, start time and
+command line in ``<dir>/state.json``; ``down`` stops exactly those.
+
+Directory::
+
+    <dir>/
+      state.json            clusters, ports, processes (pid + start time + argv)
+      ca/ca.crt, ca.key     the mesh CA
+      <cluster>/            a cluster directory (clustermesh/cli/clusterdir.py) plus
+        etcd/               etcd's data directory
+        manifests/          the apiserver's source (workload.yaml; check adds a probe)
+        logs/               etcd.log, apiserver.log, kvstoremesh.log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clustermesh.cli.clusterdir import ClusterDir, connect, enable, write_atomic
+from clustermesh.clusterconfig import validate_cluster_name
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.pki import CertificateAuthority
+
+from . import procs
+from .binaries import find_etcd_binary
+from .procs import ProcRecord
+
+STATE_FILE = "state.json"
+COMPONENTS = ("etcd", "apiserver", "kvstoremesh")
+LOOPBACK = "127.0.0.1"
+
+Say = Callable[[str], None]
+
+
+class LocalMeshError(Exception):
+    """A failure to report to the user (the message says what to do)."""
+
+
+def default_dir() -> Path:
+    """``$XDG_STATE_HOME/clustermesh/local``, else ``~/.local/state/clustermesh/local``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "clustermesh" / "local"
+
+
+def _source_root() -> Path:
+    """The directory holding the ``clustermesh`` package (for the daemons' PYTHONPATH)."""
+    import clustermesh
+
+    return Path(clustermesh.__file__).resolve().parent.parent
+
+
+class _Ports:
+    def __init__(self) -> None:
+        self.used: set[int] = set()
+
+    def free(self) -> int:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((LOOPBACK, 0))
+                port = int(sock.getsockname()[1])
+            if port not in self.used:
+                self.used.add(port)
+                return port
+        raise LocalMeshError("could not find a free port on 127.0.0.1")
+
+
+@dataclass
+class LocalCluster:
+    name: str
+    id: int
+    dir: Path
+    etcd_port: int
+    etcd_peer_port: int
+    apiserver_health_port: int
+    kvstoremesh_health_port: int
+    kvstoremesh_api_port: int
+
+    @property
+    def cluster_dir(self) -> ClusterDir:
+        return ClusterDir.load(self.dir)
+
+    @property
+    def kvstoremesh_api(self) -> str:
+        return f"{LOOPBACK}:{self.kvstoremesh_api_port}"
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dict(self.__dict__)
+        doc["dir"] = str(self.dir)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> LocalCluster:
+        return cls(**{**doc, "dir": Path(doc["dir"])})
+
+
+class LocalMesh:
+    """The state of one local mesh directory."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = Path(dir).absolute()
+        self.clusters: list[LocalCluster] = []
+        self.processes: dict[str, ProcRecord] = {}
+        self.kvstoremesh = True
+        self.max_connected_clusters = 255
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def exists(self) -> bool:
+        return self.state_file.is_file()
+
+    def save(self) -> None:
+        doc = {
+            "version": 1,
+            "kvstoremesh": self.kvstoremesh,
+            "maxConnectedClusters": self.max_connected_clusters,
+            "clusters": [c.to_json() for c in self.clusters],
+            "processes": {k: p.to_json() for k, p in self.processes.items()},
+        }
+        write_atomic(self.state_file, json.dumps(doc, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, dir: Path) -> LocalMesh:
+        mesh = cls(dir)
+        try:
+            doc = json.loads(mesh.state_file.read_text())
+        except FileNotFoundError:
+            raise LocalMeshError(
+                f"no local mesh in {mesh.dir} (no {STATE_FILE}): start one with "
+                f"`clustermesh local up --dir {mesh.dir}`") from None
+        except (OSError, ValueError) as exc:
+            raise LocalMeshError(f"{mesh.state_file}: unreadable: {exc}") from None
+        mesh.kvstoremesh = bool(doc.get("kvstoremesh", True))
+        mesh.max_connected_clusters = int(doc.get("maxConnectedClusters", 255))
+        mesh.clusters = [LocalCluster.from_json(c) for c in doc.get("clusters", [])]
+        mesh.processes = {k: ProcRecord.from_json(p)
+                          for k, p in doc.get("processes", {}).items()}
+        return mesh
+
+    def cluster(self, name: str) -> LocalCluster:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise LocalMeshError(f"no cluster {name!r} in the local mesh at {self.dir} "
+                             f"(clusters: {', '.join(c.name for c in self.clusters)})")
+
+    def running(self) -> dict[str, bool]:
+        return {key: procs.is_running(rec) for key, rec in self.processes.items()}
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, *, names: list[str], max_connected_clusters: int = 255,
+           kvstoremesh: bool = True, timeout: float = 90.0, say: Say = print) -> None:
+        if len(set(names)) != len(names):
+            raise LocalMeshError(f"cluster names must be unique: {', '.join(names)}")
+        if not 1 <= len(names) <= max_connected_clusters:
+            raise LocalMeshError(f"the mesh needs 1 to {max_connected_clusters} clusters")
+        for name in names:
+            try:
+                validate_cluster_name(name)
+            except ValueError as exc:
+                raise LocalMeshError(str(exc)) from None
+        if self.exists():
+            old = LocalMesh.load(self.dir)
+            alive = [k for k, ok in old.running().items() if ok]
+            if alive:
+                raise LocalMeshError(
+                    f"a local mesh is already running in {self.dir} ({', '.join(alive)}): "
+                    f"run `clustermesh local down --dir {self.dir}` first, or use another "
+                    "--dir")
+            say(f"removing the stopped mesh left in {self.dir}")
+        if self.dir.exists():
+            if any(self.dir.iterdir()) and not self.exists():
+                raise LocalMeshError(f"{self.dir} exists, is not empty and holds no local mesh: "
+                                     "choose another --dir")
+            shutil.rmtree(self.dir)
+        etcd_bin = find_etcd_binary()
+        self.dir.mkdir(parents=True)
+        self.kvstoremesh = kvstoremesh
+        self.max_connected_clusters = max_connected_clusters
+        say(f"local mesh in {self.dir}: {len(names)} clusters ({', '.join(names)}), "
+            f"etcd {etcd_bin}")
+
+        # 1. enable every cluster (one CA) and connect every pair.
+        ca = CertificateAuthority(self.dir / "ca", name="ca")
+        ports = _Ports()
+        dirs: list[ClusterDir] = []
+        for index, name in enumerate(names, start=1):
+            c = LocalCluster(name=name, id=index, dir=self.dir / name,
+                             etcd_port=ports.free(), etcd_peer_port=ports.free(),
+                             apiserver_health_port=ports.free(),
+                             kvstoremesh_health_port=ports.free(),
+                             kvstoremesh_api_port=ports.free())
+            cdir = enable(c.dir, name=name, cluster_id=c.id,
+                          max_connected_clusters=max_connected_clusters,
+                          service_type="ClusterIP", kvstoremesh=kvstoremesh,
+                          shared_ca=ca.ca_file, address=LOOPBACK, port=c.etcd_port)
+            cdir.apiserver_health = f"{LOOPBACK}:{c.apiserver_health_port}"
+            if kvstoremesh:
+                cdir.kvstoremesh_api = c.kvstoremesh_api
+                cdir.kvstoremesh_health = f"{LOOPBACK}:{c.kvstoremesh_health_port}"
+            cdir.manifests_dir = "manifests"
+            cdir.save()
+            _write_workload(cdir)
+            self.clusters.append(c)
+            dirs.append(cdir)
+        for i, a in enumerate(dirs):
+            for b in dirs[i + 1:]:
+                connect(a, b)
+        for c in self.clusters:
+            self._records(c, etcd_bin)
+        self.save()
+
+        # 2. processes.
+        try:
+            for c in self.clusters:
+                self._spawn(f"{c.name}/etcd")
+            self.save()
+            asyncio.run(self._init_etcds(timeout=min(timeout, 60.0)))
+            say("etcd: " + ", ".join(f"{c.name} https://{LOOPBACK}:{c.etcd_port}"
+                                     for c in self.clusters) + " (users initialised, auth on)")
+            for c in self.clusters:
+                self._spawn(f"{c.name}/apiserver")
+                if kvstoremesh:
+                    self._spawn(f"{c.name}/kvstoremesh")
+            self.save()
+            self.wait_ready(timeout=timeout, say=say)
+        except BaseException:
+            say("start-up failed; stopping what was started (logs kept in "
+                f"{self.dir}/<cluster>/logs/)")
+            self.stop_all(say=lambda _: None)
+            raise
+
+    def _records(self, c: LocalCluster, etcd_bin: Path) -> None:
+        peer = f"http://{LOOPBACK}:{c.etcd_peer_port}"
+        client = f"https://{LOOPBACK}:{c.etcd_port}"
+        certs = c.dir / "certs"
+        logs = c.dir / "logs"
+        self.processes[f"{c.name}/etcd"] = ProcRecord(
+            name=f"{c.name}/etcd", log=str(logs / "etcd.log"), argv=[
+                str(etcd_bin), f"--name={c.name}", f"--data-dir={c.dir / 'etcd'}",
+                f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster={c.name}={peer}",
+                f"--initial-cluster-token=clustermesh-local-{c.name}",
+                "--initial-cluster-state=new",
+                f"--cert-file={certs / 'server.crt'}", f"--key-file={certs / 'server.key'}",
+                "--client-cert-auth", f"--trusted-ca-file={certs / 'ca.crt'}",
+                "--heartbeat-interval=50", "--election-timeout=500",
+                "--auto-compaction-retention=1", "--logger=zap", "--log-outputs=stderr",
+            ])
+        env = {"PYTHONPATH": os.pathsep.join(
+            p for p in (str(_source_root()), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONUNBUFFERED": "1"}
+        common = [f"--cluster-name={c.name}", f"--cluster-id={c.id}",
+                  f"--max-connected-clusters={self.max_connected_clusters}",
+                  f"--kvstore-opt=etcd.config={c.dir / 'etcd-admin.yaml'}"]
+        self.processes[f"{c.name}/apiserver"] = ProcRecord(
+            name=f"{c.name}/apiserver", log=str(logs / "apiserver.log"), env=env, argv=[
+                sys.executable, "-m", "apiserver.main", "clustermesh", *common,
+                "--source=manifests", f"--manifests-dir={c.dir / 'manifests'}",
+                "--manifests-poll-interval=200ms",
+                f"--health-port={c.apiserver_health_port}",
+            ])
+        if self.kvstoremesh:
+            self.processes[f"{c.name}/kvstoremesh"] = ProcRecord(
+                name=f"{c.name}/kvstoremesh", log=str(logs / "kvstoremesh.log"), env=env,
+                argv=[
+                    sys.executable, "-m", "kvstoremesh.main", *common,
+                    f"--clustermesh-config={c.dir / 'clustermesh'}",
+                    f"--health-port={c.kvstoremesh_health_port}",
+                    f"--api-serve-addr={c.kvstoremesh_api}",
+                    "--status-check-interval=1s", "--per-cluster-ready-timeout=30s",
+                ])
+
+    def _spawn(self, key: str) -> None:
+        rec = self.processes[key]
+        cluster = key.split("/")[0]
+        procs.spawn(rec, cwd=self.dir / cluster)
+
+    async def _init_etcds(self, *, timeout: float) -> None:
+        from apiserver.etcdinit import etcdinit
+
+        async def one(c: LocalCluster) -> None:
+            cdir = c.cluster_dir
+            deadline = time.monotonic() + timeout
+            rec = self.processes[f"{c.name}/etcd"]
+            last: Exception | None = None
+            while True:
+                if procs.exited_early(rec):
+                    raise LocalMeshError(f"etcd of {c.name} exited during start-up:\n"
+                                         f"{log_tail(Path(rec.log))}")
+                try:
+                    async with EtcdClient(cdir.etcd_config("admin"), name=f"{c.name} init",
+                                          dial_timeout=2.0, request_timeout=10.0,
+                                          tls_reload_interval=0) as client:
+                        await etcdinit(client, cluster_name=c.name, on_action=lambda _: None)
+                        return
+                except Exception as exc:  # etcd not up yet
+                    last = exc
+                if time.monotonic() > deadline:
+                    raise LocalMeshError(f"etcd of {c.name} not ready after {timeout:g}s "
+                                         f"({last}):\n{log_tail(Path(rec.log))}")
+                await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(one(c) for c in self.clusters))
+
+    def wait_ready(self, *, timeout: float, say: Say = print) -> None:
+        """Wait until every apiserver is ready and every KVStoreMesh has every remote ready."""
+        deadline = time.monotonic() + timeout
+        waiting: list[str] = []
+        while True:
+            waiting = []
+            for key, rec in self.processes.items():
+                if procs.exited_early(rec):
+                    raise LocalMeshError(
+                        f"{key} exited (log {rec.log}):\n{log_tail(Path(rec.log))}")
+            for c in self.clusters:
+                if not http_ok(f"http://{LOOPBACK}:{c.apiserver_health_port}/readyz"):
+                    waiting.append(f"{c.name}/apiserver")
+                if not self.kvstoremesh:
+                    continue
+                models = fetch_status(c.kvstoremesh_api)
+                expected = {o.name for o in self.clusters if o is not c}
+                ready = {m["name"] for m in models or [] if m.get("ready")}
+                if not expected <= ready:
+                    waiting.append(f"{c.name}/kvstoremesh ({len(ready & expected)}/"
+                                   f"{len(expected)} remotes ready)")
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise LocalMeshError(f"not ready after {timeout:g}s: {', '.join(waiting)}; "
+                                     f"see the logs in {self.dir}/<cluster>/logs/")
+            time.sleep(0.2)
+        if self.kvstoremesh:
+            n = len(self.clusters)
+            say(f"ready: {n} clusters, {n * (n - 1)} KVStoreMesh connections ready")
+        else:
+            say("ready: etcd and clustermesh-apiserver of every cluster (no KVStoreMesh: "
+                "agents would connect to each remote etcd directly; `status` and `check` "
+                "need KVStoreMesh)")
+
+    # ------------------------------------------------------------------ down / restart
+
+    def stop_all(self, *, say: Say = print) -> list[str]:
+        """Stop the recorded processes (KVStoreMesh, apiserver, then etcd)."""
+        order = sorted(self.processes, key=lambda k: -COMPONENTS.index(k.split("/")[1]))
+        results = []
+        for key in order:
+            result = procs.stop(self.processes[key])
+            results.append(f"{key}: {result}")
+            say(f"  {key} (pid {self.processes[key].pid}): {result}")
+        return results
+
+    def down(self, *, keep: bool = False, say: Say = print) -> None:
+        say(f"stopping the local mesh in {self.dir}")
+        self.stop_all(say=say)
+        if keep:
+            say(f"kept {self.dir} (logs, certificates, etcd data)")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            say(f"removed {self.dir}")
+
+    def start_stopped(self, *, cluster: str | None = None, timeout: float = 60.0,
+                      say: Say = print) -> list[str]:
+        """Start again every recorded process that is not running (same ports, same data)."""
+        started = []
+        for component in COMPONENTS:
+            for c in self.clusters:
+                if cluster is not None and c.name != cluster:
+                    continue
+                key = f"{c.name}/{component}"
+                rec = self.processes.get(key)
+                if rec is None or procs.is_running(rec):
+                    continue
+                self._spawn(key)
+                started.append(key)
+                say(f"  started {key} (pid {rec.pid})")
+        self.save()
+        if started:
+            self.wait_ready(timeout=timeout, say=say)
+        else:
+            say("every process is running")
+        return started
+
+    def stop_component(self, cluster: str, component: str, *, kill: bool = False) -> str:
+        self.cluster(cluster)
+        key = f"{cluster}/{component}"
+        rec = self.processes.get(key)
+        if rec is None:
+            raise LocalMeshError(f"{key} is not part of this mesh")
+        if kill:
+            return "killed" if procs.kill(rec) else "not running"
+        return procs.stop(rec)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _write_workload(cdir: ClusterDir) -> None:
+    from apiserver.sample import workload
+
+    manifests = cdir.path / "manifests"
+    manifests.mkdir(exist_ok=True)
+    objects = workload(cluster=cdir.name, cluster_id=cdir.id,
+                       max_connected_clusters=cdir.max_connected_clusters)
+    write_atomic(manifests / "workload.yaml",
+                 f"# sample workload of {cdir.name} (apiserver/sample.py)\n"
+                 + yaml.safe_dump_all(objects, sort_keys=False))
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def http_ok(url: str, *, timeout: float = 1.0) -> bool:
+    try:
+        with _opener.open(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+# Loopback status endpoints: never go through an HTTP proxy from the environment.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def fetch_status(address: str, *, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+    """KVStoreMesh's ``GET /v1/cluster``; None if it cannot be reached."""
+    try:
+        with _opener.open(f"http://{address}/v1/cluster", timeout=timeout) as resp:
+            data = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return data if isinstance(data, list) else None
+
+
+def etcd_health(cdir: ClusterDir, *, timeout: float = 2.0) -> tuple[bool, str]:
+    """etcd's ``GET /health`` over TLS with the admin client certificate."""
+    ctx = ssl.create_default_context(cafile=str(cdir.ca_file))
+    crt, key = cdir.cert("admin")
+    with contextlib.suppress(OSError, ssl.SSLError):
+        ctx.load_cert_chain(str(crt), str(key))
+    try:
+        with urllib.request.build_opener(
+                urllib.request.ProxyHandler({}),
+                urllib.request.HTTPSHandler(context=ctx)).open(
+                f"{cdir.endpoint}/health", timeout=timeout) as resp:
+            body = resp.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return False, str(getattr(exc, "reason", exc))
+    try:
+        return json.loads(body).get("health") == "true", body.strip()
+    except ValueError:
+        return False, body.strip()

@@ -1,0 +1,228 @@
+"""``clustermesh local``: a real 3-cluster mesh (etcd + apiserver + KVStoreMesh each).
+
+One module-scoped mesh, driven through the CLI in subprocesses exactly as a user
+would (so its processes outlive the command that started them).  The tests run in
+file order: up → status/check → kill an etcd → status/troubleshoot name it →
+restart → check passes → down leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clustermesh.localmesh import procs
+from clustermesh.localmesh.binaries import EtcdNotFound, find_etcd_binary
+from clustermesh.localmesh.mesh import LocalMesh
+
+ROOT = Path(__file__).resolve().parent.parent
+
+try:
+    find_etcd_binary()
+except EtcdNotFound as exc:  # pragma: no cover - CI installs etcd
+    pytest.skip(str(exc), allow_module_level=True)
+
+
+def cm(*args: object, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "clustermesh.cli", *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def _out(r: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+
+
+def _kill_leftovers(d: Path) -> None:
+    if (d / "state.json").exists():
+        for rec in LocalMesh.load(d).processes.values():
+            procs.kill(rec)
+
+
+@pytest.fixture(scope="module")
+def mesh_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("localmesh") / "mesh"
+    r = cm("local", "up", "--dir", d)
+    try:
+        assert r.returncode == 0, _out(r)
+        yield d
+    finally:
+        if (d / "state.json").exists():
+            cm("local", "down", "--dir", d, "--keep")
+            _kill_leftovers(d)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_starts_three_ready_clusters(mesh_dir: Path) -> None:
+    mesh = LocalMesh.load(mesh_dir)
+    assert [c.name for c in mesh.clusters] == ["cluster1", "cluster2", "cluster3"]
+    assert [c.id for c in mesh.clusters] == [1, 2, 3]
+    assert len(mesh.processes) == 9
+    assert all(mesh.running().values())
+    for c in mesh.clusters:
+        others = sorted(o.name for o in mesh.clusters if o is not c)
+        configs = sorted(p.name for p in (c.dir / "clustermesh").iterdir()
+                         if not p.name.startswith("common-"))
+        assert configs == others
+        assert (c.dir / "manifests" / "workload.yaml").exists()
+        for log in ("etcd.log", "apiserver.log", "kvstoremesh.log"):
+            assert (c.dir / "logs" / log).exists()
+
+    r = cm("local", "status", "--dir", mesh_dir, "-o", "json")
+    assert r.returncode == 0, _out(r)
+    statuses = json.loads(r.stdout)
+    assert [s["name"] for s in statuses] == ["cluster1", "cluster2", "cluster3"]
+    for s in statuses:
+        assert s["ready"]
+        assert len(s["remotes"]) == 2
+        for remote in s["remotes"]:
+            assert remote["ready"] and remote["connected"]
+            assert remote["num-nodes"] == 3 and remote["num-identities"] == 2
+            assert remote["num-shared-services"] == 1
+    r = cm("local", "status", "--dir", mesh_dir)
+    assert "6/6 KVStoreMesh connections ready" in r.stdout, _out(r)
+
+
+def test_check_passes(mesh_dir: Path) -> None:
+    r = cm("local", "check", "--dir", mesh_dir)
+    assert r.returncode == 0, _out(r)
+    assert "PASSED: 12/12 checks" in r.stdout
+    for c in ("cluster1", "cluster2", "cluster3"):
+        assert not (mesh_dir / c / "manifests" / "zz-clustermesh-check.yaml").exists()
+
+
+async def test_etcd_users_and_tls(mesh_dir: Path) -> None:
+    from clustermesh.cli.clusterdir import ClusterDir
+    from clustermesh.etcd.client import EtcdClient
+    from clustermesh.etcd.errors import EtcdPermissionDenied
+
+    d = ClusterDir.load(mesh_dir / "cluster1")
+    # Agents' user: reads the cache, not the state (etcdinit's roles, facts §4.4).
+    async with EtcdClient(d.etcd_config("local"), tls_reload_interval=0) as local:
+        kvs, _ = await local.list_prefix(b"cilium/cache/nodes/v1/cluster2/")
+        assert len(kvs) == 3
+        with pytest.raises(EtcdPermissionDenied):
+            await local.get(b"cilium/state/nodes/v1/cluster1/cluster1-node-0")
+    troubleshoot = cm("local", "troubleshoot", "--dir", mesh_dir)
+    assert troubleshoot.returncode == 0, _out(troubleshoot)
+    assert "no problems found" in troubleshoot.stdout
+
+
+def test_up_refuses_a_running_mesh(mesh_dir: Path) -> None:
+    r = cm("local", "up", "--dir", mesh_dir)
+    assert r.returncode == 1
+    assert "already running" in r.stderr
+    assert all(LocalMesh.load(mesh_dir).running().values())
+
+
+def test_killed_etcd_is_named_then_restarted(mesh_dir: Path) -> None:
+    before = LocalMesh.load(mesh_dir).cluster("cluster2")
+    r = cm("local", "stop", "--dir", mesh_dir, "--cluster", "cluster2", "--component", "etcd",
+           "--kill")
+    assert r.returncode == 0 and "killed" in r.stdout, _out(r)
+
+    r = cm("local", "status", "--dir", mesh_dir)
+    assert r.returncode == 1, _out(r)
+    assert "cluster2: etcd process NOT RUNNING" in r.stdout
+    # The other clusters' KVStoreMesh notice too (status checks every second).
+    deadline = time.monotonic() + 20
+    while True:
+        r = cm("local", "status", "--dir", mesh_dir, "-o", "json")
+        seen = {s["name"]: {m["name"]: m for m in s["remotes"]} for s in json.loads(r.stdout)}
+        if not seen["cluster1"]["cluster2"]["connected"] and \
+                not seen["cluster3"]["cluster2"]["connected"]:
+            break
+        assert time.monotonic() < deadline, r.stdout
+        time.sleep(0.5)
+    assert seen["cluster1"]["cluster3"]["ready"]
+    text = cm("local", "status", "--dir", mesh_dir).stdout
+    assert "cluster2: not connected as seen from cluster1" in text
+
+    r = cm("local", "troubleshoot", "--dir", mesh_dir)
+    assert r.returncode == 1, _out(r)
+    assert "[FAIL] the etcd process of cluster2 is not running" in r.stdout
+    assert "[FAIL] etcd unreachable at https://127.0.0.1:" in r.stdout
+    assert "clustermesh local restart" in r.stdout
+    assert "KVStoreMesh: remote cluster2 not connected" in r.stdout
+
+    r = cm("local", "restart", "--dir", mesh_dir)
+    assert r.returncode == 0, _out(r)
+    assert "started cluster2/etcd" in r.stdout
+    after = LocalMesh.load(mesh_dir)
+    assert after.cluster("cluster2") == before  # same ports, same data directory
+    assert all(after.running().values())
+    r = cm("local", "check", "--dir", mesh_dir)
+    assert r.returncode == 0, _out(r)
+    assert "PASSED: 12/12 checks" in r.stdout
+
+
+def test_commands_on_cluster_directories(mesh_dir: Path) -> None:
+    """status/check/troubleshoot outside `local`: cluster dirs or KVStoreMesh addresses."""
+    dirs = [a for c in ("cluster1", "cluster2", "cluster3")
+            for a in ("--cluster-dir", mesh_dir / c)]
+    r = cm("status", *dirs, "--wait", "--timeout", "30s")
+    assert r.returncode == 0, _out(r)
+    assert "6/6 KVStoreMesh connections ready" in r.stdout
+    api = LocalMesh.load(mesh_dir).cluster("cluster1").kvstoremesh_api
+    r = cm("status", "--kvstoremesh-api", f"cluster1={api}")
+    assert r.returncode == 0 and "cluster1: 2/2 remotes configured" in r.stdout, _out(r)
+    r = cm("check", *dirs[:4])  # two of the three clusters
+    assert r.returncode == 0 and "PASSED: 4/4 checks" in r.stdout, _out(r)
+    r = cm("troubleshoot", *dirs)
+    assert r.returncode == 0 and "no problems found" in r.stdout, _out(r)
+
+
+def test_down_leaves_no_process_or_port(mesh_dir: Path) -> None:
+    mesh = LocalMesh.load(mesh_dir)
+    ports = [p for c in mesh.clusters for p in (
+        c.etcd_port, c.etcd_peer_port, c.apiserver_health_port, c.kvstoremesh_health_port,
+        c.kvstoremesh_api_port)]
+    assert all(_port_open(p) for p in (c.etcd_port for c in mesh.clusters))
+    r = cm("local", "down", "--dir", mesh_dir)
+    assert r.returncode == 0, _out(r)
+    assert not mesh_dir.exists()
+    assert not any(procs.is_running(rec) for rec in mesh.processes.values())
+    leftovers = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with __import__("contextlib").suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if str(mesh_dir).encode() in cmdline:
+                    leftovers.append(pid)
+    assert not leftovers
+    assert not [p for p in ports if _port_open(p)]
+
+
+def test_without_kvstoremesh(tmp_path: Path) -> None:
+    d = tmp_path / "mesh"
+    r = cm("local", "up", "--dir", d, "--names", "east,west", "--no-kvstoremesh")
+    try:
+        assert r.returncode == 0, _out(r)
+        assert "status` and `check` need KVStoreMesh" in r.stdout
+        mesh = LocalMesh.load(d)
+        assert [c.name for c in mesh.clusters] == ["east", "west"]
+        assert sorted(mesh.processes) == ["east/apiserver", "east/etcd", "west/apiserver",
+                                          "west/etcd"]
+        r = cm("local", "check", "--dir", d)
+        assert r.returncode == 1 and "without KVStoreMesh" in r.stderr
+        r = cm("local", "status", "--dir", d)
+        assert r.returncode == 0 and "no KVStoreMesh status" in r.stdout, _out(r)
+    finally:
+        r = cm("local", "down", "--dir", d)
+        _kill_leftovers(d)
+    assert r.returncode == 0, _out(r)
+    assert not d.exists()
