@@ -109,7 +109,7 @@ class ApiServer:
             self.runners["metrics"] = await serve(metrics_app(self.metrics.registry), host, port)
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self._connect(stop)
+            await self.local.connect_retrying(stop=stop)
             self.writer = SyncWriter(
                 self.local, max_txn_ops=o.max_txn_ops, max_request_bytes=o.max_request_bytes,
                 max_inflight=o.max_inflight, qps=o.qps, bootstrap_qps=o.bootstrap_qps,
@@ -145,20 +145,6 @@ class ApiServer:
             await self.local.close()
             for runner in self.runners.values():
                 await runner.cleanup()
-
-    async def _connect(self, stop: asyncio.Event) -> None:
-        assert self.local is not None
-        delay = 0.5
-        while True:
-            try:
-                await self.local.connect()
-                return
-            except EtcdError as exc:
-                if stop.is_set():
-                    raise
-                log.warning("etcd not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _heartbeat(self) -> None:
         assert self.local is not None

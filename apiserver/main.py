@@ -17,7 +17,7 @@ from pathlib import Path
 
 from clustermesh.clusterconfig import validate_local_cluster
 from clustermesh.etcd.config import EtcdConfigError, parse_kvstore_opts
-from clustermesh.flags import duration_arg
+from clustermesh.flags import duration_arg, kvstore_number
 from clustermesh.logs import setup_logging
 
 from .daemon import ApiServer, ApiserverOptions
@@ -62,17 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _number(opts: dict[str, str], key: str, default: float = 0.0) -> float:
-    raw = opts.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"--kvstore-opt {key}={raw}: not a number") from None
-    if value < 0:
-        raise ValueError(f"--kvstore-opt {key}={raw}: must not be negative")
-    return value
 
 
 def options_from_args(args: argparse.Namespace) -> tuple[ApiserverOptions, Source]:
@@ -97,9 +86,9 @@ def options_from_args(args: argparse.Namespace) -> tuple[ApiserverOptions, Sourc
         max_connected_clusters=args.max_connected_clusters,
         local_config=Path(opts["etcd.config"]), mcs_api=args.clustermesh_enable_mcs_api,
         health_port=args.health_port, prometheus_serve_addr=args.prometheus_serve_addr,
-        heartbeat_interval=args.heartbeat_interval, qps=_number(opts, "etcd.qps"),
-        bootstrap_qps=_number(opts, "etcd.bootstrapQps"),
-        max_inflight=int(_number(opts, "etcd.maxInflight", 4)),
+        heartbeat_interval=args.heartbeat_interval, qps=kvstore_number(opts, "etcd.qps"),
+        bootstrap_qps=kvstore_number(opts, "etcd.bootstrapQps"),
+        max_inflight=int(kvstore_number(opts, "etcd.maxInflight", 4)),
         max_txn_ops=args.max_txn_ops, max_request_bytes=args.max_request_bytes)
     return options, source
 

@@ -47,3 +47,27 @@ def listen_address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected HOST:PORT or :PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def kvstore_number(opts: dict[str, str], key: str, default: float = 0.0) -> float:
+    """A numeric ``--kvstore-opt`` (``etcd.qps``...); ValueError names the option."""
+    raw = opts.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"--kvstore-opt {key}={raw}: not a number") from None
+    if value < 0:
+        raise ValueError(f"--kvstore-opt {key}={raw}: must not be negative")
+    return value
+
+
+def bool_arg(text: str) -> bool:
+    """Go's strconv.ParseBool for argparse, so ``--flag=false`` works as with Cilium."""
+    lowered = text.lower()
+    if lowered in ("1", "t", "true"):
+        return True
+    if lowered in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clustermesh.clusterconfig import validate_local_cluster
 from clustermesh.etcd.config import EtcdConfigError, parse_kvstore_opts
-from clustermesh.flags import duration_arg
+from clustermesh.flags import bool_arg, duration_arg, kvstore_number
 from clustermesh.logs import setup_logging
 
 from . import statuscmd
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local etcd's --max-txn-ops (default 128)")
     p.add_argument("--max-request-bytes", type=int, default=1536 * 1024,
                    help="local etcd's --max-request-bytes (default 1.5 MiB)")
-    p.add_argument("--validate-remote-data", type=_bool_flag, nargs="?", const=True,
+    p.add_argument("--validate-remote-data", type=bool_arg, nargs="?", const=True,
                    default=True, metavar="true|false",
                    help="keep remote entries that agents would reject out of the cache "
                         "(default true; false mirrors bytes unchecked, like upstream)")
@@ -79,14 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bool_flag(text: str) -> bool:
-    """Go's strconv.ParseBool, so ``--flag=false`` works as with Cilium's flags."""
-    lowered = text.lower()
-    if lowered in ("1", "t", "true"):
-        return True
-    if lowered in ("0", "f", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")
 
 
 def options_from_args(args: argparse.Namespace) -> MeshOptions:
@@ -112,26 +104,15 @@ def options_from_args(args: argparse.Namespace) -> MeshOptions:
         removal_grace=args.cluster_removal_grace,
         heartbeat_timeout=args.heartbeat_timeout,
         status_check_interval=args.status_check_interval,
-        qps=_number(opts, "etcd.qps"),
-        bootstrap_qps=_number(opts, "etcd.bootstrapQps"),
-        max_inflight=int(_number(opts, "etcd.maxInflight", 4)),
+        qps=kvstore_number(opts, "etcd.qps"),
+        bootstrap_qps=kvstore_number(opts, "etcd.bootstrapQps"),
+        max_inflight=int(kvstore_number(opts, "etcd.maxInflight", 4)),
         max_txn_ops=args.max_txn_ops,
         max_request_bytes=args.max_request_bytes,
         validate_remote_data=args.validate_remote_data,
     )
 
 
-def _number(opts: dict[str, str], key: str, default: float = 0.0) -> float:
-    raw = opts.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"--kvstore-opt {key}={raw}: not a number") from None
-    if value < 0:
-        raise ValueError(f"--kvstore-opt {key}={raw}: must not be negative")
-    return value
 
 
 async def serve(options: MeshOptions) -> None:

@@ -71,6 +71,9 @@ class KVStoreMesh:
         self.metrics = MeshMetrics()
         self.metrics.attach(self)
         self.readiness = Readiness(self)
+        # overlapping_pod_cidrs() of the last problems() call, and the remotes' pod CIDR
+        # versions it was computed from (25k nodes take ~0.2 s: not on every /readyz).
+        self._overlaps: tuple[object, list[Problem]] = (None, [])
         self.cluster_ids = ClusterIds()
         self.runners: dict[str, web.AppRunner] = {}
 
@@ -89,7 +92,7 @@ class KVStoreMesh:
                                  on_error=self.metrics.writes_failed)
         await self._start_servers()
         try:
-            await self._connect_local(stop)
+            await self.local.connect_retrying(stop=stop)
         except BaseException:
             await self._stop_servers()
             raise
@@ -119,20 +122,6 @@ class KVStoreMesh:
             await self._stop_servers()
             log.info("stopped")
 
-    async def _connect_local(self, stop: asyncio.Event) -> None:
-        assert self.local is not None
-        delay = 0.5
-        while True:
-            try:
-                await self.local.connect()
-                return
-            except EtcdError as exc:
-                if stop.is_set():
-                    raise
-                log.warning("local etcd not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
     # ------------------------------------------------------------ diagnostics
 
     def problems(self) -> list[Problem]:
@@ -142,9 +131,13 @@ class KVStoreMesh:
             if remote.state.problem is not None:
                 found.append(remote.state.problem)
             found.extend(remote.state.certificate_problems)
-        found.extend(overlapping_pod_cidrs({
-            name: [net for nets in remote.pod_cidrs.values() for net in nets]
-            for name, remote in self.remotes.items()}))
+        versions = tuple((name, remote.created, remote.pod_cidrs_version)
+                         for name, remote in sorted(self.remotes.items()))
+        if self._overlaps[0] != versions:
+            self._overlaps = (versions, overlapping_pod_cidrs({
+                name: [net for nets in remote.pod_cidrs.values() for net in nets]
+                for name, remote in self.remotes.items()}))
+        found.extend(self._overlaps[1])
         return found
 
     async def _log_problems(self) -> None:

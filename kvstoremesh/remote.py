@@ -127,6 +127,7 @@ class RemoteCluster:
         self.name = name
         self.cluster_ids = cluster_ids if cluster_ids is not None else ClusterIds()
         self.pod_cidrs: dict[bytes, list[Network]] = {}  # cached node key -> its pod CIDRs
+        self.pod_cidrs_version = 0  # bumped whenever pod_cidrs changes
         self.metrics = metrics
         self.created = time.monotonic()
         self.config_path = config_path
@@ -153,9 +154,13 @@ class RemoteCluster:
 
     def _node_seen(self, key: bytes, value: bytes | None) -> None:
         if value is None:
-            self.pod_cidrs.pop(key, None)
-        else:
-            self.pod_cidrs[key] = pod_cidrs(value)
+            if self.pod_cidrs.pop(key, None) is not None:
+                self.pod_cidrs_version += 1
+            return
+        cidrs = pod_cidrs(value)
+        if self.pod_cidrs.get(key) != cidrs:
+            self.pod_cidrs[key] = cidrs
+            self.pod_cidrs_version += 1
 
     def _reflector_synced(self) -> None:
         if self.ready and self.state.ready_after is None:
@@ -176,9 +181,11 @@ class RemoteCluster:
         backoff = 1.0
         while True:
             started = time.monotonic()
+            synced = False
             try:
                 await self._session()
             except* Exception as group:
+                synced = self._synced_in_session()
                 errors = _leaves(group)
                 for exc in errors:
                     if not isinstance(exc, (EtcdError, EtcdConfigError, SessionFailure, OSError)):
@@ -186,10 +193,19 @@ class RemoteCluster:
                 self._fail("; ".join(str(e) for e in errors))
             finally:
                 self._disconnected()
-            if time.monotonic() - started > 60:
+            # A session that got through a full sync was a success (as a connection is
+            # for upstream's controller): the next failure starts from the base backoff.
+            if synced or time.monotonic() - started > 60:
                 backoff = 1.0
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, 30.0)
+
+    def _synced_in_session(self) -> bool:
+        """Whether the current session listed every resource it reflects."""
+        config = self.state.config
+        return self.state.registered and config is not None and all(
+            r.listed for r in self.reflectors.values()
+            if not (r.resource is SERVICE_EXPORTS and config.service_exports_enabled is None))
 
     def _disconnected(self) -> None:
         if self.state.connected:
@@ -246,7 +262,8 @@ class RemoteCluster:
                                   remote_cached=config.cached, page_size=self.options.page_size,
                                   metrics=self.metrics, on_synced=self._reflector_synced,
                                   validate=validate, rejections=self.rejections,
-                                  observe=self._node_seen if resource is NODES else None)
+                                  observe=self._node_seen if resource is NODES else None,
+                                  max_request_bytes=self.options.max_request_bytes)
             old = previous.get(resource.name)
             if old is not None and old.synced.is_set():
                 reflector.synced.set()  # canary already written; readiness is not lost
@@ -372,7 +389,10 @@ class RemoteCluster:
                 await asyncio.sleep(min(timeout / 4, 5.0))
                 if task.done():
                     task.result()  # re-raise the watch's error
-                age = time.monotonic() - self.state.last_heartbeat
+                # Data arriving counts too: on a slow link the heartbeat events queue
+                # behind a long initial list, which must not end the session.
+                received = max((r.last_received for r in self.reflectors.values()), default=0)
+                age = time.monotonic() - max(self.state.last_heartbeat, received)
                 if age > timeout:
                     raise SessionFailure(
                         f"{age:.0f}s since last heartbeat update has been received "

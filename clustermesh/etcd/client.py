@@ -75,12 +75,25 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 
 def put_op(key: bytes, value: bytes, *, lease: int = 0) -> RequestOp:
-    return RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value, lease=lease))
+    # Field assignment on the nested message is ~3x cheaper than keyword construction
+    # (RequestOp(request_put=PutRequest(...))) with the upb runtime: this runs once per
+    # key written. Touching request_put selects it in the oneof even for empty fields.
+    op = RequestOp()
+    put = op.request_put
+    put.key = key
+    put.value = value
+    if lease:
+        put.lease = lease
+    return op
 
 
 def delete_op(key: bytes, *, prefix: bool = False) -> RequestOp:
-    end = prefix_range_end(key) if prefix else b""
-    return RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key, range_end=end))
+    op = RequestOp()
+    delete = op.request_delete_range
+    delete.key = key
+    if prefix:
+        delete.range_end = prefix_range_end(key)
+    return op
 
 
 def get_op(key: bytes) -> RequestOp:
@@ -203,6 +216,25 @@ class EtcdClient:
         if self._tls_task is None and self.config.use_tls and self._tls_reload_interval > 0:
             self._tls_task = asyncio.create_task(self._reload_tls_loop(), name=f"{self.name}-tls")
 
+    async def connect_retrying(self, *, stop: asyncio.Event | None = None,
+                               max_delay: float = 10.0) -> None:
+        """:meth:`connect`, retried with backoff until it works (or ``stop`` is set).
+
+        For a daemon whose etcd starts beside it (a sidecar in the same pod).
+        """
+        delay = 0.5
+        while True:
+            try:
+                await self.connect()
+                return
+            except EtcdError as exc:
+                if stop is not None and stop.is_set():
+                    raise
+                log.warning("%s: not reachable yet (%s); retrying in %.1fs", self.name, exc,
+                            delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+
     async def close(self) -> None:
         self._closed = True
         if self._tls_task is not None:
@@ -253,7 +285,7 @@ class EtcdClient:
                 "skipping server certificate verification is not supported by the gRPC TLS "
                 "stack this client uses; set trusted-ca-file to the server's CA instead",
                 path=self.config.source, field="insecure-skip-tls-verify")
-        tls = load_tls_files(self.config)
+        tls = load_tls_files(self.config, check_pair=True)
         creds = grpc.ssl_channel_credentials(
             root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
         )
@@ -335,7 +367,8 @@ class EtcdClient:
             if conn is None:
                 continue
             try:
-                fingerprint = (await asyncio.to_thread(load_tls_files, self.config)).fingerprint
+                fingerprint = (await asyncio.to_thread(load_tls_files, self.config,
+                                                       check_pair=True)).fingerprint
             except EtcdError as exc:  # half-written rotation: keep the old channel
                 log.warning("%s: cannot re-read TLS files: %s", self.name, exc)
                 continue
@@ -435,18 +468,31 @@ class EtcdClient:
         Every page is read at the revision of the first one (``revision`` if given),
         so together they are one consistent snapshot at that revision.  Raises
         :class:`EtcdCompacted` if that revision is compacted while paging.
+
+        The next page is requested before this one is yielded, so the server reads
+        it while the caller processes the current one.
         """
         end = prefix_range_end(prefix)
-        key = prefix
-        while True:
-            resp = await self.range(key, end, revision=revision, limit=page_size,
-                                    keys_only=keys_only)
-            if revision == 0:
-                revision = resp.header.revision
-            yield resp.kvs, revision
-            if not resp.more or not resp.kvs:
-                return
-            key = resp.kvs[-1].key + b"\x00"
+        resp = await self.range(prefix, end, revision=revision, limit=page_size,
+                                keys_only=keys_only)
+        if revision == 0:
+            revision = resp.header.revision
+        pending: asyncio.Task[rpc_pb2.RangeResponse] | None = None
+        try:
+            while True:
+                if resp.more and resp.kvs:
+                    pending = asyncio.create_task(self.range(
+                        resp.kvs[-1].key + b"\x00", end, revision=revision, limit=page_size,
+                        keys_only=keys_only))
+                yield resp.kvs, revision
+                if pending is None:
+                    return
+                resp, pending = await pending, None
+        finally:
+            if pending is not None:  # the caller stopped early, or failed
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EtcdError):
+                    await pending
 
     async def list_prefix(self, prefix: bytes, *, page_size: int = DEFAULT_PAGE_SIZE,
                           revision: int = 0) -> tuple[list[KeyValue], int]:
@@ -474,6 +520,11 @@ class EtcdClient:
     async def txn(self, *, compare: Sequence[Compare] = (), success: Sequence[RequestOp] = (),
                   failure: Sequence[RequestOp] = ()) -> rpc_pb2.TxnResponse:
         request = rpc_pb2.TxnRequest(compare=compare, success=success, failure=failure)
+        return await self._call("kv", "Txn", request)
+
+    async def txn_request(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """Send a ``TxnRequest`` the caller built in place (``request.success.add()``):
+        for big txns, it saves building every op twice."""
         return await self._call("kv", "Txn", request)
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:

@@ -74,6 +74,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 __all__ = [
     "Endpoint",
@@ -642,22 +645,33 @@ class TlsBytes:
         return digest.hexdigest()
 
 
-def load_tls_files(config: EtcdConfig) -> TlsBytes:
+def load_tls_files(config: EtcdConfig, *, check_pair: bool = False) -> TlsBytes:
     """Read the CA, certificate and key files named by ``config``.
 
     Every configured file is read (as etcd does, whatever the scheme), except
     with ``insecure-transport``, where etcd reads none.  Raises
     :class:`EtcdConfigFileMissing` for a file that does not exist and
     :class:`EtcdConfigError` for one that cannot be read or does not contain
-    the expected PEM block; both name the config file, the field and the path.
+    the expected PEM block (or holds a corrupt one); both name the config file,
+    the field and the path.  With ``check_pair``, also when the private key does
+    not belong to the certificate (what a client about to connect wants to know).
     """
     if config.insecure_transport:
         return TlsBytes()
-    return TlsBytes(
+    tls = TlsBytes(
         ca=_read_pem(config, _TRUSTED_CA_FILE, config.trusted_ca_file, private_key=False),
         cert=_read_pem(config, _CERT_FILE, config.cert_file, private_key=False),
         key=_read_pem(config, _KEY_FILE, config.key_file, private_key=True),
     )
+    if check_pair and tls.cert is not None and tls.key is not None:
+        # gRPC would only say "Failed to create security handshaker" at connect time.
+        cert = x509.load_pem_x509_certificates(tls.cert)[0]
+        key = serialization.load_pem_private_key(tls.key, password=None)
+        if cert.public_key() != key.public_key():
+            raise EtcdConfigError(
+                f"the private key in {str(config.key_file)!r} does not belong to the "
+                f"certificate in {str(config.cert_file)!r}", path=config.source, field=_KEY_FILE)
+    return tls
 
 
 def _read_pem(config: EtcdConfig, name: str, path: Path | None, *,
@@ -693,6 +707,18 @@ def _read_pem(config: EtcdConfig, name: str, path: Path | None, *,
         raise EtcdConfigError(
             f"file {shown} does not contain {wanted}: {detail}", path=config.source, field=name
         )
+    # Parse it: a corrupt or truncated block would otherwise only fail inside gRPC, as a
+    # "TLS handshake failed" that names no file.
+    try:
+        if private_key:
+            serialization.load_pem_private_key(data, password=None)
+        else:
+            x509.load_pem_x509_certificates(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        reason = ("it is encrypted (use an unencrypted key)" if "encrypted" in str(exc)
+                  else "the PEM data is corrupt or truncated")
+        raise EtcdConfigError(f"file {shown} does not contain {wanted} that can be read: "
+                              f"{reason}", path=config.source, field=name) from None
     return data
 
 

@@ -1,0 +1,224 @@
+"""The convergence check every reliability test ends with, as a report.
+
+:func:`convergence_report` compares the *whole* local etcd keyspace (not only
+``cilium/``) with the exact tree a correct KVStoreMesh must hold for the remotes
+configured now (:meth:`harness.mesh.MeshEnv.expected`: cache keys with
+byte-identical values, one sync canary per resource, the cached cluster-config)
+and returns a :class:`ConvergenceReport`:
+
+* ``missing`` / ``extra`` / ``different`` — keys expected but absent, present but
+  not expected, present with another value;
+* ``outside`` — keys outside every prefix the daemon may write for the configured
+  clusters: ``cilium/cache/<resource>/v1/<cluster>/``, ``cilium/synced/<cluster>/``
+  and ``cilium/cluster-config/<cluster>`` (anything else, ``cilium/state/``
+  included, is a key the daemon had no business writing);
+* counts, per cluster too, and :meth:`ConvergenceReport.summary` showing the first
+  N offending keys with both values (shortened).
+
+:func:`wait_converged` polls until the report is clean (raising with the summary
+otherwise) and fails fast if the daemon died.  :class:`WriteAudit` watches the
+local keyspace while a test runs and records every write outside the allowed
+prefixes, so a key written and deleted again between two checks is caught too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.errors import EtcdError
+from clustermesh.etcd.watch import Watch
+from clustermesh.keys import RESOURCES, cluster_config_key, synced_prefix
+
+from .mesh import CANARY, MeshEnv, _value_matches
+
+ALL_KEYS = (b"\x00", b"\x00")  # etcd's "every key" range
+
+
+def allowed_prefixes(cluster: str) -> tuple[tuple[bytes, ...], bytes]:
+    """``(prefixes, exact key)`` the daemon may write for remote cluster ``cluster``."""
+    prefixes = tuple(r.cache_prefix(cluster).encode() for r in RESOURCES)
+    return (*prefixes, synced_prefix(cluster).encode()), cluster_config_key(cluster).encode()
+
+
+def owner(key: bytes, clusters: Iterable[str]) -> str | None:
+    """The configured cluster whose allowed prefixes contain ``key`` (None: outside all)."""
+    for name in clusters:
+        prefixes, exact = allowed_prefixes(name)
+        if key == exact or key.startswith(prefixes):
+            return name
+    return None
+
+
+async def read_keyspace(client: EtcdClient, page: int = 5000) -> dict[bytes, bytes]:
+    """Every key of an etcd (one consistent snapshot)."""
+    out: dict[bytes, bytes] = {}
+    start, revision = ALL_KEYS[0], 0
+    while True:
+        resp = await client.range(start, ALL_KEYS[1], revision=revision, limit=page)
+        revision = revision or resp.header.revision
+        out.update((kv.key, kv.value) for kv in resp.kvs)
+        if not resp.more or not resp.kvs:
+            return out
+        start = resp.kvs[-1].key + b"\x00"
+
+
+def _short(value: bytes | None, limit: int = 80) -> str:
+    if value is None:
+        return "<absent>"
+    if value == CANARY:
+        return "<any RFC3339 time>"
+    shown = repr(value[:limit])
+    return shown + (f"... ({len(value)} bytes)" if len(value) > limit else "")
+
+
+@dataclass
+class ConvergenceReport:
+    clusters: list[str]
+    expected: int = 0
+    actual: int = 0
+    missing: list[bytes] = field(default_factory=list)
+    extra: list[bytes] = field(default_factory=list)
+    different: list[bytes] = field(default_factory=list)
+    outside: list[bytes] = field(default_factory=list)
+    per_cluster: dict[str, int] = field(default_factory=dict)
+    _expected_values: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    _actual_values: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def mismatches(self) -> int:
+        return len(self.missing) + len(self.extra) + len(self.different) + len(self.outside)
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0
+
+    @property
+    def checked(self) -> int:
+        """Keys compared: the union of expected and actual."""
+        return len(self._expected_values.keys() | self._actual_values.keys())
+
+    def summary(self, first: int = 10) -> str:
+        lines = [f"expected {self.expected} keys, local has {self.actual}: "
+                 f"{len(self.missing)} missing, {len(self.extra)} extra, "
+                 f"{len(self.different)} different, {len(self.outside)} outside the allowed "
+                 f"prefixes of {self.clusters}; per cluster {self.per_cluster}"]
+        for what, keys in (("missing", self.missing), ("extra", self.extra),
+                           ("different", self.different), ("outside", self.outside)):
+            for key in keys[:first]:
+                lines.append(f"  {what}: {key!r}: expected "
+                             f"{_short(self._expected_values.get(key))}, local has "
+                             f"{_short(self._actual_values.get(key))}")
+            if len(keys) > first:
+                lines.append(f"  ... and {len(keys) - first} more {what}")
+        return "\n".join(lines)
+
+
+async def convergence_report(env: MeshEnv, *,
+                             unstorable: Callable[[bytes, bytes], bool] | None = None,
+                             tolerate: tuple[bytes, ...] = ()) -> ConvergenceReport:
+    """Compare the local keyspace with what the configured remotes hold now.
+
+    ``unstorable(key, value)`` marks expected cache entries the local etcd cannot hold
+    (bigger than its request limit): they are expected *absent*.  Local keys starting
+    with a prefix in ``tolerate`` (written by the test itself) are ignored.
+    """
+    clusters = sorted(env.remotes)
+    expected = await env.expected()
+    if unstorable is not None:
+        expected = {k: v for k, v in expected.items() if not unstorable(k, v)}
+    actual = {k: v for k, v in (await read_keyspace(env.local)).items()
+              if not k.startswith(tolerate)} if tolerate else await read_keyspace(env.local)
+    report = ConvergenceReport(clusters=clusters, expected=len(expected), actual=len(actual),
+                               _expected_values=expected, _actual_values=actual)
+    report.missing = sorted(expected.keys() - actual.keys())
+    report.extra = sorted(k for k in actual.keys() - expected.keys()
+                          if owner(k, clusters) is not None)
+    report.outside = sorted(k for k in actual if owner(k, clusters) is None)
+    report.different = sorted(k for k in expected.keys() & actual.keys()
+                              if not _value_matches(expected[k], actual[k]))
+    for key in expected:
+        name = owner(key, clusters) or "?"
+        report.per_cluster[name] = report.per_cluster.get(name, 0) + 1
+    return report
+
+
+async def wait_converged(env: MeshEnv, timeout: float = 20.0, *,
+                         alive: Callable[[], None] | None = None,
+                         unstorable: Callable[[bytes, bytes], bool] | None = None,
+                         tolerate: tuple[bytes, ...] = (),
+                         interval: float = 0.1) -> ConvergenceReport:
+    """Poll :func:`convergence_report` until clean; ``AssertionError`` with the summary
+    otherwise.  ``alive()`` raises if the daemon died (default: the in-process task)."""
+    deadline = time.monotonic() + timeout
+    report: ConvergenceReport | None = None
+    while True:
+        if alive is not None:
+            alive()
+        elif env._task is not None and env._task.done():
+            env._task.result()
+            raise AssertionError("the KVStoreMesh task ended")
+        try:
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                report = await convergence_report(env, unstorable=unstorable, tolerate=tolerate)
+        except (EtcdError, TimeoutError) as exc:  # an etcd restarting under the check
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no convergence check possible: {exc}") from exc
+            await asyncio.sleep(interval)
+            continue
+        if report.ok:
+            return report
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not converged within {timeout}s:\n{report.summary()}")
+        await asyncio.sleep(interval)
+
+
+class WriteAudit:
+    """Records every PUT on the local etcd outside the allowed prefixes of ``clusters``.
+
+    ``audit = await WriteAudit(env.local, lambda: env.remotes).start()``; after the
+    test, ``await audit.stop()`` and ``assert not audit.violations``.  The cluster
+    names are read at each event (``clusters`` is a callable), so adding a remote
+    while the audit runs is fine.
+    """
+
+    def __init__(self, client: EtcdClient, clusters: Callable[[], Iterable[str]], *,
+                 tolerate: tuple[bytes, ...] = ()) -> None:
+        self.client = client
+        self.clusters = clusters
+        self.tolerate = tolerate
+        self.violations: list[bytes] = []
+        self.events = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> WriteAudit:
+        revision = (await self.client.range(*ALL_KEYS, count_only=True)).header.revision
+        self._task = asyncio.create_task(self._run(revision + 1))
+        return self
+
+    async def _run(self, start_revision: int) -> None:
+        watch = Watch(self.client, key=ALL_KEYS[0], range_end=ALL_KEYS[1],
+                      start_revision=start_revision, prev_kv=False, progress_notify=False)
+        async with watch:
+            async for batch in watch:
+                for event in batch.events:
+                    self.events += 1
+                    key = bytes(event.kv.key)
+                    if self.tolerate and key.startswith(self.tolerate):
+                        continue
+                    if owner(key, list(self.clusters())) is None:
+                        self.violations.append(key)
+
+    async def stop(self) -> list[bytes]:
+        if self._task is not None:
+            if self._task.done():
+                self._task.result()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        return self.violations
