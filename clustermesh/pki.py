@@ -49,6 +49,7 @@ __all__ = [
     "ClientCert",
     "TlsMaterial",
     "read_not_after",
+    "write_atomic",
 ]
 
 #: Lifetime of generated CAs.
@@ -100,7 +101,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace ``path`` atomically (temp file + rename): readers never see half a file."""
+    data = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -202,8 +205,8 @@ class CertificateAuthority:
         )
         self.ca_file = self.dir / f"{name}.crt"
         self.key_file = self.dir / f"{name}.key"
-        _write_atomic(self.ca_file, _cert_pem(self.certificate))
-        _write_atomic(self.key_file, _key_pem(self.private_key), 0o600)
+        write_atomic(self.ca_file, _cert_pem(self.certificate))
+        write_atomic(self.key_file, _key_pem(self.private_key), 0o600)
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
 
@@ -299,8 +302,8 @@ class CertificateAuthority:
         key_file = self.dir / f"{stem}.key"
         # Key first: a watcher that reacts to the certificate changing then finds a
         # matching key already in place.
-        _write_atomic(key_file, _key_pem(key), 0o600)
-        _write_atomic(cert_file, _cert_pem(cert))
+        write_atomic(key_file, _key_pem(key), 0o600)
+        write_atomic(cert_file, _cert_pem(cert))
         return cert_file, key_file, end
 
     def issue_server(

@@ -40,8 +40,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ from clustermesh.clusterconfig import (
     validate_local_cluster,
 )
 from clustermesh.etcd.config import EtcdConfig, load_etcd_config
-from clustermesh.pki import CertificateAuthority
+from clustermesh.pki import CertificateAuthority, write_atomic
 
 CLUSTER_FILE = "cluster.yaml"
 CERTS = "certs"
@@ -70,20 +68,6 @@ COMMON_CLIENT = "common-etcd-client"
 
 class ClusterDirError(ValueError):
     """A problem the user must fix; the message says what and how."""
-
-
-def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    data = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
