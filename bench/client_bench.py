@@ -35,7 +35,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ if str(REPO) not in sys.path:  # so that `python bench/client_bench.py` works fr
     sys.path.insert(0, str(REPO))
 
 from bench._etcd import EtcdProcess, exit_on_termination_signals  # noqa: E402
+from bench._mesh import cpu_model, mem_total_gib, version_of  # noqa: E402
 from clustermesh.etcd.batch import BatchWriter, Put  # noqa: E402
 from clustermesh.etcd.client import EtcdClient, prefix_range_end  # noqa: E402
 from clustermesh.etcd.config import parse_etcd_config  # noqa: E402
@@ -382,29 +382,6 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def mem_total_gib() -> float | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    return None
-
-
-def version_of(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def machine_info() -> dict[str, Any]:
