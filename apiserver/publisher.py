@@ -68,6 +68,13 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 Owner = tuple[Resource, str, str]  # (resource, namespace, name)
 
 
+def _service_of(endpoint_slice: Obj) -> str | None:
+    """The Service an EndpointSlice belongs to (its kubernetes.io/service-name label)."""
+    labels = (endpoint_slice.get("metadata") or {}).get("labels") or {}
+    service = labels.get(SERVICE_NAME_LABEL)
+    return service if isinstance(service, str) and service else None
+
+
 def _digest(value: bytes) -> bytes:
     return hashlib.blake2b(value, digest_size=16).digest()
 
@@ -101,6 +108,9 @@ class Publisher:
         self.synced_after: dict[Resource, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed: BaseException | None = None
+        # (namespace, service) -> {slice name: EndpointSlice}: a service's recompute
+        # must not scan every slice of the cluster.
+        self._slices: dict[tuple[str, str], dict[str, Obj]] = {}
 
     # ----------------------------------------------------------------- sink
 
@@ -110,6 +120,7 @@ class Publisher:
         ns, name = object_key(obj)
         old = self.objects[kind].get((ns, name))
         self.objects[kind][(ns, name)] = obj
+        self._index(kind, ns, name, old, obj)
         self._recompute(self._affected(kind, ns, name, old, obj))
 
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
@@ -117,6 +128,7 @@ class Publisher:
             return
         old = self.objects[kind].pop((namespace, name), None)
         if old is not None:
+            self._index(kind, namespace, name, old, None)
             self._recompute(self._affected(kind, namespace, name, old, None))
 
     def replace(self, kind: Kind, objects: Sequence[Obj]) -> None:
@@ -128,8 +140,18 @@ class Publisher:
         owners: set[Owner] = set()
         for key in old.keys() | new.keys():
             if old.get(key) != new.get(key):
+                self._index(kind, key[0], key[1], old.get(key), new.get(key))
                 owners |= self._affected(kind, key[0], key[1], old.get(key), new.get(key))
         self._recompute(owners)
+
+    def _index(self, kind: Kind, ns: str, name: str, old: Obj | None,
+               new: Obj | None) -> None:
+        if kind is not ENDPOINT_SLICE:
+            return
+        if old is not None and (service := _service_of(old)):
+            self._slices.get((ns, service), {}).pop(name, None)
+        if new is not None and (service := _service_of(new)):
+            self._slices.setdefault((ns, service), {})[name] = new
 
     def synced(self, kind: Kind) -> None:
         self.kinds_synced.add(kind)
@@ -164,9 +186,7 @@ class Publisher:
             owners.add((SERVICE_EXPORTS, ns, name))
         elif kind is ENDPOINT_SLICE:
             for obj in (old, new):
-                service = ((obj or {}).get("metadata") or {}).get("labels", {}).get(
-                    SERVICE_NAME_LABEL) if obj else None
-                if service:
+                if obj is not None and (service := _service_of(obj)):
                     owners.add((SERVICES, ns, service))
         elif kind is NAMESPACE:
             for resource, owner_kind in ((ENDPOINTS, CILIUM_ENDPOINT), (SERVICES, SERVICE),
@@ -201,9 +221,7 @@ class Publisher:
             obj = get(SERVICE, ns, name)
             if obj is None:
                 return {}
-            slices = [s for (s_ns, _), s in self.objects[ENDPOINT_SLICE].items()
-                      if s_ns == ns and ((s.get("metadata") or {}).get("labels") or {}).get(
-                          SERVICE_NAME_LABEL) == name]
+            slices = list(self._slices.get((ns, name), {}).values())
             return converters.service_entries(obj, slices, cluster=self.cluster,
                                               cluster_id=self.cluster_id,
                                               namespace=get(NAMESPACE, "", ns))
