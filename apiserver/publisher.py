@@ -250,7 +250,7 @@ class Publisher:
             self._apply(owner, desired, known=None)
 
     def _apply(self, owner: Owner, desired: Mapping[str, bytes],
-               known: dict[str, bytes] | None) -> None:
+               known: dict[str, bytes] | None) -> set[str]:
         """Queue the writes that make ``owner``'s keys equal ``desired``.
 
         ``known`` is what etcd holds (digests) when going live; otherwise our
@@ -259,6 +259,10 @@ class Publisher:
         previous = self.owned.get(owner, {})
         current: dict[str, bytes] = {}
         for key, value in desired.items():
+            if not self.writer.fits(key.encode(), value):
+                log.error("%s %s/%s: %s is %d bytes, more than etcd accepts in one request; "
+                          "not published", owner[0].name, owner[1], owner[2], key, len(value))
+                continue
             digest = _digest(value)
             current[key] = digest
             held = known.get(key) if known is not None else (
@@ -274,6 +278,7 @@ class Publisher:
             self.owned[owner] = current
         else:
             self.owned.pop(owner, None)
+        return set(current)
 
     # ------------------------------------------------------------ going live
 
@@ -302,8 +307,7 @@ class Publisher:
             except Exception:
                 log.exception("cannot convert %s %s/%s", resource.name, owner[1], owner[2])
                 continue
-            wanted |= desired.keys()
-            self._apply(owner, desired, known=known)
+            wanted |= self._apply(owner, desired, known=known)
         stale = known.keys() - wanted
         for key in stale:
             self.writer.delete(key.encode())

@@ -131,9 +131,21 @@ class SyncWriter:
 
     # -------------------------------------------------------------- producers
 
+    def fits(self, key: bytes, value: bytes) -> bool:
+        """Whether one put of ``key`` can ever be committed (``max_request_bytes``)."""
+        return len(key) + len(value) + _OP_OVERHEAD + _REQUEST_OVERHEAD <= (
+            self._max_request_bytes)
+
     def put(self, key: bytes, value: bytes, *, observed: float | None = None) -> None:
         """Queue a write. ``observed`` (``time.monotonic()`` when the change was seen at
-        its source) makes the commit report the propagation lag of this key."""
+        its source) makes the commit report the propagation lag of this key.
+
+        ValueError for a write that can never fit a request (check :meth:`fits`):
+        retrying it forever would stall every flush behind it.
+        """
+        if not self.fits(key, value):
+            raise ValueError(f"key {key!r}: a {len(value)}-byte value exceeds the etcd "
+                             f"request limit of {self._max_request_bytes} bytes")
         self._enqueue(key, value, observed)
 
     def delete(self, key: bytes, *, observed: float | None = None) -> None:

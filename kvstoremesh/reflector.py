@@ -32,7 +32,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from clustermesh.etcd.batch import _OP_OVERHEAD, _REQUEST_OVERHEAD
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdCompacted
 from clustermesh.etcd.watch import PUT
@@ -69,8 +68,7 @@ class Reflector:
                  on_synced: Callable[[], None] | None = None,
                  validate: Callable[[str, bytes], str | None] | None = None,
                  rejections: Rejections | None = None,
-                 observe: Callable[[bytes, bytes | None], None] | None = None,
-                 max_request_bytes: int = 0) -> None:
+                 observe: Callable[[bytes, bytes | None], None] | None = None) -> None:
         self.resource = resource
         self.cluster = cluster
         self.remote = remote
@@ -88,7 +86,6 @@ class Reflector:
         self.observe = observe  # (cache key, value or None when removed): e.g. pod CIDRs
         # The local etcd's request limit: an entry whose put alone exceeds it can never be
         # written, and retrying it would stall the writer (0: no limit).
-        self.max_request_bytes = max_request_bytes
         self.listed = False  # the initial remote list has been read
         self.synced = asyncio.Event()  # ... and written, canary included
         self.relists = 0
@@ -190,8 +187,7 @@ class Reflector:
         self._digests = digests
 
     def _upsert(self, key: bytes, value: bytes, observed: float | None = None) -> None:
-        too_large = (self.max_request_bytes > 0 and len(key) + len(value) + _OP_OVERHEAD
-                     + _REQUEST_OVERHEAD > self.max_request_bytes)
+        too_large = not self.writer.fits(key, value)
         if self.validate is not None or too_large:
             suffix = key[len(self.target_prefix):].decode(errors="replace")
             reason = "too-large" if too_large else self.validate(suffix, value)  # type: ignore[misc]

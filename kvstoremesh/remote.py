@@ -262,8 +262,7 @@ class RemoteCluster:
                                   remote_cached=config.cached, page_size=self.options.page_size,
                                   metrics=self.metrics, on_synced=self._reflector_synced,
                                   validate=validate, rejections=self.rejections,
-                                  observe=self._node_seen if resource is NODES else None,
-                                  max_request_bytes=self.options.max_request_bytes)
+                                  observe=self._node_seen if resource is NODES else None)
             old = previous.get(resource.name)
             if old is not None and old.synced.is_set():
                 reflector.synced.set()  # canary already written; readiness is not lost
