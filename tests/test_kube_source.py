@@ -1,7 +1,12 @@
 """KubernetesSource against the in-process fake API server (``harness.fake_kube``).
 
 The source connects through a kubeconfig written into ``tmp_path`` that points at the fake
-server over HTTP with a bearer token; nothing in the source is patched.
+server over HTTP with a bearer token (or, in the ``--k8s-api-server`` tests, through that
+URL with a service-account directory in ``tmp_path``); nothing in the source is patched.
+The rate-limit tests give the source's token bucket a fake clock, so they never sleep.
+Where a test shows that something is *not* delivered, it makes a matching change after
+the non-matching one and waits for that sentinel: the watch stream is ordered, so once
+the sentinel has arrived the other change would have too.
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.certs import Pki
 from harness.fake_kube import (
     CILIUM_ENDPOINTS,
     CILIUM_IDENTITIES,
@@ -30,14 +37,23 @@ from harness.fake_kube import (
 from apiserver.sources import (
     CILIUM_ENDPOINT,
     CILIUM_IDENTITY,
+    ENDPOINT_SLICE,
     KINDS,
     NAMESPACE,
+    SERVICE,
     SERVICE_EXPORT,
     Kind,
     Obj,
     object_key,
 )
-from apiserver.sources.kubernetes import KubernetesSource
+from apiserver.sources.kubernetes import (
+    ENDPOINTSLICE_SELECTOR,
+    Clock,
+    KubernetesSource,
+    TokenBucket,
+    default_label_selectors,
+    service_proxy_selector,
+)
 
 Key = tuple[str, str]
 
@@ -422,3 +438,366 @@ async def test_no_config_at_all_fails(tmp_path: Path, monkeypatch: pytest.Monkey
         await KubernetesSource().run(RecordingSink(), [NAMESPACE])
     with pytest.raises(ConfigException):
         await KubernetesSource(kubeconfig=tmp_path / "nope").run(RecordingSink(), [NAMESPACE])
+
+
+# -- label selectors ------------------------------------------------------------------
+
+PROXY_LABEL = "service.kubernetes.io/service-proxy-name"
+MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+MESH_CONTROLLER = "endpointslice-mesh-controller.cilium.io"
+K8S_CONTROLLER = "endpointslice-controller.k8s.io"
+
+
+def labelled(name: str, namespace: str = "default", **labels: str) -> Obj:
+    return {"metadata": {"name": name, "namespace": namespace, "labels": labels}}
+
+
+def delivered_names(sink: RecordingSink, kind: Kind) -> set[str]:
+    """Every name the sink was ever given for ``kind``, by any call."""
+    names: set[str] = set()
+    for op, payload in sink.of(kind):
+        if op == "replace":
+            names |= {o["metadata"]["name"] for o in payload}
+        elif op == "upsert":
+            names.add(payload["metadata"]["name"])
+        elif op == "delete":
+            names.add(payload[1])
+    return names
+
+
+def test_selector_helpers() -> None:
+    assert service_proxy_selector("") == "!service.kubernetes.io/service-proxy-name"
+    assert service_proxy_selector("other") == "service.kubernetes.io/service-proxy-name=other"
+    assert ENDPOINTSLICE_SELECTOR == (
+        "endpointslice.kubernetes.io/managed-by!=endpointslice-mesh-controller.cilium.io")
+    assert default_label_selectors("") == {
+        "Service": "!service.kubernetes.io/service-proxy-name",
+        "EndpointSlice": ENDPOINTSLICE_SELECTOR}
+    assert default_label_selectors("p")["Service"] == (
+        "service.kubernetes.io/service-proxy-name=p")
+    for bad in ("has space", "-x", "x" * 64, "a,b"):
+        with pytest.raises(ValueError, match="service proxy name"):
+            service_proxy_selector(bad)
+    with pytest.raises(ValueError, match="unknown kinds"):
+        KubernetesSource(label_selectors={"Services": "a=b"})
+
+
+async def test_selectors_sent_on_every_request_of_configured_kinds(
+        kube: FakeKube, kubeconfig: Path) -> None:
+    for name in ("a", "b", "c"):
+        kube.create(SERVICES, labelled(name, app="web" if name != "b" else "db"))
+    kube.create(CILIUM_ENDPOINTS, cep("pod"))
+    selectors = {"Service": "app=web", "EndpointSlice": ENDPOINTSLICE_SELECTOR}
+    sink = RecordingSink()
+    kinds = [SERVICE, ENDPOINT_SLICE, CILIUM_ENDPOINT, NAMESPACE]
+    async with running(make_source(kubeconfig, label_selectors=selectors, page_size=1),
+                       sink, kinds):
+        await synced(sink, kinds)
+        await watching(kube, [SERVICES, ENDPOINT_SLICES, CILIUM_ENDPOINTS, NAMESPACES])
+
+    # Two pages of Services (the server filtered: two of three match), every page with it.
+    assert [r.label_selector for r in kube.list_requests(SERVICES)] == ["app=web"] * 2
+    assert [r.label_selector for r in kube.watch_requests(SERVICES)] == ["app=web"]
+    slices = kube.list_requests(ENDPOINT_SLICES) + kube.watch_requests(ENDPOINT_SLICES)
+    assert len(slices) == 2
+    assert {r.label_selector for r in slices} == {ENDPOINTSLICE_SELECTOR}
+    for resource in (CILIUM_ENDPOINTS, NAMESPACES):
+        requests = kube.list_requests(resource) + kube.watch_requests(resource)
+        assert requests and all("labelSelector" not in r.query for r in requests)
+    assert delivered_names(sink, SERVICE) == {"a", "c"}
+
+
+async def test_default_selector_hides_services_of_other_proxies(
+        kube: FakeKube, kubeconfig: Path) -> None:
+    kube.create(SERVICES, labelled("plain"))
+    kube.create(SERVICES, labelled("other", **{PROXY_LABEL: "other"}))
+    sink = RecordingSink()
+    source = make_source(kubeconfig, label_selectors=default_label_selectors(""))
+    async with running(source, sink, [SERVICE]):
+        await synced(sink, [SERVICE])
+        await watching(kube, [SERVICES])
+        kube.create(SERVICES, labelled("other-2", **{PROXY_LABEL: "other"}))
+        kube.create(SERVICES, labelled("sentinel"))  # after other-2 in the same stream
+        await wait_for(lambda: ("default", "sentinel") in sink.names(SERVICE), what="sentinel")
+
+    assert sink.of(SERVICE)[0][0] == "replace"
+    assert {o["metadata"]["name"] for o in sink.of(SERVICE)[0][1]} == {"plain"}
+    assert delivered_names(sink, SERVICE) == {"plain", "sentinel"}
+
+
+async def test_service_proxy_selector_selects_only_its_services(
+        kube: FakeKube, kubeconfig: Path) -> None:
+    kube.create(SERVICES, labelled("plain"))
+    kube.create(SERVICES, labelled("mine", **{PROXY_LABEL: "other"}))
+    kube.create(SERVICES, labelled("theirs", **{PROXY_LABEL: "third"}))
+    sink = RecordingSink()
+    source = make_source(kubeconfig, label_selectors=default_label_selectors("other"))
+    async with running(source, sink, [SERVICE]):
+        await synced(sink, [SERVICE])
+        await watching(kube, [SERVICES])
+        kube.create(SERVICES, labelled("plain-2"))
+        kube.create(SERVICES, labelled("sentinel", **{PROXY_LABEL: "other"}))
+        await wait_for(lambda: ("default", "sentinel") in sink.names(SERVICE), what="sentinel")
+
+    assert {o["metadata"]["name"] for o in sink.of(SERVICE)[0][1]} == {"mine"}
+    assert delivered_names(sink, SERVICE) == {"mine", "sentinel"}
+
+
+async def test_mirrored_endpointslices_never_delivered(kube: FakeKube, kubeconfig: Path) -> None:
+    kube.create(ENDPOINT_SLICES, labelled("local", **{MANAGED_BY: K8S_CONTROLLER}))
+    kube.create(ENDPOINT_SLICES, labelled("unlabelled"))  # "!=" matches a missing label
+    kube.create(ENDPOINT_SLICES, labelled("mirrored", **{MANAGED_BY: MESH_CONTROLLER}))
+    sink = RecordingSink()
+    source = make_source(kubeconfig, label_selectors=default_label_selectors(""))
+    async with running(source, sink, [ENDPOINT_SLICE]):
+        await synced(sink, [ENDPOINT_SLICE])
+        await watching(kube, [ENDPOINT_SLICES])
+        kube.create(ENDPOINT_SLICES, labelled("mirrored-2", **{MANAGED_BY: MESH_CONTROLLER}))
+        kube.create(ENDPOINT_SLICES, labelled("sentinel"))
+        await wait_for(lambda: ("default", "sentinel") in sink.names(ENDPOINT_SLICE),
+                       what="sentinel")
+
+    assert {o["metadata"]["name"] for o in sink.of(ENDPOINT_SLICE)[0][1]} == {"local",
+                                                                              "unlabelled"}
+    assert delivered_names(sink, ENDPOINT_SLICE) == {"local", "unlabelled", "sentinel"}
+
+
+async def test_relabelling_out_of_and_into_the_selection(kube: FakeKube,
+                                                         kubeconfig: Path) -> None:
+    kube.create(SERVICES, labelled("web"))
+    kube.create(ENDPOINT_SLICES, labelled("web-abc"))
+    sink = RecordingSink()
+    source = make_source(kubeconfig, label_selectors=default_label_selectors(""))
+    async with running(source, sink, [SERVICE, ENDPOINT_SLICE]):
+        await synced(sink, [SERVICE, ENDPOINT_SLICE])
+        await watching(kube, [SERVICES, ENDPOINT_SLICES])
+        # Claimed by another proxy / turned into a mirrored slice: gone for us.
+        kube.update(SERVICES, labelled("web", **{PROXY_LABEL: "other"}))
+        kube.update(ENDPOINT_SLICES, labelled("web-abc", **{MANAGED_BY: MESH_CONTROLLER}))
+        await wait_for(lambda: not sink.names(SERVICE) and not sink.names(ENDPOINT_SLICE),
+                       what="deletes")
+        # ...and back.
+        back = kube.update(SERVICES, labelled("web"))
+        back_slice = kube.update(ENDPOINT_SLICES, labelled("web-abc", **{MANAGED_BY: "x"}))
+        await wait_for(lambda: sink.names(SERVICE) and sink.names(ENDPOINT_SLICE),
+                       what="upserts")
+
+    assert [op for op, _ in sink.of(SERVICE)] == ["replace", "synced", "delete", "upsert"]
+    assert sink.of(SERVICE, "delete")[0][1] == ("default", "web")
+    assert sink.of(SERVICE, "upsert")[0][1] == back
+    assert [op for op, _ in sink.of(ENDPOINT_SLICE)] == ["replace", "synced", "delete",
+                                                          "upsert"]
+    assert sink.of(ENDPOINT_SLICE, "upsert")[0][1] == back_slice
+    # The watch followed the changes; nothing needed a relist.
+    assert len(kube.list_requests(SERVICES)) == len(kube.list_requests(ENDPOINT_SLICES)) == 1
+
+
+async def test_invalid_selector_is_retried_and_never_syncs(kube: FakeKube,
+                                                           kubeconfig: Path) -> None:
+    sink = RecordingSink()
+    source = make_source(kubeconfig, label_selectors={"Namespace": "a b"})
+    async with running(source, sink, [NAMESPACE, CILIUM_ENDPOINT]):
+        await synced(sink, [CILIUM_ENDPOINT])  # the other kind is not held up
+        await wait_for(lambda: len(kube.list_requests(NAMESPACES)) >= 3, what="retries")
+        assert "400" in (source.status()["Namespace"].last_error or "")
+    assert not sink.of(NAMESPACE)
+    assert {r.label_selector for r in kube.list_requests(NAMESPACES)} == {"a b"}
+
+
+# -- client-side rate limit -----------------------------------------------------------
+
+class FakeClock:
+    """Time that only moves when told to (``advance``) or, if ``sleeping_advances``, by
+    each sleep; every sleep is recorded and returns at once."""
+
+    def __init__(self, *, sleeping_advances: bool) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+        self.sleeping_advances = sleeping_advances
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        if self.sleeping_advances:
+            self.now += delay
+        await asyncio.sleep(0)
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(self.monotonic, self.sleep)
+
+
+async def test_token_bucket_burst_then_qps() -> None:
+    fake = FakeClock(sleeping_advances=True)
+    bucket = TokenBucket(qps=10, burst=3, clock=fake.clock)
+    assert [await bucket.wait() for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
+    assert fake.sleeps == []
+    assert [await bucket.wait() for _ in range(3)] == pytest.approx([0.1, 0.1, 0.1])
+    assert fake.sleeps == pytest.approx([0.1, 0.1, 0.1])
+    # Idle for a long time: refilled up to the burst, not beyond.
+    fake.now += 60
+    assert [await bucket.wait() for _ in range(4)] == pytest.approx([0, 0, 0, 0.1])
+    # A partial refill: 0.25 s at 10 qps is 2.5 tokens.
+    fake.now += 0.25
+    assert [await bucket.wait() for _ in range(3)] == pytest.approx([0, 0, 0.05])
+
+
+async def test_token_bucket_waiters_queue_in_order() -> None:
+    """Concurrent callers reserve successive tokens, as x/time/rate's reservations do."""
+    fake = FakeClock(sleeping_advances=False)
+    bucket = TokenBucket(qps=4, burst=1, clock=fake.clock)
+    waited = await asyncio.gather(*(bucket.wait() for _ in range(5)))
+    assert waited == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("qps", [0, -1])
+async def test_token_bucket_unlimited(qps: float) -> None:
+    fake = FakeClock(sleeping_advances=False)
+    bucket = TokenBucket(qps=qps, burst=0, clock=fake.clock)
+    assert {await bucket.wait() for _ in range(1000)} == {0.0}
+    assert fake.sleeps == []
+
+
+def test_token_bucket_needs_a_burst() -> None:
+    with pytest.raises(ValueError, match="burst"):
+        TokenBucket(qps=5, burst=0)
+    with pytest.raises(ValueError, match="burst"):
+        KubernetesSource(client_qps=5, client_burst=0)
+
+
+async def test_rate_limit_shared_per_request_not_per_event(kube: FakeKube,
+                                                           kubeconfig: Path) -> None:
+    for i in range(3):
+        kube.create(CILIUM_ENDPOINTS, cep(f"pod-{i}"))
+    # Time stands still, so every token past the burst is a reservation further out:
+    # the k-th one over the burst waits k/qps, whichever reflector takes it.
+    fake = FakeClock(sleeping_advances=False)
+    source = make_source(kubeconfig, page_size=1, client_qps=20, client_burst=2,
+                         clock=fake.clock)
+    sink = RecordingSink()
+    async with running(source, sink, [CILIUM_ENDPOINT, NAMESPACE]):
+        await synced(sink, [CILIUM_ENDPOINT, NAMESPACE])
+        await watching(kube, [CILIUM_ENDPOINTS, NAMESPACES])
+        # 3 CiliumEndpoint pages + 1 watch, 1 Namespace page + 1 watch: 6 requests, one
+        # bucket of 2, so 4 waits, of 1..4 twentieths of a second.
+        assert len(kube.requests) == 6
+        assert sorted(fake.sleeps) == pytest.approx([0.05, 0.1, 0.15, 0.2])
+        # Watch events are not requests.
+        for i in range(5):
+            kube.create(CILIUM_ENDPOINTS, cep(f"new-{i}"))
+            kube.create(NAMESPACES, named(f"ns-{i}"))
+        await wait_for(lambda: len(sink.names(CILIUM_ENDPOINT)) == 8
+                       and len(sink.names(NAMESPACE)) == 5, what="events")
+        assert len(fake.sleeps) == 4
+        # A new watch is.
+        kube.drop_watches()
+        await wait_for(lambda: len(kube.requests) == 8, what="rewatches")
+        await watching(kube, [CILIUM_ENDPOINTS, NAMESPACES])
+        assert sorted(fake.sleeps) == pytest.approx([0.05 * i for i in range(1, 7)])
+
+
+# -- --k8s-api-server ---------------------------------------------------------------
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def no_ambient_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Not in a cluster; ``~/.kube/config`` exists but points at a closed port, so a
+    source that fell back to it could not sync.  Returns the (absent) service account
+    directory to pass to the source."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    FakeKube().write_kubeconfig(tmp_path / "home" / ".kube" / "config",
+                                server=f"http://127.0.0.1:{closed_port()}")
+    return tmp_path / "serviceaccount"
+
+
+def write_service_account(directory: Path, *, token: str, ca: Path | None = None) -> None:
+    """What kubelet mounts into a pod: ``token`` and (here optionally) ``ca.crt``."""
+    directory.mkdir()
+    (directory / "token").write_text(token)
+    if ca is not None:
+        (directory / "ca.crt").write_bytes(ca.read_bytes())
+
+
+async def test_api_server_overrides_the_kubeconfig(kube: FakeKube, tmp_path: Path) -> None:
+    config = kube.write_kubeconfig(tmp_path / "kubeconfig",
+                                   server=f"http://127.0.0.1:{closed_port()}")
+    kube.create(NAMESPACES, named("kube-system"))
+    # As written, the kubeconfig leads nowhere...
+    sink = RecordingSink()
+    source = make_source(config)
+    async with running(source, sink, [NAMESPACE]):
+        await wait_for(lambda: "Namespace" in source.status()
+                       and source.status()["Namespace"].last_error, what="an error")
+    assert sink.calls == [] and kube.requests == []
+    # ...but its credentials and context with the given server work.
+    sink = RecordingSink()
+    async with running(make_source(config, api_server=kube.url + "/"), sink, [NAMESPACE]):
+        await synced(sink, [NAMESPACE])
+    assert sink.names(NAMESPACE) == {("", "kube-system")}
+
+
+async def test_api_server_alone_has_no_credentials(kube: FakeKube,
+                                                   no_ambient_config: Path) -> None:
+    sink = RecordingSink()
+    source = KubernetesSource(api_server=kube.url, service_account_dir=no_ambient_config,
+                              backoff_initial=0.02, backoff_max=0.1)
+    async with running(source, sink, [NAMESPACE]):
+        # Reached (so not the closed port of ~/.kube/config), but sent no token.
+        await wait_for(lambda: len(kube.list_requests(NAMESPACES)) >= 2, what="requests")
+        assert "401" in (source.status()["Namespace"].last_error or "")
+    assert sink.calls == []
+
+    async with FakeKube(token=None) as open_kube:
+        open_kube.create(NAMESPACES, named("default"))
+        # A URL without a scheme and no CA configured: plain HTTP, as client-go defaults.
+        for url in (open_kube.url, open_kube.url.removeprefix("http://")):
+            sink = RecordingSink()
+            source = KubernetesSource(api_server=url, service_account_dir=no_ambient_config)
+            async with running(source, sink, [NAMESPACE]):
+                await synced(sink, [NAMESPACE])
+            assert sink.names(NAMESPACE) == {("", "default")}, url
+
+
+async def test_api_server_alone_uses_the_service_account_token(
+        kube: FakeKube, no_ambient_config: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="apiserver.sources.kubernetes")
+    assert kube.token is not None
+    write_service_account(no_ambient_config, token=f"{kube.token}\n")  # kubelet's may end so
+    kube.create(NAMESPACES, named("default"))
+    sink = RecordingSink()
+    source = KubernetesSource(api_server=kube.url, service_account_dir=no_ambient_config)
+    async with running(source, sink, [NAMESPACE]):
+        await synced(sink, [NAMESPACE])
+    assert sink.names(NAMESPACE) == {("", "default")}
+    assert f"using --k8s-api-server with the token of {no_ambient_config}" in caplog.text
+
+
+async def test_api_server_overrides_the_in_cluster_config(
+        kube: FakeKube, no_ambient_config: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="apiserver.sources.kubernetes")
+    # In a pod whose KUBERNETES_SERVICE_HOST/PORT lead nowhere: the service account's
+    # token (which the fake checks) and CA are used, with the given server.
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(closed_port()))
+    assert kube.token is not None
+    write_service_account(no_ambient_config, token=kube.token, ca=pki.ca_file)
+    kube.create(NAMESPACES, named("default"))
+    sink = RecordingSink()
+    source = KubernetesSource(api_server=kube.url, service_account_dir=no_ambient_config)
+    async with running(source, sink, [NAMESPACE]):
+        await synced(sink, [NAMESPACE])
+    assert sink.names(NAMESPACE) == {("", "default")}
+    # The in-cluster loader itself, not the token-only fallback.
+    assert f"using the in-cluster service account ({kube.url})" in caplog.text

@@ -36,6 +36,25 @@ readiness needs.  The backoff is reset once a list succeeds or a watch delivers 
 A watch that ends cleanly in under a second without any event counts as a failure, so a
 misbehaving server cannot make us spin.
 
+**Label selectors.**  ``label_selectors`` maps a kind's name to a selector string sent as
+``labelSelector`` on every list page and every watch of that kind, so the API server only
+ever shows us matching objects, as Cilium's ``ListOptions`` modifiers do:
+:func:`default_label_selectors` gives Cilium's two, the ``--k8s-service-proxy-name`` one
+on Services (:func:`service_proxy_selector`) and :data:`ENDPOINTSLICE_SELECTOR` on
+EndpointSlices (slices that Cilium mirrors from other clusters are not this cluster's).
+Nothing more is needed on our side: the server's watch turns an object that is relabelled
+out of the selection into ``DELETED`` and one relabelled into it into ``ADDED``, and a
+relist's ``replace`` drops whatever stopped matching while we were away.
+
+**Client-side rate limit.**  Like client-go's default ``tokenBucketRateLimiter``
+(``--k8s-client-qps``, ``--k8s-client-burst``; Cilium's defaults 10 and 20), one
+:class:`TokenBucket` per source is shared by all its reflectors and a token is taken before
+every request: each list page and each watch start, not each watch event (a watch is one
+request).  It holds ``burst`` tokens, refills at ``qps`` per second, and a caller that
+finds it empty reserves the next token and sleeps until it is due, so waiting callers are
+served in order (``golang.org/x/time/rate``'s reservations).  It only matters when many
+kinds list at once or relist together; ``qps <= 0`` disables it.
+
 Objects are the plain JSON dicts the API server sent: the raw HTTP responses of
 kubernetes_asyncio's :class:`~kubernetes_asyncio.client.ApiClient` (``_preload_content=False``)
 are decoded with :func:`json.loads`, never turned into model objects, so built-in kinds and
@@ -45,11 +64,21 @@ API server omits ``apiVersion`` and ``kind`` on the items of a list of a built-i
 
 The ApiClient (its aiohttp session, its authentication: bearer token, client certificates,
 exec plugins and in-cluster service-account tokens, which it re-reads as they rotate) comes
-from ``kubeconfig``, or when that is None from the in-cluster service account, falling back
-to ``$KUBECONFIG`` or ``~/.kube/config`` outside a cluster.  Credentials from exec or
-auth-provider plugins are refreshed every minute.  Cancelling :meth:`KubernetesSource.run`
-cancels every reflector, closes every open stream and the session, and leaves no task
-behind.
+from ``kubeconfig`` (``--k8s-kubeconfig-path``), or when that is None from the in-cluster
+service account (``KUBERNETES_SERVICE_HOST``/``_PORT``, the ``token`` and ``ca.crt`` of
+``service_account_dir``), falling back outside a cluster to ``$KUBECONFIG`` or
+``~/.kube/config``.  Credentials from exec or auth-provider plugins are refreshed every
+minute.  ``api_server`` (``--k8s-api-server``) replaces the server URL of whichever of
+those was loaded, keeping its credentials; with no kubeconfig and no cluster it is used
+alone: without credentials, unless the service account's token file exists (then with that
+token, and its CA if present), and without falling back to ``~/.kube/config``.  A URL
+without a scheme gets ``https://`` when a CA is configured, else ``http://`` (client-go's
+``DefaultServerURL``).  Cilium's own ``createConfig`` differs in two corners: it ignores
+``--k8s-api-server`` when a kubeconfig is given, and with no kubeconfig it takes an
+``https://`` URL only together with the complete in-cluster config.
+
+Cancelling :meth:`KubernetesSource.run` cancels every reflector, closes every open stream
+and the session, and leaves no task behind.
 """
 
 from __future__ import annotations
@@ -57,19 +86,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
-from collections.abc import Awaitable, Callable, Sequence
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config import ConfigException, load_incluster_config
 from kubernetes_asyncio.config.kube_config import load_kube_config, refresh_token
 
-from apiserver.sources import Kind, Obj, ObjectSink, object_key
+from apiserver.sources import (
+    ENDPOINT_SLICE,
+    KINDS_BY_NAME,
+    SERVICE,
+    Kind,
+    Obj,
+    ObjectSink,
+    object_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +118,91 @@ USER_AGENT = "clustermesh-apiserver (python; kubernetes_asyncio)"
 
 #: A watch that ends cleanly this soon without delivering anything is treated as a failure.
 SHORT_WATCH_SECONDS = 1.0
+
+#: Cilium's ``--k8s-client-qps`` / ``--k8s-client-burst`` defaults (cmdref of
+#: ``clustermesh-apiserver clustermesh``).
+DEFAULT_CLIENT_QPS = 10.0
+DEFAULT_CLIENT_BURST = 20
+#: A request held back longer than this by the rate limit is logged (client-go logs
+#: "Waited for ... due to client-side throttling" past one second too).
+LONG_THROTTLE_SECONDS = 1.0
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: How often a service-account token used without the in-cluster loader is re-read (the
+#: loader's own period): kubelet rotates projected tokens well before they expire.
+TOKEN_REREAD_SECONDS = 60.0
+
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+ENDPOINTSLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+#: The ``managed-by`` value of the EndpointSlices Cilium mirrors from remote clusters.
+ENDPOINTSLICE_MESH_CONTROLLER = "endpointslice-mesh-controller.cilium.io"
+#: Cilium's EndpointSlice selector: every slice but the mirrored ones (``!=`` also
+#: matches slices without the label).
+ENDPOINTSLICE_SELECTOR = f"{ENDPOINTSLICE_MANAGED_BY_LABEL}!={ENDPOINTSLICE_MESH_CONTROLLER}"
+
+_LABEL_VALUE_RE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_NO_SELECTORS: Mapping[str, str] = MappingProxyType({})
+
+
+def service_proxy_selector(proxy_name: str) -> str:
+    """The Service selector of Cilium's ``--k8s-service-proxy-name``: with no name, the
+    Services no other proxy claims (no ``service-proxy-name`` label); with one, only the
+    Services labelled for it.  Raises ValueError for a name that is not a valid label value
+    (Cilium's ``labels.NewRequirement`` refuses it at startup too)."""
+    if not proxy_name:
+        return f"!{SERVICE_PROXY_NAME_LABEL}"
+    if len(proxy_name) > 63 or not _LABEL_VALUE_RE.fullmatch(proxy_name):
+        raise ValueError(f"invalid service proxy name {proxy_name!r}: a label value is at most "
+                         "63 alphanumeric characters, '-', '_' or '.', starting and ending "
+                         "with an alphanumeric character")
+    return f"{SERVICE_PROXY_NAME_LABEL}={proxy_name}"
+
+
+def default_label_selectors(service_proxy_name: str) -> dict[str, str]:
+    """Cilium's selectors per kind name: Services by proxy name, EndpointSlices not
+    mirrored from other clusters."""
+    return {SERVICE.name: service_proxy_selector(service_proxy_name),
+            ENDPOINT_SLICE.name: ENDPOINTSLICE_SELECTOR}
+
+
+class Clock(NamedTuple):
+    """What :class:`TokenBucket` reads time with and waits with (a fake in tests)."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+
+
+REAL_CLOCK = Clock()
+
+
+class TokenBucket:
+    """client-go's token bucket rate limiter (see module doc): ``burst`` tokens, refilled at
+    ``qps`` per second; ``qps <= 0`` is unlimited."""
+
+    def __init__(self, *, qps: float, burst: int, clock: Clock = REAL_CLOCK) -> None:
+        if qps > 0 and burst < 1:
+            raise ValueError("burst must be >= 1 when qps > 0")
+        self.qps = qps
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)  # a new limiter starts full, allowing a burst at once
+        self._last = clock.monotonic()
+
+    async def wait(self) -> float:
+        """Take one token, sleeping until it is due; returns the seconds slept."""
+        if self.qps <= 0:
+            return 0.0
+        now = self._clock.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
+        self._last = now
+        # Taken now even if not yet there: a negative balance is the queue of reservations,
+        # so the next caller waits behind this one instead of racing it.
+        self._tokens -= 1.0
+        if self._tokens >= 0:
+            return 0.0
+        delay = -self._tokens / self.qps
+        await self._clock.sleep(delay)
+        return delay
 
 
 class _ApiError(Exception):
@@ -146,6 +272,11 @@ class KubernetesSource:
     """Delivers kinds from a kube-apiserver to an :class:`ObjectSink` (see module doc)."""
 
     def __init__(self, *, kubeconfig: Path | None = None, context: str | None = None,
+                 api_server: str | None = None,
+                 label_selectors: Mapping[str, str] = _NO_SELECTORS,
+                 client_qps: float = DEFAULT_CLIENT_QPS,
+                 client_burst: int = DEFAULT_CLIENT_BURST, clock: Clock = REAL_CLOCK,
+                 service_account_dir: Path = SERVICE_ACCOUNT_DIR,
                  page_size: int = 500, watch_timeout_seconds: int = 300,
                  request_timeout: float = 60.0, backoff_initial: float = 0.8,
                  backoff_max: float = 30.0, missing_recheck_interval: float | None = 60.0,
@@ -154,8 +285,16 @@ class KubernetesSource:
             raise ValueError("page_size must be >= 0 (0: no pagination)")
         if watch_timeout_seconds < 1:
             raise ValueError("watch_timeout_seconds must be >= 1")
+        # A misspelt kind would silently go unfiltered.
+        if unknown := sorted(set(label_selectors) - set(KINDS_BY_NAME)):
+            raise ValueError(f"label selectors for unknown kinds {unknown}; kinds are "
+                             f"{sorted(KINDS_BY_NAME)}")
         self.kubeconfig = kubeconfig
         self.context = context
+        self.api_server = api_server or None  # "" (an unset flag) means none
+        self.label_selectors = {k: v for k, v in label_selectors.items() if v}
+        self.rate_limiter = TokenBucket(qps=client_qps, burst=client_burst, clock=clock)
+        self.service_account_dir = service_account_dir
         self.page_size = page_size
         self.watch_timeout_seconds = int(watch_timeout_seconds)
         self.request_timeout = request_timeout
@@ -186,31 +325,84 @@ class KubernetesSource:
             self) -> tuple[Configuration, Callable[[], Awaitable[None]] | None]:
         """The client configuration, and what keeps plugin credentials fresh (if any)."""
         configuration = Configuration()
-        if self.kubeconfig is None:
-            try:
-                load_incluster_config(client_configuration=configuration)
-                log.info("kubernetes: using the in-cluster service account (%s)",
-                         configuration.host)
-                return configuration, None
-            except ConfigException as exc:
-                path = os.environ.get("KUBECONFIG") or "~/.kube/config"
-                log.info("kubernetes: not in a cluster (%s); using kubeconfig %s", exc, path)
-                if not _kubeconfig_exists(path):
-                    raise ConfigException(
-                        f"not running in a cluster ({exc}) and no kubeconfig at {path}"
-                    ) from None
-        else:
+        refresher: Callable[[], Awaitable[None]] | None = None
+        if self.kubeconfig is not None:
             path = str(self.kubeconfig)
             if not _kubeconfig_exists(path):
                 raise ConfigException(f"kubeconfig {path} does not exist")
+            refresher = await self._load_kubeconfig(path, configuration)
+            origin = f"kubeconfig {path}"
+        else:
+            token_file = self.service_account_dir / "token"
+            try:
+                load_incluster_config(client_configuration=configuration,
+                                      token_filename=str(token_file),
+                                      cert_filename=str(self.service_account_dir / "ca.crt"))
+                origin = "the in-cluster service account"
+            except ConfigException as exc:
+                if self.api_server is not None:
+                    log.info("kubernetes: not in a cluster (%s); using --k8s-api-server %s "
+                             "alone", exc, self.api_server)
+                    if _use_token_file(configuration, self.service_account_dir):
+                        origin = f"--k8s-api-server with the token of {token_file}"
+                    else:
+                        origin = "--k8s-api-server without credentials"
+                else:
+                    path = os.environ.get("KUBECONFIG") or "~/.kube/config"
+                    log.info("kubernetes: not in a cluster (%s); using kubeconfig %s", exc, path)
+                    if not _kubeconfig_exists(path):
+                        raise ConfigException(
+                            f"not running in a cluster ({exc}) and no kubeconfig at {path}"
+                        ) from None
+                    refresher = await self._load_kubeconfig(path, configuration)
+                    origin = f"kubeconfig {path}"
+        if self.api_server is not None:
+            tls = bool(configuration.ssl_ca_cert or configuration.cert_file)
+            configuration.host = _server_url(self.api_server, tls=tls)
+        log.info("kubernetes: using %s (%s)", origin, configuration.host)
+        return configuration, refresher
+
+    async def _load_kubeconfig(self, path: str, configuration: Configuration,
+                               ) -> Callable[[], Awaitable[None]] | None:
+        """Load ``path`` into ``configuration``; what refreshes plugin credentials, if any."""
         loader = await load_kube_config(config_file=path, context=self.context,
                                         client_configuration=configuration,
                                         persist_config=False)
-        log.info("kubernetes: using kubeconfig %s (%s)", path, configuration.host)
         user = getattr(loader, "_user", None)
         if loader.provider == "gcp" or (user is not None and "exec" in user):
-            return configuration, lambda: refresh_token(loader, configuration)
-        return configuration, None
+            return lambda: refresh_token(loader, configuration)
+        return None
+
+
+def _server_url(url: str, *, tls: bool) -> str:
+    """``url`` with a scheme (https if TLS is configured, as client-go defaults), no
+    trailing slash."""
+    if "://" not in url:
+        url = ("https://" if tls else "http://") + url
+    return url.rstrip("/")
+
+
+def _use_token_file(configuration: Configuration, directory: Path) -> bool:
+    """Authenticate with the service-account token in ``directory`` (trusting its
+    ``ca.crt`` if present), re-read every :data:`TOKEN_REREAD_SECONDS` as it rotates.
+    False if there is no token file."""
+    token_file = directory / "token"
+    if not token_file.is_file():
+        return False
+    ca_file = directory / "ca.crt"
+    if ca_file.is_file():
+        configuration.ssl_ca_cert = str(ca_file)
+    read_at = -math.inf
+
+    def refresh(conf: Configuration) -> None:  # called before each request's auth
+        nonlocal read_at
+        if time.monotonic() - read_at >= TOKEN_REREAD_SECONDS:
+            conf.api_key["BearerToken"] = "Bearer " + token_file.read_text().strip()
+            read_at = time.monotonic()
+
+    refresh(configuration)
+    configuration.refresh_api_key_hook = refresh
+    return True
 
 
 def _kubeconfig_exists(path: str) -> bool:
@@ -242,7 +434,9 @@ class _Reflector:
         else:
             self.path = f"/api/{kind.api_version}/{kind.plural}"
         self.backoff = Backoff(source.backoff_initial, source.backoff_max)
-        self.name = f"{kind.name} ({self.path})"
+        self.label_selector = source.label_selectors.get(kind.name, "")
+        shown = f"?labelSelector={self.label_selector}" if self.label_selector else ""
+        self.name = f"{kind.name} ({self.path}{shown})"
         #: Where the next watch starts; None: (re)list first.
         self.rv: str | None = None
         #: Set by a list, cleared by the next watch: that watch is the list's first.
@@ -326,6 +520,13 @@ class _Reflector:
     async def _get(self, query: list[tuple[str, Any]], timeout: aiohttp.ClientTimeout,
                    ) -> aiohttp.ClientResponse:
         """GET the collection; the raw, unread response (status 200), else _ApiError."""
+        if self.label_selector:
+            query = [*query, ("labelSelector", self.label_selector)]
+        waited = await self.source.rate_limiter.wait()
+        if waited > LONG_THROTTLE_SECONDS:
+            log.info("kubernetes: %s: waited %.1fs for the client-side rate limit "
+                     "(--k8s-client-qps %g, --k8s-client-burst %d)", self.name, waited,
+                     self.source.rate_limiter.qps, self.source.rate_limiter.burst)
         resp: aiohttp.ClientResponse = await self.client.call_api(
             self.path, "GET", query_params=query,
             header_params={"Accept": "application/json"},
@@ -461,4 +662,20 @@ class _Reflector:
         self.backoff.reset()
 
 
-__all__ = ["Backoff", "KindStatus", "KubernetesSource"]
+__all__ = [
+    "DEFAULT_CLIENT_BURST",
+    "DEFAULT_CLIENT_QPS",
+    "ENDPOINTSLICE_MANAGED_BY_LABEL",
+    "ENDPOINTSLICE_MESH_CONTROLLER",
+    "ENDPOINTSLICE_SELECTOR",
+    "REAL_CLOCK",
+    "SERVICE_ACCOUNT_DIR",
+    "SERVICE_PROXY_NAME_LABEL",
+    "Backoff",
+    "Clock",
+    "KindStatus",
+    "KubernetesSource",
+    "TokenBucket",
+    "default_label_selectors",
+    "service_proxy_selector",
+]

@@ -41,14 +41,28 @@ depends on it, are the API conventions of list and watch:
   when asked for, carrying the current global revision once every earlier event has been
   written.  After ``timeoutSeconds`` the server ends the stream cleanly.  A ``DELETED``
   event carries the object's last state stamped with the deletion's revision.
+* **labelSelector.**  Parsed and matched by a port of apimachinery's ``labels.Parse`` and
+  ``Requirement.Matches`` (:class:`LabelSelector`): ``k=v``, ``k==v``, ``k!=v``, ``k``,
+  ``!k``, ``k in (a,b)``, ``k notin (a,b)``, ``k>N``, ``k<N``, comma = AND, with the
+  same tokenizer, key and value validation; a negative requirement (``!=``, ``notin``,
+  ``!k``) matches objects without the label.  A selector that does not parse gets 400
+  ``BadRequest`` (list and watch alike, before anything is streamed).  A list returns only
+  matching objects (pages are filled with matching objects; ``remainingItemCount`` is
+  omitted, as the real server cannot count a filtered remainder).  A watch applies the
+  watch cache's rule to every event, replayed or live, comparing the object before and
+  after the change: matching both → sent as is; starting to match → ``ADDED``; ceasing to
+  match → ``DELETED`` carrying the previous state stamped with the change's revision;
+  matching neither → not sent.  Bookmarks are unaffected.
 
 Test helpers: :meth:`create`, :meth:`update`, :meth:`apply`, :meth:`delete` (each emits the
 matching watch event), :meth:`compact` (drop history, so older revisions get 410),
 :meth:`drop_watches` (abort every watch connection, as a network failure would),
 :meth:`install` / :meth:`uninstall` (a CRD appearing or disappearing), :attr:`requests`
-(every request received, for asserting what the client asked for), :attr:`bookmarks`
-(every bookmark sent) and :attr:`on_request` (a synchronous hook run before each request
-is served, to change state at a precise point of a client's sequence).
+(every request received with its query parameters, e.g. :attr:`KubeRequest.label_selector`,
+for asserting what the client asked for), :attr:`bookmarks` (every bookmark sent),
+:attr:`on_request` (a synchronous hook run before each request is served, to change state
+at a precise point of a client's sequence) and :meth:`write_kubeconfig` (``server=``
+points it elsewhere, e.g. at a closed port).
 """
 
 from __future__ import annotations
@@ -59,6 +73,7 @@ import contextlib
 import copy
 import datetime
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -126,6 +141,10 @@ class KubeRequest:
     def resource_version(self) -> str | None:
         return self.query.get("resourceVersion")
 
+    @property
+    def label_selector(self) -> str | None:
+        return self.query.get("labelSelector")
+
 
 @dataclass(frozen=True, slots=True)
 class Bookmark:
@@ -150,10 +169,270 @@ class _Store:
     history_start: int = 0  # watches from rv >= this can be served from history
 
 
+# -- label selectors -----------------------------------------------------------------
+#
+# A port of apimachinery's pkg/labels parser (selector.go: Lexer, Parser, NewRequirement,
+# Requirement.Matches), kept to the same grammar, token rules and validation, so that
+# a selector the real server rejects is rejected here too and one it accepts selects the
+# same objects.
+
+_WHITESPACE = " \t\r\n"
+_SPECIAL_CHARS = "=!(),<>"
+#: Every operator token.  The lexer takes the longest run of special characters that is
+#: one of these ("!=" rather than "!" then "="), as Go's scanSpecialSymbol does.
+_OPERATORS = frozenset({"!", "=", "==", "!=", "(", ")", ",", ">", "<"})
+_KEYWORDS = frozenset({"in", "notin"})
+_ID, _EOS = "identifier", "end of string"
+_BINARY_OPERATORS = frozenset({"in", "notin", "=", "==", "!=", ">", "<"})
+
+_NAME_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN_RE = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+_VALUE_RE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+class SelectorError(ValueError):
+    """An invalid label selector (the API server answers 400 BadRequest)."""
+
+
+def _lex(text: str) -> list[tuple[str, str]]:
+    """(token type, literal) pairs; the type is the operator or keyword itself, or
+    ``_ID``; the last pair is ``(_EOS, "")``."""
+    tokens: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in _WHITESPACE:
+            i += 1
+        if i == n:
+            tokens.append((_EOS, ""))
+            return tokens
+        if text[i] in _SPECIAL_CHARS:
+            end = i + 1  # every special character alone is an operator
+            while end < n and text[i:end + 1] in _OPERATORS:
+                end += 1
+            tokens.append((text[i:end], text[i:end]))
+            i = end
+        else:
+            j = i
+            while j < n and text[j] not in _WHITESPACE and text[j] not in _SPECIAL_CHARS:
+                j += 1
+            word = text[i:j]
+            tokens.append((word if word in _KEYWORDS else _ID, word))
+            i = j
+
+
+def _validate_key(key: str) -> None:
+    """validation.IsQualifiedName: ``[prefix/]name``, the prefix a DNS subdomain."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        problem = ("a qualified name must consist of alphanumeric characters, '-', '_' or "
+                   "'.', with an optional DNS subdomain prefix and '/'")
+    elif len(parts) == 2 and not (0 < len(parts[0]) <= 253
+                                  and _DNS1123_SUBDOMAIN_RE.fullmatch(parts[0])):
+        problem = "prefix part must be a non-empty lowercase RFC 1123 subdomain"
+    elif not (len(parts[-1]) <= 63 and _NAME_RE.fullmatch(parts[-1])):
+        problem = ("name part must be non-empty, at most 63 characters, consist of "
+                   "alphanumeric characters, '-', '_' or '.', and start and end with an "
+                   "alphanumeric character")
+    else:
+        return
+    raise SelectorError(f'key: Invalid value: "{key}": {problem}')
+
+
+def _validate_value(key: str, value: str) -> None:
+    if len(value) > 63 or not _VALUE_RE.fullmatch(value):
+        raise SelectorError(
+            f'values[0][{key}]: Invalid value: "{value}": a valid label must be an empty '
+            "string or consist of at most 63 alphanumeric characters, '-', '_' or '.', and "
+            "must start and end with an alphanumeric character")
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    key: str
+    operator: str  # "exists", "!" or one of _BINARY_OPERATORS
+    values: frozenset[str]
+
+    @classmethod
+    def new(cls, key: str, operator: str, values: frozenset[str]) -> Requirement:
+        """NewRequirement's checks (the parser already gives each operator the number of
+        values it takes): a valid key, valid values, integers for ">" and "<"."""
+        _validate_key(key)
+        for value in values:
+            if operator in (">", "<") and not _is_int64(value):
+                raise SelectorError(f'values[0]: Invalid value: "{value}": for \'Gt\', '
+                                    "'Lt' operators, the value must be an integer")
+            _validate_value(key, value)
+        return cls(key, operator, values)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        op, key = self.operator, self.key
+        if op in ("in", "=", "=="):
+            return key in labels and labels[key] in self.values
+        if op in ("notin", "!="):  # an absent label matches a negative requirement
+            return key not in labels or labels[key] not in self.values
+        if op == "exists":
+            return key in labels
+        if op == "!":
+            return key not in labels
+        # ">" / "<": only labels whose value is an integer can match
+        if key not in labels or not _is_int64(labels[key]):
+            return False
+        have, want = int(labels[key]), int(next(iter(self.values)))
+        return have > want if op == ">" else have < want
+
+
+def _is_int64(text: str) -> bool:
+    """strconv.ParseInt(text, 10, 64) succeeds."""
+    return re.fullmatch(r"[+-]?[0-9]+", text) is not None and -(2**63) <= int(text) < 2**63
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = _lex(text)
+        self.pos = 0
+
+    def lookahead(self, values: bool = True) -> tuple[str, str]:
+        """The next token; where a value or key may come, "in"/"notin" are identifiers."""
+        tok, lit = self.tokens[self.pos]
+        return (_ID if values and tok in _KEYWORDS else tok), lit
+
+    def consume(self, values: bool = True) -> tuple[str, str]:
+        tok, lit = self.lookahead(values)
+        self.pos += 1
+        return tok, lit
+
+    def parse(self) -> tuple[Requirement, ...]:
+        requirements: list[Requirement] = []
+        while True:
+            tok, lit = self.lookahead()
+            if tok == _EOS:
+                return tuple(requirements)
+            if tok not in (_ID, "!"):
+                raise SelectorError(f"found '{lit}', expected: !, identifier, or "
+                                    "'end of string'")
+            try:
+                requirements.append(self.requirement())
+            except SelectorError as exc:
+                raise SelectorError(f"unable to parse requirement: {exc}") from None
+            tok, lit = self.consume()
+            if tok == _EOS:
+                return tuple(requirements)
+            if tok != ",":
+                raise SelectorError(f"found '{lit}', expected: ',' or 'end of string'")
+            tok, lit = self.lookahead()
+            if tok not in (_ID, "!"):
+                raise SelectorError(f"found '{lit}', expected: identifier after ','")
+
+    def requirement(self) -> Requirement:
+        operator = ""
+        tok, lit = self.consume()
+        if tok == "!":
+            operator = "!"
+            tok, lit = self.consume()
+        if tok != _ID:
+            raise SelectorError(f"found '{lit}', expected: identifier")
+        key = lit
+        _validate_key(key)
+        if self.lookahead()[0] in (_EOS, ","):
+            operator = operator or "exists"
+        if operator:  # "!k" followed by more than "," or the end fails in parse()
+            return Requirement.new(key, operator, frozenset())
+        tok, lit = self.consume(values=False)
+        if tok not in _BINARY_OPERATORS:
+            raise SelectorError(f"found '{lit}', expected: in, notin, =, ==, !=, gt, lt")
+        values = self.value_set() if tok in ("in", "notin") else self.exact_value()
+        return Requirement.new(key, tok, values)
+
+    def exact_value(self) -> frozenset[str]:
+        if self.lookahead()[0] in (_EOS, ","):  # "k=" selects the empty value
+            return frozenset({""})
+        tok, lit = self.consume()
+        if tok != _ID:
+            raise SelectorError(f"found '{lit}', expected: identifier")
+        return frozenset({lit})
+
+    def value_set(self) -> frozenset[str]:
+        tok, lit = self.consume()
+        if tok != "(":
+            raise SelectorError(f"found '{lit}', expected: '('")
+        tok, lit = self.lookahead()
+        if tok == ")":  # "k in ()" is the set of the empty value
+            self.consume()
+            return frozenset({""})
+        if tok not in (_ID, ","):
+            raise SelectorError(f"found '{lit}', expected: ',', ')' or identifier")
+        values: set[str] = set()
+        while True:  # parseIdentifiersList: an empty item (",a", "a,,b", "a,") is ""
+            tok, lit = self.consume()
+            if tok == _ID:
+                values.add(lit)
+                tok, lit = self.lookahead()
+                if tok == ")":
+                    self.consume()
+                    return frozenset(values)
+                if tok != ",":
+                    raise SelectorError(f"found '{lit}', expected: ',' or ')'")
+            elif tok == ",":
+                if not values:
+                    values.add("")
+                tok, _ = self.lookahead()
+                if tok == ")":
+                    values.add("")
+                    self.consume()
+                    return frozenset(values)
+                if tok == ",":
+                    self.consume()
+                    values.add("")
+            else:
+                raise SelectorError(f"found '{lit}', expected: ',', or identifier")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A parsed ``labelSelector``: the AND of its requirements (none: everything)."""
+
+    requirements: tuple[Requirement, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> LabelSelector:
+        """labels.Parse; raises :class:`SelectorError` where the API server answers 400."""
+        return cls(_Parser(text).parse())
+
+    @property
+    def empty(self) -> bool:
+        return not self.requirements
+
+    def matches(self, obj: Obj) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return all(r.matches(labels) for r in self.requirements)
+
+    def filter_event(self, event: _Event) -> tuple[str, Obj] | None:
+        """What a watch with this selector sends for ``event`` (the watch cache's rule):
+        the event as it is while the object matches before and after; ``ADDED`` when it
+        starts matching; ``DELETED`` with its previous state, stamped with the event's
+        revision, when it stops; nothing when it matches neither before nor after."""
+        if self.empty:
+            return event.type, event.obj
+        now = event.type != "DELETED" and self.matches(event.obj)
+        before = event.prev is not None and self.matches(event.prev)
+        if now:
+            return ("MODIFIED" if before else "ADDED"), event.obj
+        if not before:
+            return None
+        if event.type == "DELETED":
+            return "DELETED", event.obj  # already its last state at the deletion's revision
+        gone = copy.deepcopy(event.prev)
+        assert gone is not None
+        gone["metadata"]["resourceVersion"] = str(event.rv)
+        return "DELETED", gone
+
+
 @dataclass(eq=False, slots=True)
 class _Watcher:
     resource: Resource
     namespace: str | None
+    selector: LabelSelector
     path: str
     request: web.Request
     queue: asyncio.Queue[_Event | None] = field(default_factory=asyncio.Queue)
@@ -242,15 +521,16 @@ class FakeKube:
         await self.close()
 
     def write_kubeconfig(self, path: Path, *, token: str | None = None,
-                         context: str = "fake") -> Path:
-        """Write a kubeconfig for this server (``token`` defaults to the server's)."""
+                         context: str = "fake", server: str | None = None) -> Path:
+        """Write a kubeconfig for this server (``token`` defaults to the server's;
+        ``server``, the URL, to this server's)."""
         user: dict[str, Any] = {}
         if token or self.token:
             user["token"] = token or self.token
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": {"server": server or self.url}}],
             "users": [{"name": "fake", "user": user}],
             "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake"}}],
             "current-context": context,
@@ -505,11 +785,16 @@ class FakeKube:
                     404, "NotFound", f'{resource.plural}.{resource.group} "{name}" not found'
                     if resource.group else f'{resource.plural} "{name}" not found')
             return web.json_response(obj)
+        try:
+            selector = LabelSelector.parse(req.query.get("labelSelector", ""))
+        except SelectorError as exc:
+            return _status_response(400, "BadRequest", str(exc))
         if req.watch:
-            return await self._watch(request, store, namespace)
-        return self._list(request, store, namespace)
+            return await self._watch(request, store, namespace, selector)
+        return self._list(request, store, namespace, selector)
 
-    def _list(self, request: web.Request, store: _Store, namespace: str | None) -> web.Response:
+    def _list(self, request: web.Request, store: _Store, namespace: str | None,
+              selector: LabelSelector) -> web.Response:
         q = request.query
         try:
             limit = int(q.get("limit") or 0)
@@ -530,12 +815,13 @@ class FakeKube:
             state = self._snapshot(store, rv)
         else:
             rv, state = self._rv, store.objects
-        keys = sorted(k for k in state if namespace is None or k[0] == namespace)
-        keys = [k for k in keys if not start or _key_str(k) > start]
+        keys = sorted(k for k in state if (namespace is None or k[0] == namespace)
+                      and (not start or _key_str(k) > start) and selector.matches(state[k]))
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if limit > 0 and len(keys) > limit:
             meta["continue"] = _encode_continue(rv, _key_str(keys[limit - 1]))
-            meta["remainingItemCount"] = len(keys) - limit
+            if selector.empty:  # the real server cannot count what a selector leaves
+                meta["remainingItemCount"] = len(keys) - limit
             keys = keys[:limit]
         items = []
         for k in keys:
@@ -548,8 +834,8 @@ class FakeKube:
         return web.json_response({"kind": f"{res.kind}List", "apiVersion": res.api_version,
                                   "metadata": meta, "items": items})
 
-    async def _watch(self, request: web.Request, store: _Store,
-                     namespace: str | None) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, store: _Store, namespace: str | None,
+                     selector: LabelSelector) -> web.StreamResponse:
         q = request.query
         res = store.resource
         try:
@@ -577,7 +863,7 @@ class FakeKube:
 
         # Registration and replay happen with no await in between: no event is lost
         # or delivered twice.
-        watcher = _Watcher(res, namespace, request.path, request)
+        watcher = _Watcher(res, namespace, selector, request.path, request)
         if rv == 0:
             for k in sorted(store.objects):
                 if namespace is None or k[0] == namespace:
@@ -613,7 +899,8 @@ class FakeKube:
                     continue
                 if event is None:  # dropped, or the resource was uninstalled
                     break
-                await send(event.type, event.obj)
+                if (sent := selector.filter_event(event)) is not None:
+                    await send(*sent)
         except (ConnectionResetError, ConnectionError):
             watcher.dropped = True
         finally:
