@@ -27,16 +27,19 @@ Mapping (Cilium sources in parentheses; facts §2, §4):
     CiliumEndpoint -> one ``cilium/state/ip/v1/default/<IP>`` per IPv4/IPv6
     address = ``IPIdentityPair`` JSON (``pkg/identity/identity.go``;
     ``converters.go`` ciliumEndpointMapper).
+``cilium_endpoint_slice_entries``
+    CiliumEndpointSlice -> the same entries for each endpoint it packs, with
+    its ``namespace`` field as the namespace (``converters.go``
+    ciliumEndpointSliceMapper).
 ``node_entries``
     CiliumNode -> ``cilium/state/nodes/v1/<cluster>/<name>`` = ``Node`` JSON with
     the local cluster name/ID forced (``pkg/node/types/node.go``
     ParseCiliumNode).
 ``service_entries``
     Service + its EndpointSlices -> ``cilium/state/services/v1/<cluster>/<ns>/<name>``
-    = ``ClusterService`` JSON, only for global *and* shared services in global
-    namespaces (``clustermesh-apiserver/clustermesh/service_sync.go``,
-    ``pkg/annotation``, ``pkg/k8s/endpoints.go`` ParseEndpointSliceV1,
-    ``pkg/clustermesh/store/store.go``).
+    = ``ClusterService`` JSON, only for global *and* shared services
+    (``clustermesh-apiserver/clustermesh/service_sync.go``, ``pkg/annotation``,
+    ``pkg/k8s/endpoints.go`` ParseEndpointSliceV1, ``pkg/clustermesh/store/store.go``).
 ``service_export_entries``
     ServiceExport + Service -> ``cilium/state/serviceexports/v1/<cluster>/<ns>/<name>``
     = ``MCSAPIServiceSpec`` JSON unless the Service is missing or ExternalName
@@ -47,12 +50,12 @@ Mapping (Cilium sources in parentheses; facts §2, §4):
     ``value.lower() == "true"``; absent -> the ``--clustermesh-default-global-namespace``
     default, ``True`` (``pkg/clustermesh/namespace/namespace.go``).
 
-Cilium filters identities, endpoints, services and service exports by the
-global status of their namespace.  ``service_entries`` and
-``service_export_entries`` take the Namespace object; for identities and
-endpoints the caller applies :func:`namespace_is_global` itself (the namespace
-of an identity is its ``k8s:io.kubernetes.pod.namespace`` security label, see
-:func:`identity_namespace`).
+Cilium filters identities, endpoints, services, service exports and
+EndpointSlices by the global status of their namespace.  The converters are
+namespace-agnostic: the caller (:mod:`apiserver.exports`) applies
+:func:`namespace_is_global` to the namespace each object belongs to
+(:func:`identity_namespace` for an identity, :func:`endpoint_slice_namespace`
+for a CiliumEndpointSlice, ``metadata.namespace`` otherwise).
 
 No API-server defaulting is applied to the inputs (e.g. a Service port without
 ``protocol`` stays ``""``, as it does in Cilium's own tests with a fake
@@ -340,11 +343,11 @@ def namespace_is_global(namespace: Mapping[str, Any] | None, *,
     """Whether objects of ``namespace`` are exported to the mesh.
 
     ``clustermesh.cilium.io/global`` present: ``value.lower() == "true"``;
-    absent (or no Namespace object known): ``default``, which is Cilium's
-    ``--clustermesh-default-global-namespace`` (true unless configured).
+    absent: ``default``, which is Cilium's ``--clustermesh-default-global-namespace``
+    (true unless configured); no Namespace object: False (``IsGlobalNamespaceByObject``).
     """
     if namespace is None:
-        return default
+        return False
     value = _annotation(namespace, GLOBAL_NAMESPACE_ANNOTATION)
     if value is None:
         return default
@@ -422,33 +425,20 @@ def _pod_uid(cep: Mapping[str, Any]) -> str:
     return ""
 
 
-def endpoint_entries(cep: Mapping[str, Any]) -> dict[str, bytes]:
-    """CiliumEndpoint -> one ``cilium/state/ip/v1/default/<IP>`` per address.
-
-    Value: ``IPIdentityPair`` {IP, HostIP (= ``status.networking.node``), ID
-    (``status.identity.id``), Key (``status.encryption.key``), Metadata "",
-    K8sNamespace, K8sPodName, K8sPodUID (owner Pod), K8sServiceAccount,
-    NamedPorts}; ``Mask`` (nil for host entries) and the empty K8s*/NamedPorts
-    fields are omitted.  Unparsable addresses are skipped (Cilium would write a
-    ``<nil>`` key that agents reject).
-    """
-    status = cep.get("status")
-    networking = _get(status, "networking")
+def _ip_identity_entries(networking: Any, *, identity_id: Any, encryption_key: Any,
+                         namespace: str, pod_name: str, pod_uid: str, service_account: str,
+                         named_ports: Any, problems: list[str] | None) -> dict[str, bytes]:
+    """One ``IPIdentityPair`` per address of one endpoint (CiliumEndpoint or CES entry)."""
     if not isinstance(networking, Mapping):
         return {}
     host_ip = _net_ip_text(networking.get("node"))
-    identity_id = _int(_get(status, "identity", "id")) & 0xFFFFFFFF
-    key = _int(_get(status, "encryption", "key")) & 0xFF
-    named_ports = [
+    identity = _int(identity_id) & 0xFFFFFFFF
+    key = _int(encryption_key) & 0xFF
+    ports = [
         _Struct(("Name", _str(p.get("name"))), ("Port", _int(p.get("port")) & 0xFFFF),
                 ("Protocol", _str(p.get("protocol"))))
-        for p in _list(_get(status, "named-ports")) if isinstance(p, Mapping)
+        for p in _list(named_ports) if isinstance(p, Mapping)
     ]
-    namespace = _str(_get(cep, "metadata", "namespace"))
-    pod_name = _str(_get(cep, "metadata", "name"))
-    pod_uid = _pod_uid(cep)
-    service_account = _str(_get(status, "service-account"))
-
     entries: dict[str, bytes] = {}
     prefix = ENDPOINTS.state_prefix("")
     for address in _list(networking.get("addressing")):
@@ -459,21 +449,78 @@ def endpoint_entries(cep: Mapping[str, Any]) -> dict[str, bytes]:
                 continue
             addr = _parse_net_ip(raw)
             if addr is None:
+                if problems is not None:
+                    problems.append(f"endpoint {pod_name}: unparsable IP {str(raw)[:64]!r} "
+                                    "not exported")
                 continue
             ip = _net_ip_string(addr)
+            # The same IP listed twice by one owner: the later entry wins (as upstream).
             entries[prefix + ip] = _go_json(_Struct(
                 ("IP", ip),
                 ("Mask", None, _OMIT),
                 ("HostIP", host_ip),
-                ("ID", identity_id),
+                ("ID", identity),
                 ("Key", key),
                 ("Metadata", ""),
                 ("K8sNamespace", namespace, _OMIT),
                 ("K8sPodName", pod_name, _OMIT),
                 ("K8sPodUID", pod_uid, _OMIT),
                 ("K8sServiceAccount", service_account, _OMIT),
-                ("NamedPorts", named_ports, _OMIT),
+                ("NamedPorts", ports, _OMIT),
             ))
+    return entries
+
+
+def endpoint_entries(cep: Mapping[str, Any], *,
+                     problems: list[str] | None = None) -> dict[str, bytes]:
+    """CiliumEndpoint -> one ``cilium/state/ip/v1/default/<IP>`` per address.
+
+    Value: ``IPIdentityPair`` {IP, HostIP (= ``status.networking.node``), ID
+    (``status.identity.id``), Key (``status.encryption.key``), Metadata "",
+    K8sNamespace, K8sPodName, K8sPodUID (owner Pod), K8sServiceAccount,
+    NamedPorts}; ``Mask`` (nil for host entries) and the empty K8s*/NamedPorts
+    fields are omitted.  Unparsable addresses are skipped and described in
+    ``problems`` (Cilium would write a ``<nil>`` key that agents reject).
+    """
+    status = cep.get("status")
+    return _ip_identity_entries(
+        _get(status, "networking"), identity_id=_get(status, "identity", "id"),
+        encryption_key=_get(status, "encryption", "key"),
+        namespace=_str(_get(cep, "metadata", "namespace")),
+        pod_name=_str(_get(cep, "metadata", "name")), pod_uid=_pod_uid(cep),
+        service_account=_str(_get(status, "service-account")),
+        named_ports=_get(status, "named-ports"), problems=problems)
+
+
+def endpoint_slice_namespace(ces: Mapping[str, Any]) -> str:
+    """The namespace of every endpoint of a CiliumEndpointSlice: its ``namespace`` field.
+
+    The object itself is cluster-scoped (``metadata.namespace`` is empty).
+    """
+    return _str(ces.get("namespace"))
+
+
+def cilium_endpoint_slice_entries(ces: Mapping[str, Any], *,
+                                  problems: list[str] | None = None) -> dict[str, bytes]:
+    """CiliumEndpointSlice (``cilium.io/v2alpha1``) -> the ipcache entries of its endpoints.
+
+    Each ``endpoints[]`` item (a ``CoreCiliumEndpoint``: ``name``, ``id``,
+    ``networking``, ``encryption``, ``named-ports``, ``service-account``,
+    ``pod-uid``) yields exactly the bytes its CiliumEndpoint would
+    (:func:`endpoint_entries`), with the slice's ``namespace`` field as
+    ``K8sNamespace`` — so a pod exports the same value whichever source is active.
+    """
+    namespace = endpoint_slice_namespace(ces)
+    entries: dict[str, bytes] = {}
+    for endpoint in _list(ces.get("endpoints")):
+        if not isinstance(endpoint, Mapping):
+            continue
+        entries |= _ip_identity_entries(
+            endpoint.get("networking"), identity_id=endpoint.get("id"),
+            encryption_key=_get(endpoint, "encryption", "key"), namespace=namespace,
+            pod_name=_str(endpoint.get("name")), pod_uid=_str(endpoint.get("pod-uid")),
+            service_account=_str(endpoint.get("service-account")),
+            named_ports=endpoint.get("named-ports"), problems=problems)
     return entries
 
 
@@ -551,7 +598,7 @@ def _is_global_service(service: Mapping[str, Any]) -> bool:
     return value is not None and value.lower() == "true"
 
 
-def _is_shared_service(service: Mapping[str, Any]) -> bool:
+def is_shared_service(service: Mapping[str, Any]) -> bool:
     """Cilium's ``annotation.GetAnnotationShared``: global and not ``shared != true``."""
     if not _is_global_service(service):
         return False
@@ -646,16 +693,13 @@ def _backends(slices: Sequence[Mapping[str, Any]], namespace: str, name: str,
 
 
 def service_entries(service: Mapping[str, Any], slices: Sequence[Mapping[str, Any]], *,
-                    cluster: str, cluster_id: int,
-                    namespace: Mapping[str, Any] | None = None,
-                    default_global: bool = DEFAULT_GLOBAL_NAMESPACE) -> dict[str, bytes]:
+                    cluster: str, cluster_id: int) -> dict[str, bytes]:
     """Service + EndpointSlices -> ``cilium/state/services/v1/<cluster>/<ns>/<name>``.
 
     Published only when the Service is global (``service.cilium.io/global`` or
     ``io.cilium/global-service`` = "true", any case), shared (the
     ``service.cilium.io/shared``/``io.cilium/shared-service`` annotation absent
-    or "true", any case) and its namespace is global
-    (:func:`namespace_is_global` with ``default_global``).
+    or "true", any case); the caller checks its namespace.
 
     Frontends: every ClusterIP (``clusterIPs``, else ``clusterIP``) with the
     Service's named ports, none for headless Services.  Backends: the
@@ -668,11 +712,8 @@ def service_entries(service: Mapping[str, Any], slices: Sequence[Mapping[str, An
     ns = _str(_get(service, "metadata", "namespace"))
     if not name or not ns:
         return {}
-    if not _is_shared_service(service):
+    if not is_shared_service(service):
         return {}
-    if not namespace_is_global(namespace, default=default_global):
-        return {}
-
     frontends: dict[str, Any] = {}
     if not _is_headless(service):
         port_config: dict[str, _Struct] = {}
@@ -724,17 +765,15 @@ def _go_time(value: Any) -> str | None:
 
 
 def service_export_entries(export: Mapping[str, Any], service: Mapping[str, Any] | None, *,
-                           cluster: str, namespace: Mapping[str, Any] | None = None,
-                           default_global: bool = DEFAULT_GLOBAL_NAMESPACE,
-                           ) -> dict[str, bytes]:
+                           cluster: str) -> dict[str, bytes]:
     """ServiceExport + Service -> ``cilium/state/serviceexports/v1/<cluster>/<ns>/<name>``.
 
     Value: ``MCSAPIServiceSpec`` built from the Service (ports, type
     ``Headless`` iff ``clusterIP == "None"`` else ``ClusterSetIP``, session
     affinity, IP families, traffic policies) and the export (creation
     timestamp, ``spec.exportedAnnotations``/``exportedLabels``).  Nothing
-    unless both exist, the Service is not ``ExternalName`` and the namespace is
-    global.
+    unless both exist and the Service is not ``ExternalName`` (the caller
+    checks the namespace).
     """
     if service is None:
         return {}
@@ -744,8 +783,6 @@ def service_export_entries(export: Mapping[str, Any], service: Mapping[str, Any]
         return {}
     if (_get(service, "metadata", "name") != name
             or _str(_get(service, "metadata", "namespace")) not in ("", ns)):
-        return {}
-    if not namespace_is_global(namespace, default=default_global):
         return {}
     spec = service.get("spec")
     if not isinstance(spec, Mapping):

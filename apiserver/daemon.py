@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from clustermesh.assertion import keep_asserted
@@ -37,6 +37,7 @@ from clustermesh.metrics import KVStoreMetrics
 from clustermesh.serving import bound_port, health_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
 
+from .exports import ExportOptions
 from .publisher import Publisher, rfc3339_now
 from .sources import Source
 
@@ -52,6 +53,9 @@ class ApiserverOptions:
     max_connected_clusters: int = 255
     local_config: Path
     mcs_api: bool = False
+    cilium_endpoint_slices: bool = False
+    default_global_namespace: bool = True
+    service_v2: str = "prefer-legacy"
     health_port: int = 9880
     prometheus_serve_addr: str = ""
     heartbeat_interval: float = 60.0
@@ -62,10 +66,20 @@ class ApiserverOptions:
     max_request_bytes: int = 1536 * 1024
 
     @property
+    def exports(self) -> ExportOptions:
+        return ExportOptions(cluster=self.cluster_name, cluster_id=self.cluster_id,
+                             mcs_api=self.mcs_api,
+                             cilium_endpoint_slices=self.cilium_endpoint_slices,
+                             default_global_namespace=self.default_global_namespace,
+                             service_v2=self.service_v2)
+
+    @property
     def cluster_config(self) -> CiliumClusterConfig:
-        return CiliumClusterConfig(id=self.cluster_id, synced_canaries=True,
-                                   max_connected_clusters=self.max_connected_clusters,
-                                   service_exports_enabled=self.mcs_api)
+        return CiliumClusterConfig(
+            id=self.cluster_id, synced_canaries=True,
+            max_connected_clusters=self.max_connected_clusters,
+            service_exports_enabled=self.mcs_api,
+            endpoint_slices_export_mode=self.exports.endpoint_slices_export_mode)
 
 
 class ApiServer:
@@ -116,8 +130,7 @@ class ApiServer:
                 on_error=lambda keys: self.metrics.writes_failed(
                     keys, default_cluster=o.cluster_name))
             self.writer.start()
-            self.publisher = Publisher(cluster=o.cluster_name, cluster_id=o.cluster_id,
-                                       local=self.local, writer=self.writer, mcs_api=o.mcs_api)
+            self.publisher = Publisher(o.exports, local=self.local, writer=self.writer)
             self.publisher.start()
             tasks = [
                 asyncio.create_task(self.source.run(self.publisher, self.publisher.kinds),
@@ -160,7 +173,7 @@ class _StateCollector(Collector):
     def __init__(self, server: ApiServer) -> None:
         self.server = server
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         cluster = self.server.options.cluster_name
         publisher = self.server.publisher
         initial = GaugeMetricFamily(f"{NS}_kvstore_initial_sync_completed",
@@ -172,10 +185,19 @@ class _StateCollector(Collector):
         queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
                                   "Number of elements queued for synchronization in the kvstore",
                                   labels=["scope", "source_cluster"])
+        contested = GaugeMetricFamily(
+            f"{NS}_contested_keys", "Exported keys claimed by more than one object (e.g. one "
+            "IP by two endpoints): the first claimant's value is exported", labels=["scope"])
+        promotions = CounterMetricFamily(
+            f"{NS}_owner_promotions", "Times a waiting claimant of a key took over its value "
+            "because the exported owner released it", labels=["scope"])
         if publisher is not None:
             for resource, event in publisher.resource_synced.items():
                 scope = "/".join(resource.base.split("/")[2:4])
                 initial.add_metric([scope, cluster, "write"], 1 if event.is_set() else 0)
+                ownership = publisher.ownership[resource]
+                contested.add_metric([scope], ownership.contested)
+                promotions.add_metric([scope], ownership.promotions)
             if publisher.ready:
                 bootstrap.add_metric([cluster], max(publisher.synced_after.values(), default=0))
         if self.server.writer is not None:
@@ -183,4 +205,4 @@ class _StateCollector(Collector):
                                                     default_cluster=cluster)
             for (scope, source), size in sorted(sizes.items()):
                 queue.add_metric([scope, source], size)
-        yield from (initial, bootstrap, queue)
+        yield from (initial, bootstrap, queue, contested, promotions)

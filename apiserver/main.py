@@ -17,11 +17,18 @@ from pathlib import Path
 
 from clustermesh.clusterconfig import validate_local_cluster
 from clustermesh.etcd.config import EtcdConfigError, parse_kvstore_opts
-from clustermesh.flags import duration_arg, kvstore_number
+from clustermesh.flags import bool_arg, duration_arg, kvstore_number
 from clustermesh.logs import setup_logging
 
 from .daemon import ApiServer, ApiserverOptions
+from .exports import SERVICE_V2_MODES
 from .sources import Source
+from .sources.kubernetes import (
+    DEFAULT_CLIENT_BURST,
+    DEFAULT_CLIENT_QPS,
+    KubernetesSource,
+    default_label_selectors,
+)
 
 log = logging.getLogger("clustermesh-apiserver")
 
@@ -39,14 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "etcd.maxInflight=N; repeatable")
     p.add_argument("--source", choices=("kubernetes", "manifests"), default="kubernetes",
                    help="where the Kubernetes objects come from (default kubernetes)")
-    p.add_argument("--kubeconfig", type=Path,
+    p.add_argument("--k8s-kubeconfig-path", "--kubeconfig", dest="kubeconfig", type=Path,
                    help="with --source kubernetes: kubeconfig file (default: in-cluster)")
+    p.add_argument("--k8s-api-server", default="", metavar="URL",
+                   help="Kubernetes API server URL (overrides the kubeconfig's server)")
+    p.add_argument("--k8s-client-qps", type=float, default=DEFAULT_CLIENT_QPS,
+                   help="queries per second towards the Kubernetes API (default 10; "
+                        "<= 0: unlimited)")
+    p.add_argument("--k8s-client-burst", type=int, default=DEFAULT_CLIENT_BURST,
+                   help="burst of queries towards the Kubernetes API (default 20)")
+    p.add_argument("--k8s-service-proxy-name", default="",
+                   help="export only Services whose service.kubernetes.io/service-proxy-name "
+                        "label equals this (default: only Services without the label)")
+    p.add_argument("--enable-k8s-endpoint-slice", type=bool_arg, nargs="?", const=True,
+                   default=True, metavar="BOOL",
+                   help="accepted for compatibility: EndpointSlices (discovery/v1) are "
+                        "always used")
     p.add_argument("--manifests-dir", type=Path,
                    help="with --source manifests: directory of YAML manifests, watched live")
     p.add_argument("--manifests-poll-interval", type=duration_arg, default=1.0,
                    metavar="DURATION", help=argparse.SUPPRESS)
     p.add_argument("--clustermesh-enable-mcs-api", action="store_true",
                    help="publish MCS-API ServiceExports")
+    p.add_argument("--enable-cilium-endpoint-slice", type=bool_arg, nargs="?", const=True,
+                   default=False, metavar="BOOL",
+                   help="publish the ipcache from CiliumEndpointSlices instead of "
+                        "CiliumEndpoints (default false)")
+    p.add_argument("--clustermesh-default-global-namespace", type=bool_arg, nargs="?",
+                   const=True, default=True, metavar="BOOL",
+                   help="whether namespaces without the clustermesh.cilium.io/global "
+                        "annotation are global (default true)")
+    p.add_argument("--clustermesh-service-v2", choices=SERVICE_V2_MODES,
+                   default="prefer-legacy",
+                   help="also publish EndpointSlices (endpointslices/v1); only-endpointslice "
+                        "publishes no legacy services/v1 (default prefer-legacy)")
     p.add_argument("--health-port", type=int, default=9880,
                    help="port of /healthz and /readyz (default 9880)")
     p.add_argument("--prometheus-serve-addr", default="",
@@ -60,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", default="text", choices=("text", "json"))
     return p
-
-
 
 
 def options_from_args(args: argparse.Namespace) -> tuple[ApiserverOptions, Source]:
@@ -78,13 +109,20 @@ def options_from_args(args: argparse.Namespace) -> tuple[ApiserverOptions, Sourc
 
         source = ManifestSource(args.manifests_dir, interval=args.manifests_poll_interval)
     else:
-        from .sources.kubernetes import KubernetesSource
-
-        source = KubernetesSource(kubeconfig=args.kubeconfig)
+        source = KubernetesSource(
+            kubeconfig=args.kubeconfig, api_server=args.k8s_api_server or None,
+            label_selectors=default_label_selectors(args.k8s_service_proxy_name),
+            client_qps=args.k8s_client_qps, client_burst=args.k8s_client_burst)
+    if not args.enable_k8s_endpoint_slice:
+        log.warning("--enable-k8s-endpoint-slice=false has no effect: EndpointSlices "
+                    "(discovery.k8s.io/v1) are always used, as in Cilium main")
     options = ApiserverOptions(
         cluster_name=args.cluster_name, cluster_id=args.cluster_id,
         max_connected_clusters=args.max_connected_clusters,
         local_config=Path(opts["etcd.config"]), mcs_api=args.clustermesh_enable_mcs_api,
+        cilium_endpoint_slices=args.enable_cilium_endpoint_slice,
+        default_global_namespace=args.clustermesh_default_global_namespace,
+        service_v2=args.clustermesh_service_v2,
         health_port=args.health_port, prometheus_serve_addr=args.prometheus_serve_addr,
         heartbeat_interval=args.heartbeat_interval, qps=kvstore_number(opts, "etcd.qps"),
         bootstrap_qps=kvstore_number(opts, "etcd.bootstrapQps"),

@@ -1,23 +1,29 @@
 """Kubernetes objects in, etcd keys out: the apiserver's reconciling publisher.
 
 :class:`Publisher` is the :class:`~apiserver.sources.ObjectSink` every source
-feeds.  It keeps the current objects of each kind and, for every *owner* (one
-identity, endpoint, node, service or service export), the etcd keys that owner
-publishes, computed by :mod:`apiserver.converters`.  A change of an object
-recomputes only the owners it affects (an EndpointSlice its Service, a
-Namespace everything in it) and writes only the keys whose value changed.
+feeds.  :class:`~apiserver.exports.Exports` holds the objects and says which
+*owners* (one identity, endpoint, endpoint slice, node, service, service export
+or EndpointSlice) a change affects and what keys each owner publishes.  Owners
+may claim the same key (two endpoints with one IP): an
+:class:`~apiserver.ownership.Ownership` per resource decides whose value is
+exported.  Writes are deduplicated against what etcd holds, so only keys whose
+value changes are written.
 
 Each etcd resource goes live once every kind it is built from has been listed:
 
 1. read what our etcd already holds under the resource's state prefix;
 2. without yielding to the event loop, compute every owner's keys from the
-   current objects, queue writes for keys that differ and deletes for keys
-   nobody publishes any more (left over from before a restart) — so a restart
-   with unchanged objects writes nothing;
+   current objects and seed the ownership of each key from what is exported
+   (the claimant already exported stays primary, so a restart flips nothing),
+   queue writes for keys that differ and deletes for keys nobody publishes any
+   more (left over from before a restart) — a restart with unchanged objects
+   writes nothing;
 3. once those writes are committed, write the sync canary
    ``cilium/synced/<cluster>/cilium/state/<resource>/v1``.
 
-From then on changes flow through incrementally.
+From then on changes flow through incrementally, in arrival order.  An object
+that cannot be (fully) exported is logged once per distinct problem, naming
+the object; what it can export is exported, and nothing of other objects changes.
 """
 
 from __future__ import annotations
@@ -26,53 +32,18 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from clustermesh.etcd.client import EtcdClient
-from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES, Resource
+from clustermesh.keys import Resource
 from clustermesh.syncwriter import SyncWriter
 
-from . import converters
-from .sources import (
-    CILIUM_ENDPOINT,
-    CILIUM_IDENTITY,
-    CILIUM_NODE,
-    ENDPOINT_SLICE,
-    NAMESPACE,
-    SERVICE,
-    SERVICE_EXPORT,
-    Kind,
-    Obj,
-    object_key,
-)
+from .exports import ExportOptions, Exports, Owner, describe
+from .ownership import DELETE, KEEP, Action, Ownership
+from .sources import Kind, Obj
 
 log = logging.getLogger(__name__)
-
-# The kinds each published resource is computed from.
-# Namespaces annotated clustermesh.cilium.io/global: "false" keep their objects local.
-INPUTS: dict[Resource, tuple[Kind, ...]] = {
-    IDENTITIES: (CILIUM_IDENTITY, NAMESPACE),
-    ENDPOINTS: (CILIUM_ENDPOINT, NAMESPACE),
-    NODES: (CILIUM_NODE,),
-    SERVICES: (SERVICE, ENDPOINT_SLICE, NAMESPACE),
-    SERVICE_EXPORTS: (SERVICE_EXPORT, SERVICE, NAMESPACE),
-}
-# The kind whose objects are the owners of a resource's keys.
-OWNER_KIND: dict[Resource, Kind] = {
-    IDENTITIES: CILIUM_IDENTITY, ENDPOINTS: CILIUM_ENDPOINT, NODES: CILIUM_NODE,
-    SERVICES: SERVICE, SERVICE_EXPORTS: SERVICE_EXPORT,
-}
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-Owner = tuple[Resource, str, str]  # (resource, namespace, name)
-
-
-def _service_of(endpoint_slice: Obj) -> str | None:
-    """The Service an EndpointSlice belongs to (its kubernetes.io/service-name label)."""
-    labels = (endpoint_slice.get("metadata") or {}).get("labels") or {}
-    service = labels.get(SERVICE_NAME_LABEL)
-    return service if isinstance(service, str) and service else None
 
 
 def _digest(value: bytes) -> bytes:
@@ -84,74 +55,40 @@ def rfc3339_now() -> bytes:
 
 
 class Publisher:
-    def __init__(self, *, cluster: str, cluster_id: int, local: EtcdClient, writer: SyncWriter,
-                 mcs_api: bool = False) -> None:
-        self.cluster = cluster
-        self.cluster_id = cluster_id
+    def __init__(self, options: ExportOptions, *, local: EtcdClient,
+                 writer: SyncWriter) -> None:
+        self.options = options
+        self.cluster = options.cluster
         self.local = local
         self.writer = writer
-        self.resources: tuple[Resource, ...] = tuple(INPUTS)
-        # Without MCS-API, service exports publish nothing but still write their canary
-        # (Cilium "pretends" they are synced, so readers need no special case).
-        self.inputs = {r: kinds if r is not SERVICE_EXPORTS or mcs_api else ()
-                       for r, kinds in INPUTS.items()}
-        self.kinds: tuple[Kind, ...] = tuple(dict.fromkeys(
-            k for r in self.resources for k in self.inputs[r]))
-        self.objects: dict[Kind, dict[tuple[str, str], Obj]] = {k: {} for k in self.kinds}
+        self.exports = Exports(options)
+        self.resources: tuple[Resource, ...] = tuple(self.exports.inputs)
+        self.kinds: tuple[Kind, ...] = self.exports.kinds
         self.kinds_synced: set[Kind] = set()
-        self.live: set[Resource] = set()
+        self._claimed: set[Resource] = set()  # going live (or live)
+        self.live: set[Resource] = set()  # the initial pass is done: changes flow through
         self.resource_synced: dict[Resource, asyncio.Event] = {
             r: asyncio.Event() for r in self.resources}
-        self.owned: dict[Owner, dict[str, bytes]] = {}  # owner -> {key: digest}
-        self.key_owner: dict[str, Owner] = {}
+        self.ownership: dict[Resource, Ownership] = {
+            r: Ownership(on_contested=self._contested) for r in self.resources}
+        self._claims: dict[Owner, tuple[str, ...]] = {}  # owner -> keys it claims
+        self._published: dict[str, bytes] = {}  # key -> digest of what etcd holds (or will)
+        self._problems: dict[Owner, list[str]] = {}  # what was last logged per owner
         self.started = time.monotonic()
         self.synced_after: dict[Resource, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed: BaseException | None = None
-        # (namespace, service) -> {slice name: EndpointSlice}: a service's recompute
-        # must not scan every slice of the cluster.
-        self._slices: dict[tuple[str, str], dict[str, Obj]] = {}
 
     # ----------------------------------------------------------------- sink
 
     def upsert(self, kind: Kind, obj: Obj) -> None:
-        if kind not in self.objects:
-            return
-        ns, name = object_key(obj)
-        old = self.objects[kind].get((ns, name))
-        self.objects[kind][(ns, name)] = obj
-        self._index(kind, ns, name, old, obj)
-        self._recompute(self._affected(kind, ns, name, old, obj))
+        self._recompute(self.exports.upsert(kind, obj))
 
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
-        if kind not in self.objects:
-            return
-        old = self.objects[kind].pop((namespace, name), None)
-        if old is not None:
-            self._index(kind, namespace, name, old, None)
-            self._recompute(self._affected(kind, namespace, name, old, None))
+        self._recompute(self.exports.delete(kind, namespace, name))
 
     def replace(self, kind: Kind, objects: Sequence[Obj]) -> None:
-        if kind not in self.objects:
-            return
-        new = {object_key(o): o for o in objects}
-        old = self.objects[kind]
-        self.objects[kind] = new
-        owners: set[Owner] = set()
-        for key in old.keys() | new.keys():
-            if old.get(key) != new.get(key):
-                self._index(kind, key[0], key[1], old.get(key), new.get(key))
-                owners |= self._affected(kind, key[0], key[1], old.get(key), new.get(key))
-        self._recompute(owners)
-
-    def _index(self, kind: Kind, ns: str, name: str, old: Obj | None,
-               new: Obj | None) -> None:
-        if kind is not ENDPOINT_SLICE:
-            return
-        if old is not None and (service := _service_of(old)):
-            self._slices.get((ns, service), {}).pop(name, None)
-        if new is not None and (service := _service_of(new)):
-            self._slices.setdefault((ns, service), {})[name] = new
+        self._recompute(self.exports.replace(kind, objects))
 
     def synced(self, kind: Kind) -> None:
         self.kinds_synced.add(kind)
@@ -160,9 +97,9 @@ class Publisher:
     def start(self) -> None:
         """Bring live every resource whose input kinds have all been listed."""
         for resource in self.resources:
-            if resource not in self.live and all(
-                    k in self.kinds_synced for k in self.inputs[resource]):
-                self.live.add(resource)  # claimed; the task below makes it so
+            if resource not in self._claimed and all(
+                    k in self.kinds_synced for k in self.exports.inputs[resource]):
+                self._claimed.add(resource)
                 self._spawn(self._go_live(resource))
 
     @property
@@ -171,114 +108,71 @@ class Publisher:
 
     # ------------------------------------------------------------ owners
 
-    def _affected(self, kind: Kind, ns: str, name: str, old: Obj | None,
-                  new: Obj | None) -> set[Owner]:
-        owners: set[Owner] = set()
-        if kind is CILIUM_IDENTITY:
-            owners.add((IDENTITIES, "", name))
-        elif kind is CILIUM_ENDPOINT:
-            owners.add((ENDPOINTS, ns, name))
-        elif kind is CILIUM_NODE:
-            owners.add((NODES, "", name))
-        elif kind is SERVICE:
-            owners |= {(SERVICES, ns, name), (SERVICE_EXPORTS, ns, name)}
-        elif kind is SERVICE_EXPORT:
-            owners.add((SERVICE_EXPORTS, ns, name))
-        elif kind is ENDPOINT_SLICE:
-            for obj in (old, new):
-                if obj is not None and (service := _service_of(obj)):
-                    owners.add((SERVICES, ns, service))
-        elif kind is NAMESPACE:
-            for resource, owner_kind in ((ENDPOINTS, CILIUM_ENDPOINT), (SERVICES, SERVICE),
-                                         (SERVICE_EXPORTS, SERVICE_EXPORT)):
-                for obj_ns, obj_name in self.objects.get(owner_kind, {}):
-                    if obj_ns == name:
-                        owners.add((resource, obj_ns, obj_name))
-            for (_, id_name), identity in self.objects.get(CILIUM_IDENTITY, {}).items():
-                if converters.identity_namespace(identity) == name:
-                    owners.add((IDENTITIES, "", id_name))
-        return {o for o in owners if OWNER_KIND[o[0]] in self.objects}
+    def _desired(self, owner: Owner) -> dict[str, bytes] | None:
+        """``owner``'s keys now, its problems logged; None if conversion failed."""
+        try:
+            desired, problems = self.exports.desired(owner)
+        except Exception:  # a malformed object must not stop the others
+            log.exception("cannot convert %s; keeping what was published",
+                          self.exports.describe(owner))
+            return None
+        fitting = {}
+        for key, value in desired.items():
+            if self.writer.fits(key.encode(), value):
+                fitting[key] = value
+            else:
+                problems.append(f"{key} is {len(value)} bytes, more than etcd accepts in one "
+                                "request")
+        self._report(owner, problems)
+        return fitting
 
-    def _desired(self, owner: Owner) -> dict[str, bytes]:
-        resource, ns, name = owner
-        get = self._get
-        if resource is IDENTITIES:
-            obj = get(CILIUM_IDENTITY, "", name)
-            id_ns = converters.identity_namespace(obj) if obj else None
-            if id_ns is None or not converters.namespace_is_global(get(NAMESPACE, "", id_ns)):
-                return {}
-            return converters.identity_entries(obj)
-        if resource is ENDPOINTS:
-            obj = get(CILIUM_ENDPOINT, ns, name)
-            if obj is None or not converters.namespace_is_global(get(NAMESPACE, "", ns)):
-                return {}
-            return converters.endpoint_entries(obj)
-        if resource is NODES:
-            obj = get(CILIUM_NODE, "", name)
-            return converters.node_entries(obj, cluster=self.cluster,
-                                           cluster_id=self.cluster_id) if obj else {}
-        if resource is SERVICES:
-            obj = get(SERVICE, ns, name)
-            if obj is None:
-                return {}
-            slices = list(self._slices.get((ns, name), {}).values())
-            return converters.service_entries(obj, slices, cluster=self.cluster,
-                                              cluster_id=self.cluster_id,
-                                              namespace=get(NAMESPACE, "", ns))
-        obj = get(SERVICE_EXPORT, ns, name)
-        return converters.service_export_entries(
-            obj, get(SERVICE, ns, name), cluster=self.cluster,
-            namespace=get(NAMESPACE, "", ns)) if obj else {}
-
-    def _get(self, kind: Kind, ns: str, name: str) -> Obj | None:
-        return self.objects.get(kind, {}).get((ns, name))
-
-    def _all_owners(self, resource: Resource) -> Iterable[Owner]:
-        for ns, name in self.objects.get(OWNER_KIND[resource], {}):
-            yield (resource, ns, name)
+    def _report(self, owner: Owner, problems: list[str]) -> None:
+        if not problems:
+            self._problems.pop(owner, None)
+        elif self._problems.get(owner) != problems:
+            self._problems[owner] = problems
+            log.warning("%s: not (fully) exported: %s", self.exports.describe(owner),
+                        "; ".join(problems))
 
     def _recompute(self, owners: Iterable[Owner]) -> None:
         for owner in owners:
             if owner[0] not in self.live:
                 continue  # computed as a whole when the resource goes live
-            try:
-                desired = self._desired(owner)
-            except Exception:  # a malformed object must not stop the others
-                log.exception("cannot convert %s %s/%s; keeping what was published",
-                              owner[0].name, owner[1], owner[2])
-                continue
-            self._apply(owner, desired, known=None)
+            desired = self._desired(owner)
+            if desired is not None:
+                self._apply(owner, desired)
 
-    def _apply(self, owner: Owner, desired: Mapping[str, bytes],
-               known: dict[str, bytes] | None) -> set[str]:
-        """Queue the writes that make ``owner``'s keys equal ``desired``.
-
-        ``known`` is what etcd holds (digests) when going live; otherwise our
-        own record of what we published is the reference.
-        """
-        previous = self.owned.get(owner, {})
-        current: dict[str, bytes] = {}
+    def _apply(self, owner: Owner, desired: Mapping[str, bytes]) -> None:
+        """Claim ``desired`` for ``owner`` and release the keys it no longer lists."""
+        ownership = self.ownership[owner[0]]
         for key, value in desired.items():
-            if not self.writer.fits(key.encode(), value):
-                log.error("%s %s/%s: %s is %d bytes, more than etcd accepts in one request; "
-                          "not published", owner[0].name, owner[1], owner[2], key, len(value))
-                continue
-            digest = _digest(value)
-            current[key] = digest
-            held = known.get(key) if known is not None else (
-                previous.get(key) if self.key_owner.get(key) == owner else None)
-            if held != digest:
-                self.writer.put(key.encode(), value)
-            self.key_owner[key] = owner
-        for key in previous.keys() - current.keys():
-            if self.key_owner.get(key) == owner:
-                del self.key_owner[key]
-                self.writer.delete(key.encode())
-        if current:
-            self.owned[owner] = current
+            self._act(key, ownership.claim(key, owner, value))
+        for key in self._claims.get(owner, ()):
+            if key not in desired:
+                self._act(key, ownership.release(key, owner))
+        if desired:
+            self._claims[owner] = tuple(desired)
         else:
-            self.owned.pop(owner, None)
-        return set(current)
+            self._claims.pop(owner, None)
+
+    def _act(self, key: str, action: Action) -> None:
+        if action is KEEP:
+            return
+        if action is DELETE:
+            if self._published.pop(key, None) is not None:
+                self.writer.delete(key.encode())
+            return
+        assert isinstance(action, bytes)
+        digest = _digest(action)
+        if self._published.get(key) != digest:
+            self._published[key] = digest
+            self.writer.put(key.encode(), action)
+
+    def _contested(self, key: str, owners: list[Hashable]) -> None:
+        names = [describe(o, self.exports.owner_kind[o[0]])  # type: ignore[index]
+                 for o in owners]
+        log.info("%s is claimed by %d owners: exporting %s's value; next in line: %s",
+                 key, len(names), names[0], ", ".join(names[1:]))
 
     # ------------------------------------------------------------ going live
 
@@ -299,19 +193,29 @@ class Publisher:
         async for page, _ in self.local.range_pages(prefix.encode()):
             for kv in page:
                 known[kv.key.decode(errors="replace")] = _digest(kv.value)
-        # From here to the end of the loop nothing awaits: no event can slip in between.
-        wanted: set[str] = set()
-        for owner in list(self._all_owners(resource)):
-            try:
-                desired = self._desired(owner)
-            except Exception:
-                log.exception("cannot convert %s %s/%s", resource.name, owner[1], owner[2])
+        # From here to the end of the pass nothing awaits: no event can slip in between.
+        self._published.update(known)
+        claims: dict[str, list[tuple[tuple[str, str, str], Owner, bytes]]] = {}
+        for owner in self.exports.owners(resource):
+            desired = self._desired(owner)
+            if not desired:
                 continue
-            wanted |= self._apply(owner, desired, known=known)
-        stale = known.keys() - wanted
+            self._claims[owner] = tuple(desired)
+            order = self.exports.claim_order(owner)
+            for key, value in desired.items():
+                claims.setdefault(key, []).append((order, owner, value))
+        ownership = self.ownership[resource]
+        for key, claimants in claims.items():
+            claimants.sort(key=lambda c: c[0])
+            held = known.get(key)
+            value = ownership.rebuild(key, [(o, v) for _, o, v in claimants],
+                                      exported=lambda v, held=held: _digest(v) == held)
+            self._act(key, value)
+        stale = known.keys() - claims.keys()
         for key in stale:
-            self.writer.delete(key.encode())
-        log.info("%s: publishing %d keys (%d stale removed)", resource.name, len(wanted),
+            self._act(key, DELETE)
+        self.live.add(resource)
+        log.info("%s: publishing %d keys (%d stale removed)", resource.name, len(claims),
                  len(stale))
         await self.writer.flush()
         canary = resource.state_canary(self.cluster).encode()

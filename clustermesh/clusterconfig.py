@@ -24,6 +24,13 @@ DEFAULT_CLUSTER_NAME = "default"
 MAX_CONNECTED_CLUSTERS_CHOICES = (255, 511)
 DEFAULT_MAX_CONNECTED_CLUSTERS = 255
 
+# ``capabilities.endpointSlicesExportMode`` (Cilium main, "service v2").  A main
+# clustermesh-apiserver always advertises one of the two non-empty values; the field
+# absent (``""``, ServicesOnly) is a 1.18/1.19 peer, which exports legacy services only.
+EXPORT_SERVICES_ONLY = ""
+EXPORT_SERVICES_AND_ENDPOINTSLICES = "services-and-endpointslices"
+EXPORT_ENDPOINTSLICES_ONLY = "endpointslices-only"
+
 
 def validate_cluster_name(name: str) -> None:
     """Raise ValueError unless ``name`` is a valid Cilium cluster name."""

@@ -87,9 +87,14 @@ SERVICE_EXPORTS = Resource("service exports", "service-exports",
 IDENTITIES = Resource("identities", "identities", "cilium/state/identities/v1", "id",
                       "{cluster}/id")
 ENDPOINTS = Resource("endpoints", "endpoints", "cilium/state/ip/v1", "default", "{cluster}")
+# "Service v2" (Cilium main): one zstd-compressed protobuf value per Kubernetes EndpointSlice.
+ENDPOINT_SLICES = Resource("endpointslices", "endpointslices", "cilium/state/endpointslices/v1",
+                           "{cluster}", "{cluster}")
 
-# Cilium's drain order is alphabetical by reflector name; we keep that order.
-RESOURCES: tuple[Resource, ...] = (ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES)
+# Cilium's drain order is alphabetical by reflector name; we keep that order.  Not every
+# remote exports every resource: kvstoremesh.gating decides, from its cluster-config.
+RESOURCES: tuple[Resource, ...] = (ENDPOINTS, ENDPOINT_SLICES, IDENTITIES, NODES,
+                                   SERVICE_EXPORTS, SERVICES)
 
 
 def metrics_scope(key: str) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from harness import EtcdFactory, EtcdServer
+from harness.k8s_objects import expected_state
 from harness.mesh import MeshEnv, read_tree, tree_revisions
 
-from apiserver import converters
 from apiserver.daemon import ApiServer, ApiserverOptions
 from apiserver.sample import workload
 from apiserver.sources import KINDS_BY_NAME
@@ -27,26 +27,6 @@ def write_manifests(directory: Path, name: str, objects: list[dict]) -> None:
     tmp = directory / f".{name}.tmp"
     tmp.write_text(yaml.safe_dump_all(objects))
     tmp.replace(directory / name)
-
-
-def expected_state(objects: list[dict], *, cluster: str, cluster_id: int) -> dict[bytes, bytes]:
-    """What the converters publish for ``objects`` (all namespaces global here)."""
-    by_kind: dict[str, list[dict]] = {}
-    for obj in objects:
-        by_kind.setdefault(obj["kind"], []).append(obj)
-    out: dict[str, bytes] = {}
-    for identity in by_kind.get("CiliumIdentity", []):
-        out |= converters.identity_entries(identity)
-    for cep in by_kind.get("CiliumEndpoint", []):
-        out |= converters.endpoint_entries(cep)
-    for node in by_kind.get("CiliumNode", []):
-        out |= converters.node_entries(node, cluster=cluster, cluster_id=cluster_id)
-    for svc in by_kind.get("Service", []):
-        slices = [s for s in by_kind.get("EndpointSlice", [])
-                  if s["metadata"]["labels"]["kubernetes.io/service-name"]
-                  == svc["metadata"]["name"]]
-        out |= converters.service_entries(svc, slices, cluster=cluster, cluster_id=cluster_id)
-    return {k.encode(): v for k, v in out.items()}
 
 
 class Running:
@@ -110,12 +90,14 @@ async def test_publishes_workload_canaries_config_and_heartbeat(apiserver_env: d
     await run.wait_ready()
     client: EtcdClient = apiserver_env["client"]
     expected = expected_state(objects, cluster="cluster1", cluster_id=1)
-    assert len(expected) == 3 + 2 + 8 + 1  # nodes, identities, dual-stack pod IPs, service
+    # nodes, identities, dual-stack pod IPs, the service and its EndpointSlice
+    assert len(expected) == 3 + 2 + 8 + 1 + 1
     await wait_state(client, expected)
     tree = await read_tree(client)
     assert tree[b"cilium/cluster-config/cluster1"] == (
         b'{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,'
-        b'"serviceExportsEnabled":false}}')
+        b'"serviceExportsEnabled":false,'
+        b'"endpointSlicesExportMode":"services-and-endpointslices"}}')
     # Every resource has its canary, service exports too although MCS-API is off
     # (Cilium pretends they are synced so that readers need no special case).
     for resource in RESOURCES:

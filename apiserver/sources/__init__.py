@@ -34,13 +34,16 @@ class Kind:
 CILIUM_IDENTITY = Kind("CiliumIdentity", "cilium.io/v2", "ciliumidentities", False)
 CILIUM_ENDPOINT = Kind("CiliumEndpoint", "cilium.io/v2", "ciliumendpoints", True)
 CILIUM_NODE = Kind("CiliumNode", "cilium.io/v2", "ciliumnodes", False)
+# Cluster-scoped: the namespace of the endpoints it packs is its `namespace` field.
+CILIUM_ENDPOINT_SLICE = Kind("CiliumEndpointSlice", "cilium.io/v2alpha1", "ciliumendpointslices",
+                             False)
 SERVICE = Kind("Service", "v1", "services", True)
 ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", True)
 NAMESPACE = Kind("Namespace", "v1", "namespaces", False)
 SERVICE_EXPORT = Kind("ServiceExport", "multicluster.x-k8s.io/v1alpha1", "serviceexports", True)
 
-KINDS: tuple[Kind, ...] = (CILIUM_IDENTITY, CILIUM_ENDPOINT, CILIUM_NODE, SERVICE,
-                           ENDPOINT_SLICE, NAMESPACE, SERVICE_EXPORT)
+KINDS: tuple[Kind, ...] = (CILIUM_IDENTITY, CILIUM_ENDPOINT, CILIUM_ENDPOINT_SLICE, CILIUM_NODE,
+                           SERVICE, ENDPOINT_SLICE, NAMESPACE, SERVICE_EXPORT)
 KINDS_BY_NAME = {k.name: k for k in KINDS}
 
 

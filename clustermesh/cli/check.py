@@ -25,8 +25,9 @@ from typing import Any
 
 import yaml
 
-from apiserver.converters import endpoint_entries, identity_entries, service_entries
+from apiserver.exports import ExportOptions, Exports
 from apiserver.sample import identity_id
+from apiserver.sources import KINDS_BY_NAME
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import EtcdConfig
 from clustermesh.keys import RESOURCES
@@ -101,14 +102,14 @@ def probe_objects(t: CheckTarget, nonce: str) -> list[dict[str, Any]]:
 
 
 def expected_state(t: CheckTarget, objects: list[dict[str, Any]]) -> dict[str, bytes]:
-    """The state keys the probe's apiserver publishes (Cilium's converters)."""
-    by_kind = {o["kind"]: o for o in objects}
+    """The state keys the probe's apiserver publishes (its export rules, default flags)."""
+    exports = Exports(ExportOptions(cluster=t.name, cluster_id=t.id))
+    for obj in objects:
+        exports.upsert(KINDS_BY_NAME[obj["kind"]], obj)
     out: dict[str, bytes] = {}
-    out.update(identity_entries(by_kind["CiliumIdentity"]))
-    out.update(endpoint_entries(by_kind["CiliumEndpoint"]))
-    out.update(service_entries(by_kind["Service"], [by_kind["EndpointSlice"]],
-                               cluster=t.name, cluster_id=t.id,
-                               namespace=by_kind["Namespace"]))
+    for resource in exports.owner_kind:
+        for owner in exports.owners(resource):
+            out.update(exports.desired(owner)[0])
     return out
 
 
