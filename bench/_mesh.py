@@ -58,6 +58,7 @@ from clustermesh.keys import (  # noqa: E402
     Resource,
     cluster_config_key,
 )
+from kvstoremesh.gating import Reflection, reflection  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 LOCAL_NAME = "local"
@@ -294,9 +295,19 @@ def cache_objects(name: str, cid: int, shape: Shape) -> Iterator[Put]:
             yield Put(f"{prefix}{suffix_of(cid, i)}".encode(), value_of(name, cid, i))
 
 
-def cluster_config(cid: int, *, cached: bool) -> bytes:
+def _config(cid: int, *, cached: bool) -> CiliumClusterConfig:
     return CiliumClusterConfig(id=cid, synced_canaries=True, cached=cached,
-                               max_connected_clusters=255).to_json()
+                               max_connected_clusters=255)
+
+
+def cluster_config(cid: int, *, cached: bool) -> bytes:
+    return _config(cid, cached=cached).to_json()
+
+
+# The canaries of a bench cluster, on the remote and in the cache: its config has no
+# EndpointSlice export mode (a 1.18/1.19 peer), so EndpointSlices have none.
+CANARIED = tuple(r for r in RESOURCES
+                 if reflection(r, _config(1, cached=False)) is not Reflection.OFF)
 
 
 def client_for(url: str, *, name: str | None = None, timeout: float = 120.0) -> EtcdClient:
@@ -318,13 +329,13 @@ async def publish(client: EtcdClient, name: str, cid: int, shape: Shape, *, cach
 
 
 async def write_canaries(client: EtcdClient, name: str, *, cached: bool) -> None:
-    for resource in RESOURCES:
+    for resource in CANARIED:
         await client.put(resource.remote_canary(name, cached=cached).encode(), HEARTBEAT_VALUE)
 
 
 def local_canaries(names: Iterable[str]) -> set[bytes]:
     """The sync canaries KVStoreMesh writes locally once each cluster is cached."""
-    return {r.cache_canary(n).encode() for n in names for r in RESOURCES}
+    return {r.cache_canary(n).encode() for n in names for r in CANARIED}
 
 
 async def count_prefix(client: EtcdClient, prefix: bytes) -> int:

@@ -32,6 +32,7 @@ from clustermesh.etcd.batch import BatchWriter, Put
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import parse_etcd_config
 from clustermesh.keys import RESOURCES, cluster_config_key
+from kvstoremesh.gating import Reflection, reflection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,23 +51,31 @@ def ipcache_value(cluster_id: int, i: int) -> bytes:
             f'"Port":8080,"Protocol":"TCP"}}]}}').encode()
 
 
+def cluster_config(cluster_id: int) -> CiliumClusterConfig:
+    return CiliumClusterConfig(id=cluster_id, synced_canaries=True, max_connected_clusters=255)
+
+
+# The canaries of both clusters, remote and cached: their config has no EndpointSlice
+# export mode (a 1.18/1.19 peer), so EndpointSlices have none.
+CANARIED = tuple(r for r in RESOURCES if reflection(r, cluster_config(1)) is not Reflection.OFF)
+
+
 async def fill_remote(url: str, name: str, cluster_id: int, keys: int) -> None:
     async with client_for(url) as client:
-        config = CiliumClusterConfig(id=cluster_id, synced_canaries=True,
-                                     max_connected_clusters=255)
-        await client.put(cluster_config_key(name).encode(), config.to_json())
+        await client.put(cluster_config_key(name).encode(),
+                         cluster_config(cluster_id).to_json())
         await client.put(b"cilium/.heartbeat", b"2026-01-01T00:00:00Z")
         writer = BatchWriter(client, max_inflight=8)
         await writer.apply(
             Put(f"cilium/state/ip/v1/default/10.{cluster_id}.{i // 256 % 256}.{i % 256}"
                 f"-{i // 65536}".encode(), ipcache_value(cluster_id, i))
             for i in range(keys))
-        for resource in RESOURCES:
+        for resource in CANARIED:
             await client.put(resource.state_canary(name).encode(), b"2026-01-01T00:00:00Z")
 
 
 async def wait_canaries(local_url: str, names: list[str], timeout: float) -> float:
-    wanted = {r.cache_canary(n).encode() for n in names for r in RESOURCES}
+    wanted = {r.cache_canary(n).encode() for n in names for r in CANARIED}
     start = time.monotonic()
     async with client_for(local_url) as local:
         while True:

@@ -14,7 +14,8 @@ runs one :class:`~kvstoremesh.remote.RemoteCluster` per file in it:
   longer names (removed while we were down) are removed the same way — no data
   of a removed cluster outlives us;
 * with ``--clustermesh-cache-ttl``, a remote disconnected for that long has its
-  services and service exports drained (the rest stays to keep connections up).
+  services, service exports and EndpointSlices drained (the backends it can no longer
+  vouch for; the rest stays to keep connections up).
 
 Shutdown cancels everything and never drains.
 """
@@ -35,6 +36,7 @@ from clustermesh.etcd.errors import EtcdError
 from clustermesh.flags import listen_address
 from clustermesh.keys import (
     CLUSTER_CONFIG_PREFIX,
+    ENDPOINT_SLICES,
     RESOURCES,
     SERVICE_EXPORTS,
     SERVICES,
@@ -53,6 +55,9 @@ from .status import Readiness, status_models
 log = logging.getLogger(__name__)
 
 REMOVAL_ATTEMPTS = 5
+# What --clustermesh-cache-ttl revokes: every resource that carries service backends
+# (Cilium: services and service exports; EndpointSlices are the same backends, "v2").
+REVOKED_ON_TTL = (SERVICES, SERVICE_EXPORTS, ENDPOINT_SLICES)
 
 
 class KVStoreMesh:
@@ -321,7 +326,7 @@ class KVStoreMesh:
                 log.warning("cluster %s: disconnected for more than %.0fs; draining its services",
                             name, ttl)
                 try:
-                    await remote.drain((SERVICES.name, SERVICE_EXPORTS.name))
+                    await remote.drain(tuple(r.name for r in REVOKED_ON_TTL))
                     self._revoked.add(name)
                 except EtcdError as exc:
                     log.warning("cluster %s: draining services failed: %s", name, exc)

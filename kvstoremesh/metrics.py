@@ -24,8 +24,10 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from clustermesh.keys import RESOURCES, SERVICE_EXPORTS, Resource, cluster_of
+from clustermesh.keys import RESOURCES, Resource, cluster_of
 from clustermesh.metrics import KVStoreMetrics
+
+from .gating import Reflection, reflection
 
 if TYPE_CHECKING:
     from .mesh import KVStoreMesh
@@ -62,11 +64,11 @@ class MeshMetrics(KVStoreMetrics):
                 self.propagation_lag.labels(cluster).observe(lag)
 
 
-def _unsupported(remote: RemoteCluster, resource: Resource) -> bool:
-    """Service exports of a remote without MCS-API support: drained, never watched."""
+def _reflection(remote: RemoteCluster, resource: Resource) -> Reflection:
+    """How ``resource`` of ``remote`` is reflected; RUN until its config is known (a
+    remote never connected has every resource pending)."""
     config = remote.state.config
-    return (resource is SERVICE_EXPORTS and config is not None
-            and config.service_exports_enabled is None)
+    return Reflection.RUN if config is None else reflection(resource, config)
 
 
 class _StateCollector(Collector):
@@ -121,11 +123,15 @@ class _StateCollector(Collector):
                 scope = "/".join(resource.cache_base.split("/")[2:4])
                 cached.add_metric([name, resource.name],
                                   reflector.cached_keys if reflector else 0)
-                if not _unsupported(remote, resource):  # never read: no "read" series
+                how = _reflection(remote, resource)
+                # A series that can never turn 1 would alert forever: a resource never
+                # read has no "read" series, one without a canary no "write" series.
+                if how is Reflection.RUN:
                     initial.add_metric([scope, name, "read"],
                                        1 if reflector is not None and reflector.listed else 0)
-                initial.add_metric([scope, name, "write"],
-                                   1 if reflector is not None and reflector.synced.is_set() else 0)
+                if how is not Reflection.OFF:
+                    initial.add_metric([scope, name, "write"], 1 if reflector is not None
+                                       and reflector.synced.is_set() else 0)
         problems = GaugeMetricFamily(f"{NS}_mesh_problems",
                                      "Mesh misconfigurations found (duplicate or own cluster "
                                      "IDs, overlapping pod CIDRs, expiring certificates...)",

@@ -173,9 +173,21 @@ class Reflector:
         return len(self._digests)
 
     async def mark_synced_empty(self) -> None:
-        """For a disabled resource: drain what was cached and count it as synced."""
+        """For a resource the remote does not export but readers wait for
+        (:attr:`~kvstoremesh.gating.Reflection.SYNCED_EMPTY`): drain what was cached and
+        count it as synced, canary included."""
         await self.drain()
         await self._write_canary()
+
+    async def withdraw(self) -> None:
+        """For a resource the remote does not export and no reader waits for
+        (:attr:`~kvstoremesh.gating.Reflection.OFF`): drain what was cached, and delete
+        the canary a session that did reflect it left behind."""
+        await self.drain()
+        # Read first: a restart with nothing to withdraw must cost no request to the writer.
+        if await self.local.get(self.canary_key) is not None:
+            self.writer.delete(self.canary_key)
+            await self.writer.flush()
 
     # ---------------------------------------------------------------- internals
 

@@ -8,8 +8,10 @@ to the remote etcd and lives until something fails:
    message while missing);
 3. publish the cached copy of that config locally (``cached`` and
    ``syncedCanaries`` set) and keep it asserted;
-4. start one reflector per resource — after the remote's sync canary for it
-   appears, if the remote advertises ``syncedCanaries``;
+4. start one reflector per resource the remote exports — after the remote's sync
+   canary for it appears, if the remote advertises ``syncedCanaries``; for the others
+   drain what was cached and write or delete the cache canary, as
+   :mod:`kvstoremesh.gating` decides from the remote's cluster-config;
 5. watch the heartbeat and the cluster ID, and the remote config itself.
 
 Any task of the session failing ends the whole session (a TaskGroup); the
@@ -41,7 +43,6 @@ from clustermesh.keys import (
     HEARTBEAT_KEY,
     NODES,
     RESOURCES,
-    SERVICE_EXPORTS,
     cluster_config_key,
 )
 from clustermesh.keys import synced_prefix as synced_prefix_of
@@ -56,6 +57,7 @@ from .diagnostics import (
     expiring_certificates,
     pod_cidrs,
 )
+from .gating import Reflection, reflection
 from .options import MeshOptions
 from .reflector import Reflector
 from .rejections import Rejections
@@ -205,7 +207,7 @@ class RemoteCluster:
         config = self.state.config
         return self.state.registered and config is not None and all(
             r.listed for r in self.reflectors.values()
-            if not (r.resource is SERVICE_EXPORTS and config.service_exports_enabled is None))
+            if reflection(r.resource, config) is Reflection.RUN)
 
     def _disconnected(self) -> None:
         if self.state.connected:
@@ -252,6 +254,7 @@ class RemoteCluster:
         previous = self.reflectors
         self.reflectors = {}
         for resource in RESOURCES:
+            how = reflection(resource, config)
             validate = None
             if self.options.validate_remote_data:
                 validate = partial(check_entry, resource, cluster=self.name,
@@ -263,11 +266,15 @@ class RemoteCluster:
                                   metrics=self.metrics, on_synced=self._reflector_synced,
                                   validate=validate, rejections=self.rejections,
                                   observe=self._node_seen if resource is NODES else None)
+            if how is Reflection.OFF:
+                # Not in self.reflectors: readiness, status and metrics leave it out.
+                group.create_task(reflector.withdraw())
+                continue
             old = previous.get(resource.name)
             if old is not None and old.synced.is_set():
                 reflector.synced.set()  # canary already written; readiness is not lost
             self.reflectors[resource.name] = reflector
-            if resource is SERVICE_EXPORTS and config.service_exports_enabled is None:
+            if how is Reflection.SYNCED_EMPTY:
                 group.create_task(reflector.mark_synced_empty())
                 continue
             canary = resource.remote_canary(self.name, cached=config.cached).encode()

@@ -7,7 +7,9 @@
   Once ready it stays ready (readiness gates agents' first connection; a later
   remote failure is reported per cluster, not by flapping the pod).
 * :func:`remote_cluster_model` — Cilium's ``RemoteCluster`` REST model
-  (``GET /v1/cluster``), field names as in ``api/v1/openapi.yaml``.
+  (``GET /v1/cluster``), field names as in ``api/v1/openapi.yaml``; plus, ours
+  (Cilium main's spelling is unverified), ``num-endpointslices``,
+  ``synced.endpointslices`` and ``config.endpointslices-export-mode``.
 * :func:`format_status` — the text of ``kvstoremesh-dbg status``.
 """
 
@@ -17,7 +19,17 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES
+from clustermesh.keys import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    IDENTITIES,
+    NODES,
+    SERVICE_EXPORTS,
+    SERVICES,
+    Resource,
+)
+
+from .gating import Reflection, reflection
 
 if TYPE_CHECKING:
     from .mesh import KVStoreMesh
@@ -79,11 +91,24 @@ def _rfc3339_millis(unix: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+# Resources whose "synced" entry is null when they are not mirrored from the remote
+# (or its config is not known yet), as Cilium's nullable "service-exports"; the others
+# are plain booleans in Cilium's model: true once their cache canary is written.
+_NULLABLE_SYNCED = (SERVICE_EXPORTS, ENDPOINT_SLICES)
+
+
+def _synced(remote: RemoteCluster, resource: Resource) -> bool | None:
+    config = remote.state.config
+    if resource in _NULLABLE_SYNCED and (
+            config is None or reflection(resource, config) is not Reflection.RUN):
+        return None
+    return remote.synced(resource.name)
+
+
 def remote_cluster_model(remote: RemoteCluster) -> dict[str, Any]:
     s = remote.state
     config = s.config
     counts = {name: r.cached_keys for name, r in remote.reflectors.items()}
-    exports_enabled = config.service_exports_enabled if config is not None else None
     model: dict[str, Any] = {
         "name": remote.name,
         "ready": remote.ready,
@@ -94,22 +119,21 @@ def remote_cluster_model(remote: RemoteCluster) -> dict[str, Any]:
         "num-service-exports": counts.get(SERVICE_EXPORTS.name, 0),
         "num-identities": counts.get(IDENTITIES.name, 0),
         "num-endpoints": counts.get(ENDPOINTS.name, 0),
+        "num-endpointslices": counts.get(ENDPOINT_SLICES.name, 0),
         "num-failures": s.failures,
-        "synced": {
-            "nodes": remote.synced(NODES.name),
-            "services": remote.synced(SERVICES.name),
-            "service-exports": (remote.synced(SERVICE_EXPORTS.name)
-                                if exports_enabled is not None else None),
-            "identities": remote.synced(IDENTITIES.name),
-            "endpoints": remote.synced(ENDPOINTS.name),
-        },
+        "synced": {r.status_name: _synced(remote, r)
+                   for r in (NODES, SERVICES, SERVICE_EXPORTS, IDENTITIES, ENDPOINTS,
+                             ENDPOINT_SLICES)},
         "config": {
             "required": True,
             "retrieved": s.config_retrieved,
             "cluster-id": config.id if config is not None else 0,
             "kvstoremesh": config.cached if config is not None else False,
             "sync-canaries": config.synced_canaries if config is not None else False,
-            "service-exports-enabled": exports_enabled,
+            "service-exports-enabled": (config.service_exports_enabled
+                                        if config is not None else None),
+            "endpointslices-export-mode": (config.endpoint_slices_export_mode
+                                           if config is not None else ""),
         },
     }
     if s.last_failure is not None:
@@ -160,7 +184,9 @@ def format_status(models: list[dict[str, Any]], *, verbose: bool = False,
             f"   {m['name']}: {state}, {m['num-nodes']} nodes, {m['num-endpoints']} endpoints, "
             f"{m['num-identities']} identities, {m['num-shared-services']} services, "
             f"{m['num-service-exports']} MCS-API service exports, {m['num-failures']} failures "
-            f"(last: {_since(m.get('last-failure'), now)})")
+            f"(last: {_since(m.get('last-failure'), now)}), "
+            # Last, so that what matched Cilium's line still matches; .get: older daemons.
+            f"{m.get('num-endpointslices', 0)} endpointslices")
         for problem in m.get("problems", ()):
             lines.append(f"   └  problem: {problem}")
         if m.get("ready") and not verbose:

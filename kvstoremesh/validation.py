@@ -20,7 +20,12 @@ The rules, per resource, for an entry of remote cluster ``C`` with ID ``I``:
   ``maxConnectedClusters``; the label string carries
   ``k8s:io.cilium.k8s.policy.cluster=C``;
 * endpoints (ipcache) — the key is an IP or ``IP/len`` and equals the value's
-  ``IP`` (+ mask); JSON object; ``ID`` inside ``C``'s range or below 256.
+  ``IP`` (+ mask); JSON object; ``ID`` inside ``C``'s range or below 256;
+* endpointslices — not JSON but a zstd-compressed protobuf
+  ``ClusterEndpointSlice`` (facts: apiserver-newest §4.5), checked by
+  :func:`clustermesh.endpointslice.check_value`: it decompresses within the agents'
+  16 MiB cap, decodes, names ``C``, ``I`` and the ``<namespace>/<name>`` key, and
+  carries IPv4/IPv6 addresses of its address type.
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES, Resource
+from clustermesh import endpointslice
+from clustermesh.keys import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    IDENTITIES,
+    NODES,
+    SERVICE_EXPORTS,
+    SERVICES,
+    Resource,
+)
 
 CLUSTER_LABEL = "k8s:io.cilium.k8s.policy.cluster"
 RESERVED_IDENTITY_MAX = 255
@@ -204,6 +218,8 @@ def check_entry(resource: Resource, key: str, value: bytes, *, cluster: str, clu
         return check_identity(key, value, cluster, cluster_id, max_connected_clusters)
     if resource is ENDPOINTS:
         return check_endpoint(key, value, cluster, cluster_id, max_connected_clusters)
+    if resource is ENDPOINT_SLICES:  # zstd, not JSON: never handed to the JSON parser
+        return endpointslice.check_value(key, value, cluster=cluster, cluster_id=cluster_id)
     doc = _json_object(value)
     if doc is None:
         return "invalid-json"

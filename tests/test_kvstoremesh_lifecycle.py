@@ -20,9 +20,11 @@ import pytest
 from harness import EtcdFactory
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state, tree_revisions
 
+from clustermesh.clusterconfig import EXPORT_SERVICES_AND_ENDPOINTSLICES
 from clustermesh.etcd.client import EtcdClient, prefix_range_end, put_op
 from clustermesh.etcd.watch import DELETE, PUT
 from clustermesh.keys import (
+    ENDPOINT_SLICES,
     ENDPOINTS,
     IDENTITIES,
     NODES,
@@ -190,7 +192,9 @@ async def test_config_dir_add_change_remove_while_running(mesh_env: MeshEnv) -> 
 async def test_removal_order_and_grace(mesh_env: MeshEnv) -> None:
     grace = 1.5
     # "cluster10" shares the prefix "cluster1": removing cluster1 must not touch it.
-    await add_published(mesh_env, "cluster1", 1)
+    # cluster1 exports EndpointSlices, so that every resource has something to remove.
+    await add_published(mesh_env, "cluster1", 1,
+                        endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
     await add_published(mesh_env, "cluster10", 10)
     await mesh_env.start_mesh(removal_grace=grace)
     await mesh_env.wait_ready()
@@ -224,7 +228,10 @@ async def test_removal_order_and_grace(mesh_env: MeshEnv) -> None:
     canaries = [e for e in rest if e.key.startswith(synced_prefix("cluster1").encode())]
     caches = [e for e in rest if e not in canaries]
     assert len(canaries) == len(RESOURCES)
-    assert caches
+    assert {e.key for e in canaries} == {r.cache_canary("cluster1").encode() for r in RESOURCES}
+    assert {r for r in RESOURCES for e in caches
+            if e.key.startswith(r.cache_prefix("cluster1").encode())} == set(RESOURCES) - {
+                SERVICE_EXPORTS}  # cluster1 has no MCS-API: nothing cached, only a canary
     assert max(e.revision for e in canaries) < min(e.revision for e in caches)
 
     # The other cluster was not written at all.
@@ -487,19 +494,22 @@ async def test_local_leader_loss_mid_sync(tmp_path: Path, etcd_factory: EtcdFact
 
 async def test_cache_ttl_drains_services_of_a_disconnected_remote(mesh_env: MeshEnv) -> None:
     ttl = 1.0
-    c1 = await add_published(mesh_env, "cluster1", 1, service_exports=True)
-    await add_published(mesh_env, "cluster2", 2, service_exports=True)
+    c1 = await add_published(mesh_env, "cluster1", 1, service_exports=True,
+                             endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
+    await add_published(mesh_env, "cluster2", 2, service_exports=True,
+                        endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
     mesh = await mesh_env.start_mesh(cache_ttl=ttl, status_check_interval=0.3)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
     snapshot = await read_tree(mesh_env.local)
-    drained = (SERVICES, SERVICE_EXPORTS)
+    drained = (SERVICES, SERVICE_EXPORTS, ENDPOINT_SLICES)  # every carrier of backends
 
     def is_drained(key: bytes) -> bool:
         return any(key.startswith(r.cache_prefix("cluster1").encode())
                    or key == r.cache_canary("cluster1").encode() for r in drained)
 
-    assert sum(1 for k in snapshot if is_drained(k)) == 2 + 1 + 2  # services, export, canaries
+    # 2 services, 1 export, 2 EndpointSlices, 3 canaries
+    assert sum(1 for k in snapshot if is_drained(k)) == 2 + 1 + 2 + 3
 
     c1.server.stop()
     state = mesh.remotes["cluster1"].state

@@ -28,12 +28,25 @@ import aiohttp
 import pytest
 from harness import EtcdFactory, enable_auth, free_port, write_client_config
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state
+from harness.oracle import MIRROR, NOTHING, endpointslice_accepted, expected_reflection
 from harness.prometheus import PrometheusNotFound, PrometheusServer, find_prometheus_binary
 from prometheus_client.parser import text_string_to_metric_families
 
+from clustermesh.clusterconfig import (
+    EXPORT_ENDPOINTSLICES_ONLY,
+    EXPORT_SERVICES_AND_ENDPOINTSLICES,
+)
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
-from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, RESOURCES, SERVICE_EXPORTS, SERVICES
+from clustermesh.keys import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    IDENTITIES,
+    NODES,
+    RESOURCES,
+    SERVICE_EXPORTS,
+    SERVICES,
+)
 from kvstoremesh.mesh import KVStoreMesh
 from kvstoremesh.validation import check_entry
 
@@ -149,18 +162,25 @@ async def readyz_timeline(mesh: KVStoreMesh, timeout: float) -> list[Observation
 async def expected_counts(remote: Remote) -> dict[str, int]:
     """Keys of each resource the remote publishes for this cluster name that pass
     validation (what the daemon must cache: clusters sharing an etcd share the
-    identities and ipcache prefixes, and each caches only its own); none for service
-    exports when the remote does not support them."""
+    identities and ipcache prefixes, and each caches only its own); none for a resource
+    the remote's config says it does not export (harness.oracle)."""
     counts: dict[str, int] = {}
     for resource in RESOURCES:
         prefix = remote.prefix(resource).encode()
         keys = await read_tree(remote.client, prefix)
-        counts[resource.name] = sum(
-            1 for key, value in keys.items()
-            if check_entry(resource, key[len(prefix):].decode(), value, cluster=remote.name,
-                           cluster_id=remote.config.id, max_connected_clusters=255) is None)
-    if remote.config.service_exports_enabled is None:
-        counts[SERVICE_EXPORTS.name] = 0
+        if expected_reflection(resource, remote.config) != MIRROR:
+            counts[resource.name] = 0
+        elif resource is ENDPOINT_SLICES:
+            counts[resource.name] = sum(
+                1 for key, value in keys.items()
+                if endpointslice_accepted(key[len(prefix):].decode(), value,
+                                          cluster=remote.name, cluster_id=remote.config.id))
+        else:
+            counts[resource.name] = sum(
+                1 for key, value in keys.items()
+                if check_entry(resource, key[len(prefix):].decode(), value,
+                               cluster=remote.name, cluster_id=remote.config.id,
+                               max_connected_clusters=255) is None)
     return counts
 
 
@@ -259,8 +279,10 @@ async def test_global_ready_timeout_reports_ready_regardless(mesh_env: MeshEnv) 
 
 async def test_metrics_by_value_after_sync_update_and_remote_failure(
         mesh_env: MeshEnv) -> None:
-    c1 = await synced_remote(mesh_env, "cluster1", 1, service_exports=True)
-    c2 = await synced_remote(mesh_env, "cluster2", 2)  # no MCS-API support: no exports
+    c1 = await synced_remote(mesh_env, "cluster1", 1, service_exports=True,
+                             endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
+    # No MCS-API support: no exports; no EndpointSlice export mode: no slices.
+    c2 = await synced_remote(mesh_env, "cluster2", 2)
     mesh = await start(mesh_env, status_check_interval=0.3)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
@@ -270,6 +292,8 @@ async def test_metrics_by_value_after_sync_update_and_remote_failure(
     counts = {"cluster1": await expected_counts(c1), "cluster2": await expected_counts(c2)}
     assert counts["cluster2"][SERVICE_EXPORTS.name] == 0  # published, but not supported
     assert counts["cluster1"][SERVICE_EXPORTS.name] == 1
+    assert counts["cluster2"][ENDPOINT_SLICES.name] == 0  # published, but not exported
+    assert counts["cluster1"][ENDPOINT_SLICES.name] == 2
     for name in ("cluster1", "cluster2"):
         assert metric(m, f"{NS}_remote_cluster_readiness_status", target_cluster=name,
                       source_cluster="local") == 1
@@ -280,12 +304,13 @@ async def test_metrics_by_value_after_sync_update_and_remote_failure(
                           resource=resource) == count, (name, resource)
         for resource in RESOURCES:
             scope = "/".join(resource.cache_base.split("/")[2:4])
-            assert metric(m, f"{NS}_kvstore_initial_sync_completed", source_cluster=name,
-                          scope=scope, action="write") == 1, (name, scope)
-            if name == "cluster2" and resource is SERVICE_EXPORTS:
-                continue  # never read: see the next assertion
-            assert metric(m, f"{NS}_kvstore_initial_sync_completed", source_cluster=name,
-                          scope=scope, action="read") == 1, (name, scope)
+            how = expected_reflection(resource, mesh_env.remotes[name].config)
+            series = sorted((labels["action"], value) for labels, value
+                            in m[f"{NS}_kvstore_initial_sync_completed"]
+                            if labels["source_cluster"] == name and labels["scope"] == scope)
+            # Read if mirrored; written if it has a canary; no series that never turns 1.
+            assert series == ([] if how == NOTHING else [("write", 1)] if how != MIRROR
+                              else [("read", 1), ("write", 1)]), (name, scope, series)
         assert 0 <= metric(m, f"{NS}_remote_heartbeat_age_seconds", target_cluster=name) < 10
         assert 0 < metric(m, f"{NS}_bootstrap_seconds", source_cluster=name) < 10
     # A resource the remote does not support is never read: no "read" series claims
@@ -293,6 +318,10 @@ async def test_metrics_by_value_after_sync_update_and_remote_failure(
     assert not [labels for labels, _ in m[f"{NS}_kvstore_initial_sync_completed"]
                 if labels["source_cluster"] == "cluster2"
                 and labels["scope"] == "serviceexports/v1" and labels["action"] == "read"]
+    # Nor for EndpointSlices of a remote that does not export them: no canary, no series.
+    assert not [labels for labels, _ in m[f"{NS}_kvstore_initial_sync_completed"]
+                if labels["source_cluster"] == "cluster2"
+                and labels["scope"] == "endpointslices/v1"]
     # etcd requests were timed, by action and scope, all successful so far.
     ops = f"{NS}_kvstore_operations_duration_seconds"
     assert metric_sum(m, f"{ops}_count", action="GetPrefix", outcome="success") > 0
@@ -441,6 +470,10 @@ REMOTE_CLUSTER_SCHEMA: dict[str, Any] = {
     "config": {"required": bool, "retrieved": bool, "cluster-id": int, "kvstoremesh": bool,
                "sync-canaries": bool, "service-exports-enabled": (bool, _NONE)},
 }
+# Ours, always present too (Cilium main's spelling of its EndpointSlice fields is unverified).
+REMOTE_CLUSTER_SCHEMA["num-endpointslices"] = int
+REMOTE_CLUSTER_SCHEMA["synced"]["endpointslices"] = (bool, _NONE)
+REMOTE_CLUSTER_SCHEMA["config"]["endpointslices-export-mode"] = str
 REMOTE_CLUSTER_OPTIONAL: dict[str, Any] = {"last-failure": str, "rejected-entries": dict,
                                            "problems": list}
 
@@ -492,9 +525,12 @@ def test_schema_checker_rejects_what_it_should() -> None:
 
 
 async def test_status_api_models_are_sorted_typed_and_counted(mesh_env: MeshEnv) -> None:
-    # Added out of order; cluster10 shares cluster1's etcd.
-    c2 = await synced_remote(mesh_env, "cluster2", 2, service_exports=False)
-    c1 = await synced_remote(mesh_env, "cluster1", 1, service_exports=True)
+    # Added out of order; cluster10 shares cluster1's etcd.  EndpointSlice export modes:
+    # both, only slices (no legacy services), none (a 1.18/1.19 peer).
+    c2 = await synced_remote(mesh_env, "cluster2", 2, service_exports=False,
+                             endpoint_slices=EXPORT_ENDPOINTSLICES_ONLY)
+    c1 = await synced_remote(mesh_env, "cluster1", 1, service_exports=True,
+                             endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
     await synced_remote(mesh_env, "cluster10", 10, server=c1.server)  # exports unsupported
     write_unreachable_remote(mesh_env, "dead")
     mesh = await start(mesh_env)
@@ -510,20 +546,30 @@ async def test_status_api_models_are_sorted_typed_and_counted(mesh_env: MeshEnv)
     for remote, exports in ((c1, True), (mesh_env.remotes["cluster10"], None), (c2, False)):
         doc = by_name[remote.name]
         counts = await expected_counts(remote)
+        mode = remote.config.endpoint_slices_export_mode
         assert doc["ready"] is True and doc["connected"] is True, doc
         assert doc["status"].startswith("etcd: 1/1 connected: http://127.0.0.1:"), doc
         assert doc["status"].endswith(f"ID: {remote.server.cluster_id():x}"), doc
         assert (doc["num-nodes"], doc["num-endpoints"], doc["num-identities"],
-                doc["num-shared-services"], doc["num-service-exports"]) == (
+                doc["num-shared-services"], doc["num-service-exports"],
+                doc["num-endpointslices"]) == (
             counts[NODES.name], counts[ENDPOINTS.name], counts[IDENTITIES.name],
-            counts[SERVICES.name], counts[SERVICE_EXPORTS.name]), doc
+            counts[SERVICES.name], counts[SERVICE_EXPORTS.name],
+            counts[ENDPOINT_SLICES.name]), doc
         assert doc["num-failures"] == 0 and "last-failure" not in doc, doc
+        # "services" is synced (its canary written) even when only slices are exported.
         assert doc["synced"] == {"nodes": True, "services": True,
                                  "service-exports": True if exports is not None else None,
-                                 "identities": True, "endpoints": True}
+                                 "identities": True, "endpoints": True,
+                                 "endpointslices": True if mode else None}
         assert doc["config"] == {"required": True, "retrieved": True,
                                  "cluster-id": remote.config.id, "kvstoremesh": False,
-                                 "sync-canaries": True, "service-exports-enabled": exports}
+                                 "sync-canaries": True, "service-exports-enabled": exports,
+                                 "endpointslices-export-mode": mode}
+    # The counts differ by mode: none of the sample's 2 services or 2 slices is lost or
+    # invented.
+    assert [(by_name[n]["num-shared-services"], by_name[n]["num-endpointslices"])
+            for n in ("cluster1", "cluster10", "cluster2")] == [(2, 2), (2, 0), (0, 2)]
 
     dead = by_name["dead"]
     assert dead["ready"] is False and dead["connected"] is False
@@ -532,10 +578,11 @@ async def test_status_api_models_are_sorted_typed_and_counted(mesh_env: MeshEnv)
     assert abs((datetime.now(UTC).replace(tzinfo=None) - failed_at).total_seconds()) < 30
     assert dead["status"], dead  # the error that made it fail
     assert dead["synced"] == {"nodes": False, "services": False, "service-exports": None,
-                              "identities": False, "endpoints": False}
+                              "identities": False, "endpoints": False, "endpointslices": None}
     assert dead["config"] == {"required": True, "retrieved": False, "cluster-id": 0,
                               "kvstoremesh": False, "sync-canaries": False,
-                              "service-exports-enabled": None}
+                              "service-exports-enabled": None,
+                              "endpointslices-export-mode": ""}
     assert all(dead[key] == 0 for key in dead if key.startswith("num-") and key != "num-failures")
 
 

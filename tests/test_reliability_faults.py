@@ -39,11 +39,14 @@ from harness.convergence import wait_converged
 from harness.mesh import MeshEnv, sample_state
 from harness.tcpproxy import TcpProxy
 
+from clustermesh.clusterconfig import EXPORT_SERVICES_AND_ENDPOINTSLICES
 from clustermesh.etcd.client import EtcdClient, delete_op, prefix_range_end
 from clustermesh.etcd.config import load_etcd_config, load_tls_files
 from clustermesh.keys import ENDPOINTS, NODES, RESOURCES
 
 SEEDS = (11, 22, 33)
+#: A remote of Cilium main exports EndpointSlices; the older ones beside it do not.
+MAIN = EXPORT_SERVICES_AND_ENDPOINTSLICES
 #: Session checks fast enough for second-scale scenarios.
 FAST: dict[str, Any] = {"heartbeat_timeout": 2.0, "status_check_interval": 0.3}
 
@@ -115,8 +118,10 @@ async def rig(mesh_env: MeshEnv, request: pytest.FixtureRequest) -> Any:
 
 async def standard(rig: Rig, *, keys: int = 300, proxied: tuple[str, ...] = ("cluster1",),
                    **options: Any) -> None:
-    """Two remotes (cluster1 maybe behind a proxy), mesh ready and converged, churn on."""
-    await rig.add("cluster1", 1, keys=keys, proxied="cluster1" in proxied)
+    """Two remotes (cluster1 maybe behind a proxy), mesh ready and converged, churn on.
+    cluster1 has MCS-API and EndpointSlices; cluster2 neither (an older Cilium)."""
+    await rig.add("cluster1", 1, keys=keys, proxied="cluster1" in proxied,
+                  endpoint_slices=MAIN)
     await rig.add("cluster2", 2, keys=keys, proxied="cluster2" in proxied,
                   service_exports=None)
     await rig.env.start_mesh(**{**FAST, **options})
@@ -280,7 +285,7 @@ async def test_backoff_resets_after_a_synced_session(rig: Rig) -> None:
 @seeded
 async def test_local_etcd_restart_mid_sync(rig: Rig, seed: int) -> None:
     env = rig.env
-    await rig.add("cluster1", 1, keys=1500, proxied=False)
+    await rig.add("cluster1", 1, keys=1500, proxied=False, endpoint_slices=MAIN)
     await rig.add("cluster2", 2, keys=1500, proxied=False, service_exports=None)
     rig.start_churn()
     # Rate-limited writes so the initial sync is still running when the local etcd dies.
@@ -303,7 +308,7 @@ async def test_local_etcd_restart_mid_sync(rig: Rig, seed: int) -> None:
 async def test_daemon_killed_mid_initial_sync(rig: Rig, seed: int, tmp_path: Path) -> None:
     """kill -9 of the daemon process during its first sync, then a restart."""
     env = rig.env
-    await rig.add("cluster1", 1, keys=1500, proxied=False)
+    await rig.add("cluster1", 1, keys=1500, proxied=False, endpoint_slices=MAIN)
     await rig.add("cluster2", 2, keys=1500, proxied=False, service_exports=None)
     daemon = DaemonProcess(env, tmp_path / "kvstoremesh.log", "--heartbeat-timeout", "3s",
                            "--status-check-interval", "1s")
@@ -534,7 +539,7 @@ async def test_slow_remote_does_not_slow_the_fast_one(rig: Rig, seed: int) -> No
     queue behind the bulk data on the same connection, yet the sync must complete
     (the data arriving proves the connection alive), and the fast one is unaffected."""
     env = rig.env
-    await rig.add("slow", 1, keys=1000, value_size=400)
+    await rig.add("slow", 1, keys=1000, value_size=400, endpoint_slices=MAIN)
     await rig.add("fast", 2, keys=300, proxied=False, service_exports=None)
     proxy = rig.proxies["slow"]
     proxy.latency = 0.2  # per chunk, each direction

@@ -2,7 +2,8 @@
 
 * :func:`kvstoremesh.status.format_status` on fixed RemoteCluster models, compared
   with golden files in ``tests/golden/`` (``UPDATE_GOLDEN=1`` rewrites them; review
-  the diff before committing);
+  the diff before committing), and the per-remote counts ``clustermesh status`` prints
+  from the same models;
 * ``python -m kvstoremesh.main status`` as a real process against an in-process
   daemon on real etcd (the test's event loop keeps serving while it runs), against a
   not-ready daemon with ``--wait``, and against a closed port;
@@ -26,6 +27,7 @@ import pytest
 from harness import free_port
 from harness.mesh import MeshEnv, sample_state
 
+from clustermesh.cli.status import ClusterStatus, Target, format_statuses
 from kvstoremesh.mesh import KVStoreMesh
 from kvstoremesh.status import format_status
 
@@ -42,35 +44,39 @@ def model(name: str, *, ready: bool = True, connected: bool = True,
           counts: tuple[int, int, int, int, int] = (2, 8, 5, 3, 1), failures: int = 0,
           last_failure: str | None = None, cluster_id: int = 1, kvstoremesh: bool = False,
           sync_canaries: bool = True, exports: bool | None = True, retrieved: bool = True,
-          synced: bool = True) -> dict[str, Any]:
+          synced: bool = True, endpointslices: int = 0, mode: str = "") -> dict[str, Any]:
     """A RemoteCluster model as ``GET /v1/cluster`` returns it.
-    ``counts``: nodes, endpoints, identities, services, service exports."""
+    ``counts``: nodes, endpoints, identities, services, service exports; ``mode``: the
+    remote's EndpointSlice export mode."""
     nodes, endpoints, identities, services, service_exports = counts
     doc: dict[str, Any] = {
         "name": name, "ready": ready, "connected": connected,
         "status": status.format(name=name),
         "num-nodes": nodes, "num-shared-services": services,
         "num-service-exports": service_exports, "num-identities": identities,
-        "num-endpoints": endpoints, "num-failures": failures,
+        "num-endpoints": endpoints, "num-endpointslices": endpointslices,
+        "num-failures": failures,
         "synced": {"nodes": synced, "services": synced,
                    "service-exports": synced if exports is not None else None,
-                   "identities": synced, "endpoints": synced},
+                   "identities": synced, "endpoints": synced,
+                   "endpointslices": synced if mode else None},
         "config": {"required": True, "retrieved": retrieved, "cluster-id": cluster_id,
                    "kvstoremesh": kvstoremesh, "sync-canaries": sync_canaries,
-                   "service-exports-enabled": exports},
+                   "service-exports-enabled": exports, "endpointslices-export-mode": mode},
     }
     if last_failure is not None:
         doc["last-failure"] = last_failure
     return doc
 
 
-READY = model("cluster1")
+READY = model("cluster1", endpointslices=4, mode="services-and-endpointslices")
 NOT_READY = model(
     "cluster2", ready=False, connected=False,
     status="remote cluster2: no etcd endpoint answered (https://cluster2.mesh.cilium.io:2379: "
            "failed to connect to all addresses)",
     counts=(3, 12, 4, 0, 0), failures=3, last_failure="2026-01-01T11:58:30.250Z",
-    cluster_id=2, kvstoremesh=True, exports=False, synced=False)
+    cluster_id=2, kvstoremesh=True, exports=False, synced=False, endpointslices=6,
+    mode="endpointslices-only")
 UNSUPPORTED = model("cluster3", counts=(1, 2, 1, 1, 0), failures=1,
                     last_failure="2026-01-01T09:45:00.000Z", cluster_id=3, exports=None)
 WAITING_FOR_CONFIG = model(
@@ -85,7 +91,8 @@ CASES: dict[str, tuple[list[dict[str, Any]], bool]] = {
     "status_ready": ([READY], False),
     "status_ready_verbose": ([READY], True),
     "status_not_ready": ([NOT_READY], False),
-    # Service exports enabled, disabled and unsupported; last failures 90 s and 2 h 15 m ago.
+    # Service exports enabled, disabled and unsupported; EndpointSlice export modes both,
+    # only slices and none; last failures 90 s and 2 h 15 m ago.
     "status_mixed": ([READY, NOT_READY, UNSUPPORTED, WAITING_FOR_CONFIG], False),
     "status_mixed_verbose": ([READY, NOT_READY, UNSUPPORTED, WAITING_FOR_CONFIG], True),
 }
@@ -121,9 +128,33 @@ def test_format_status_matches_golden(case: str) -> None:
     ("2026-01-01T12:00:05.000Z", "0s ago"),  # clock skew: never negative
 ])
 def test_last_failure_is_shown_relative_to_now(last_failure: str | None, shown: str) -> None:
-    doc = model("cluster1", failures=1 if last_failure else 0, last_failure=last_failure)
+    failures = 1 if last_failure else 0
+    doc = model("cluster1", failures=failures, last_failure=last_failure, endpointslices=7)
     first = format_status([doc], now=NOW).splitlines()[1]
-    assert first.endswith(f"failures (last: {shown})"), first
+    assert first == ("   cluster1: ready, 2 nodes, 8 endpoints, 5 identities, 3 services, "
+                     f"1 MCS-API service exports, {failures} failures (last: {shown}), "
+                     "7 endpointslices"), first
+
+
+def test_endpointslices_are_counted_last_and_older_daemons_count_zero() -> None:
+    # A daemon from before EndpointSlices has no "num-endpointslices": shown as 0.
+    older = {k: v for k, v in UNSUPPORTED.items() if k != "num-endpointslices"}
+    assert format_status([READY, older], now=NOW).splitlines()[1:] == [
+        "   cluster1: ready, 2 nodes, 8 endpoints, 5 identities, 3 services, "
+        "1 MCS-API service exports, 0 failures (last: never), 4 endpointslices",
+        "   cluster3: ready, 1 nodes, 2 endpoints, 1 identities, 1 services, "
+        "0 MCS-API service exports, 1 failures (last: 2h15m ago), 0 endpointslices"]
+    # `clustermesh status` shows the same count at the end of each remote's line.
+    target = Target(name="local", api="127.0.0.1:9889", cluster_id=9,
+                    configured=["cluster1", "cluster3"])
+    assert format_statuses([ClusterStatus(target, [READY, older])]).splitlines() == [
+        "Cluster Mesh: 1 clusters, 2/2 KVStoreMesh connections ready",
+        "local (id 9): 2/2 remotes configured, 2/2 connected, 2/2 ready",
+        "   cluster1: ready, 2 nodes, 8 endpoints, 5 identities, 3 services, 0 failures, "
+        "4 endpointslices",
+        "   cluster3: ready, 1 nodes, 2 endpoints, 1 identities, 1 services, 1 failures, "
+        "0 endpointslices",
+        "All clusters are connected to all clusters and ready."]
 
 
 def test_format_status_of_a_real_status_api_document_round_trips_through_json() -> None:
@@ -185,7 +216,7 @@ async def test_status_command_against_a_running_daemon(mesh_env: MeshEnv) -> Non
     assert out.startswith("KVStoreMesh:\t1/1 clusters ready\n"), out
     assert out.splitlines()[1:] == [
         "   cluster1: ready, 2 nodes, 4 endpoints, 1 identities, 2 services, "
-        "1 MCS-API service exports, 0 failures (last: never)"]
+        "1 MCS-API service exports, 0 failures (last: never), 0 endpointslices"]
 
     assert jcode == 0
     assert json.loads(jout) == await api_models(address)

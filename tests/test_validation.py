@@ -9,10 +9,21 @@ from __future__ import annotations
 import json
 
 import pytest
+import zstandard
 
 from apiserver import converters
+from apiserver.endpointslices import endpointslice_entries
 from apiserver.sample import workload
-from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, SERVICE_EXPORTS, SERVICES, Resource
+from clustermesh.keys import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    IDENTITIES,
+    NODES,
+    RESOURCES,
+    SERVICE_EXPORTS,
+    SERVICES,
+    Resource,
+)
 from kvstoremesh.validation import check_entry, identity_range
 
 NODE = {"Name": "node-a", "Cluster": "cluster3", "IPAddresses": [], "ClusterID": 3}
@@ -26,6 +37,18 @@ EXPORT = {"cluster": "cluster3", "name": "basic", "namespace": "default",
           "type": "ClusterSetIP", "sessionAffinity": "ClientIP"}
 ENDPOINT = {"IP": "10.244.2.74", "HostIP": "172.18.0.2", "ID": 199475, "Key": 5,
             "Metadata": ""}
+ENDPOINT_SLICE = {"metadata": {"name": "echo-7xk2p", "namespace": "ns-alpha",
+                               "labels": {"kubernetes.io/service-name": "echo-service"}},
+                  "addressType": "IPv4",
+                  "endpoints": [{"addresses": ["10.244.1.10"], "conditions": {"ready": True}}],
+                  "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+
+
+def slice_value(*, cluster: str = "cluster3", cluster_id: int = 3, **fields: object) -> bytes:
+    """ENDPOINT_SLICE with ``fields`` replaced, as the apiserver encodes it."""
+    (value,) = endpointslice_entries({**ENDPOINT_SLICE, **fields}, cluster=cluster,
+                                     cluster_id=cluster_id).values()
+    return value
 
 
 def check(resource: Resource, key: str, value: bytes | dict, *, cluster: str = "cluster3",
@@ -53,6 +76,7 @@ def test_facts_examples_are_valid() -> None:
                                                "Mask": "//8AAA=="}) is None
     assert check(ENDPOINTS, "fd00::5", {**ENDPOINT, "IP": "fd00::5"}) is None
     assert check(ENDPOINTS, "10.0.0.1", {**ENDPOINT, "IP": "10.0.0.1", "ID": 2}) is None
+    assert check(ENDPOINT_SLICES, "ns-alpha/echo-7xk2p", slice_value()) is None
 
 
 @pytest.mark.parametrize("cluster_id", [1, 7, 255])
@@ -72,9 +96,12 @@ def test_everything_the_converters_publish_is_valid(cluster_id: int) -> None:
             slices = [o for o in objects if o["kind"] == "EndpointSlice"]
             entries |= converters.service_entries(obj, slices, cluster=cluster,
                                                   cluster_id=cluster_id)
+        elif kind == "EndpointSlice":
+            entries |= endpointslice_entries(obj, cluster=cluster, cluster_id=cluster_id)
     assert len(entries) > 10
+    assert any(k.startswith(ENDPOINT_SLICES.state_prefix(cluster)) for k in entries)
     for key, value in entries.items():
-        for resource in (NODES, SERVICES, SERVICE_EXPORTS, IDENTITIES, ENDPOINTS):
+        for resource in RESOURCES:
             prefix = resource.state_prefix(cluster)
             if key.startswith(prefix):
                 assert check(resource, key[len(prefix):], value, cluster=cluster,
@@ -123,6 +150,18 @@ def test_everything_the_converters_publish_is_valid(cluster_id: int) -> None:
 def test_invalid_entries_are_rejected(resource: Resource, key: str, value: bytes | dict,
                                       reason: str) -> None:
     assert check(resource, key, value) == reason
+
+
+def test_endpointslices_are_checked_as_zstd_protobuf_not_json() -> None:
+    key = "ns-alpha/echo-7xk2p"
+    # JSON is not a valid EndpointSlice value: never handed to the JSON rules.
+    assert check(ENDPOINT_SLICES, key, {"cluster": "cluster3"}) == "invalid-zstd"
+    assert check(ENDPOINT_SLICES, key, slice_value()[:-4]) == "invalid-zstd"  # truncated
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * ((16 << 20) + 1))
+    assert len(bomb) < 4096 and check(ENDPOINT_SLICES, key, bomb) == "too-large"
+    assert check(ENDPOINT_SLICES, key, slice_value(cluster="cluster4")) == "cluster-mismatch"
+    assert check(ENDPOINT_SLICES, "ns-alpha/echo", slice_value()) == "name-mismatch"
+    assert check(ENDPOINT_SLICES, key, slice_value(cluster_id=4)) == "cluster-id-mismatch"
 
 
 def test_511_mode_ranges() -> None:

@@ -117,7 +117,9 @@ def format_statuses(statuses: list[ClusterStatus]) -> str:
                 f"   {r}: {state}, {m.get('num-nodes', 0)} nodes, "
                 f"{m.get('num-endpoints', 0)} endpoints, {m.get('num-identities', 0)} "
                 f"identities, {m.get('num-shared-services', 0)} services, "
-                f"{m.get('num-failures', 0)} failures")
+                f"{m.get('num-failures', 0)} failures, "
+                # Last, so that what matched the line before still matches.
+                f"{m.get('num-endpointslices', 0)} endpointslices")
             if not m.get("ready"):
                 lines.append(f"   └  {m.get('status', '')}")
                 problems.append(f"{r}: {state.lower()} as seen from {t.name}")

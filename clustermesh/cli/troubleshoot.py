@@ -20,10 +20,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from clustermesh.clusterconfig import CiliumClusterConfig
+from clustermesh.clusterconfig import (
+    EXPORT_ENDPOINTSLICES_ONLY,
+    EXPORT_SERVICES_ONLY,
+    CiliumClusterConfig,
+)
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.keys import (
+    ENDPOINT_SLICES,
     ENDPOINTS,
     HEARTBEAT_KEY,
     IDENTITIES,
@@ -188,12 +193,14 @@ async def check_etcd(report: Report, d: ClusterDir, *, process_note: str | None)
                          + (f" ({d.path / 'logs' / 'apiserver.log'})"
                             if (d.path / "logs").is_dir() else ""))
         kv = await client.get(cluster_config_key(d.name).encode())
+        mode = EXPORT_SERVICES_ONLY  # which canaries to expect follows the advertised mode
         if kv is None:
             report.add(section, False, f"cluster-config {cluster_config_key(d.name)} missing",
                        apiserver_fix)
         else:
             try:
                 cfg = CiliumClusterConfig.from_json(kv.value)
+                mode = cfg.endpoint_slices_export_mode
                 problems = []
                 if cfg.id != d.id:
                     problems.append(f"ID {cfg.id}, expected {d.id}")
@@ -209,11 +216,16 @@ async def check_etcd(report: Report, d: ClusterDir, *, process_note: str | None)
             except ValueError as exc:
                 report.add(section, False, f"cluster-config unparsable: {exc}", apiserver_fix)
         missing = []
-        for r in (NODES, SERVICES, IDENTITIES, ENDPOINTS):
+        expected = [NODES, IDENTITIES, ENDPOINTS]
+        if mode != EXPORT_ENDPOINTSLICES_ONLY:
+            expected.append(SERVICES)
+        if mode != EXPORT_SERVICES_ONLY:
+            expected.append(ENDPOINT_SLICES)
+        for r in expected:
             if await client.get(r.state_canary(d.name).encode()) is None:
                 missing.append(r.state_canary(d.name))
         report.add(section, not missing,
-                   "sync canaries present (nodes, services, identities, endpoints)"
+                   f"sync canaries present ({', '.join(r.name for r in expected)})"
                    if not missing else "sync canaries missing: " + ", ".join(missing),
                    "the apiserver has not finished its initial sync: " + apiserver_fix)
         kv = await client.get(HEARTBEAT_KEY.encode())

@@ -2,7 +2,8 @@
 
 :class:`Churn` writes into one or more :class:`~harness.mesh.Remote` clusters as a
 busy clustermesh-apiserver would: new objects, updates, deletes, across every
-resource (nodes, services, service exports, identities, endpoints), now and then
+resource (nodes, services, service exports, identities, endpoints, EndpointSlices —
+mirrored only from remotes with an EndpointSlice export mode), now and then
 several in one txn — all from a seeded :class:`random.Random`, so a seed names a
 reproducible workload.  It keeps the remotes' heartbeats fresh as well (with a
 small ``heartbeat_timeout`` the daemon would otherwise reconnect all the time).
@@ -35,11 +36,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apiserver.endpointslices import endpointslice_entries
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient, delete_op, put_op
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
-from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, RESOURCES, SERVICES, Resource
+from clustermesh.keys import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    IDENTITIES,
+    NODES,
+    RESOURCES,
+    SERVICES,
+    Resource,
+)
 from kvstoremesh.validation import identity_range
 
 from .certs import ClientCert
@@ -88,6 +98,18 @@ def _value(rng: random.Random, remote: Remote, resource: Resource, suffix: str,
     if resource is IDENTITIES:
         return (f"k8s:app=churn-{generation};k8s:io.cilium.k8s.policy.cluster={cluster};"
                 f"k8s:pad={pad}").encode()
+    if resource is ENDPOINT_SLICES:  # zstd protobuf, as the apiserver encodes it
+        namespace, name = suffix.split("/", 1)
+        slice_ = {"metadata": {"namespace": namespace, "name": name,
+                               "labels": {"kubernetes.io/service-name": name,
+                                          "generation": str(generation)},
+                               "annotations": {"pad": pad}},
+                  "addressType": "IPv4",
+                  "endpoints": [{"addresses": [f"10.{cluster_id % 256}.2.{generation % 250}"],
+                                 "conditions": {"ready": True}}],
+                  "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        (value,) = endpointslice_entries(slice_, cluster=cluster, cluster_id=cluster_id).values()
+        return value
     if resource is ENDPOINTS:
         low, _ = identity_range(cluster_id, 255)
         doc: dict[str, object] = {"IP": suffix, "ID": low + generation % 1000, "Key": 0,
@@ -358,9 +380,11 @@ class Rig:
 
     async def add(self, name: str, cluster_id: int, *, keys: int = 200, proxied: bool = True,
                   server: EtcdServer | EtcdCluster | None = None, write_file: bool = True,
-                  service_exports: bool | None = True, value_size: int = 120) -> Remote:
+                  service_exports: bool | None = True, endpoint_slices: str = "",
+                  value_size: int = 120) -> Remote:
         remote = await self.env.add_remote(name, cluster_id, server=server, write_file=False,
-                                           service_exports=service_exports)
+                                           service_exports=service_exports,
+                                           endpoint_slices=endpoint_slices)
         await self.populate(remote, keys, value_size=value_size)
         if proxied:
             proxy = await TcpProxy.to_url(remote.server.endpoints[0], name=name).start()

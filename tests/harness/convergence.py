@@ -3,13 +3,15 @@
 :func:`convergence_report` compares the *whole* local etcd keyspace (not only
 ``cilium/``) with the exact tree a correct KVStoreMesh must hold for the remotes
 configured now (:meth:`harness.mesh.MeshEnv.expected`: cache keys with
-byte-identical values, one sync canary per resource, the cached cluster-config)
-and returns a :class:`ConvergenceReport`:
+byte-identical values, one sync canary per resource the remote's cluster-config
+calls for — :mod:`harness.oracle` — and the cached cluster-config) and returns a
+:class:`ConvergenceReport`:
 
 * ``missing`` / ``extra`` / ``different`` — keys expected but absent, present but
   not expected, present with another value;
 * ``outside`` — keys outside every prefix the daemon may write for the configured
-  clusters: ``cilium/cache/<resource>/v1/<cluster>/``, ``cilium/synced/<cluster>/``
+  clusters: ``cilium/cache/<resource>/v1/<cluster>/`` (any resource: one the remote
+  does not export is then ``extra``), ``cilium/synced/<cluster>/``
   and ``cilium/cluster-config/<cluster>`` (anything else, ``cilium/state/``
   included, is a key the daemon had no business writing);
 * counts, per cluster too, and :meth:`ConvergenceReport.summary` showing the first

@@ -8,9 +8,11 @@ cluster names can).  A remote publishes like a clustermesh-apiserver does:
 
 :meth:`MeshEnv.expected` computes, from what the remotes hold *now*, the exact
 local ``cilium/`` tree a correct KVStoreMesh must converge to (cache keys with
-byte-identical values, one canary per resource, the cached cluster-config), and
-:meth:`MeshEnv.assert_converged` waits for it and reports missing, extra and
-different keys otherwise.
+byte-identical values, one canary per resource the remote's cluster-config calls
+for, the cached cluster-config), and :meth:`MeshEnv.assert_converged` waits for it
+and reports missing, extra and different keys otherwise.  Which resources are
+mirrored, and which EndpointSlice values are acceptable, comes from
+:mod:`harness.oracle`, written from the spec rather than from the daemon's code.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apiserver.endpointslices import endpointslice_entries
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.keys import (
+    ENDPOINT_SLICES,
     ENDPOINTS,
     HEARTBEAT_KEY,
     IDENTITIES,
@@ -41,6 +45,7 @@ from kvstoremesh.options import MeshOptions
 from kvstoremesh.validation import check_entry
 
 from .etcd import EtcdCluster, EtcdFactory, EtcdServer
+from .oracle import CANARY_ONLY, MIRROR, NOTHING, endpointslice_accepted, expected_reflection
 
 CANARY = b"<rfc3339>"  # placeholder in expected trees: any RFC3339 UTC timestamp
 _RFC3339 = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -59,7 +64,11 @@ async def tree_revisions(client: EtcdClient, prefix: bytes = b"cilium/") -> dict
 
 def sample_state(name: str, cluster_id: int, *, nodes: int = 2, endpoints: int = 3,
                  services: int = 2) -> dict[Resource, dict[str, bytes]]:
-    """Realistic objects of one cluster: key suffix (below the state prefix) -> value."""
+    """Realistic objects of one cluster: key suffix (below the state prefix) -> value.
+
+    Every service has an EndpointSlice too: what a remote with an EndpointSlice export
+    mode mirrors, and one without must not (the cache then holds none of them).
+    """
     ident = (cluster_id << 16) + 1
     state: dict[Resource, dict[str, bytes]] = {r: {} for r in RESOURCES}
     for i in range(nodes):
@@ -84,11 +93,33 @@ def sample_state(name: str, cluster_id: int, *, nodes: int = 2, endpoints: int =
             f'{{"10.96.0.{i + 10}":{{"http":{{"Protocol":"TCP","Port":80}}}}}},"backends":{{}},'
             f'"labels":{{}},"selector":{{"app":"echo"}},"includeExternal":true,"shared":true,'
             f'"clusterID":{cluster_id}}}').encode()
+    for i in range(services):
+        state[ENDPOINT_SLICES].update(sample_endpointslice(name, cluster_id, f"svc-{i}"))
     state[SERVICE_EXPORTS]["default/svc-0"] = (
         f'{{"cluster":"{name}","name":"svc-0","namespace":"default",'
         '"exportCreationTimestamp":"2026-01-01T00:00:00Z","ports":[],"type":"ClusterSetIP",'
         '"sessionAffinity":"None"}').encode()
     return state
+
+
+def sample_endpointslice(cluster: str, cluster_id: int, service: str) -> dict[str, bytes]:
+    """One EndpointSlice of ``default/<service>`` as the apiserver exports it: key suffix
+    -> value."""
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{service}-{cluster_id:05x}", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service,
+                                "endpointslice.kubernetes.io/managed-by":
+                                    "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [f"10.{cluster_id}.1.{i + 5}"],
+                       "conditions": {"ready": True, "serving": True, "terminating": False},
+                       "nodeName": f"node-{i}", "zone": "zone-a"} for i in range(2)],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }
+    prefix = ENDPOINT_SLICES.state_prefix(cluster)
+    return {key.removeprefix(prefix): value for key, value in
+            endpointslice_entries(slice_, cluster=cluster, cluster_id=cluster_id).items()}
 
 
 @dataclass
@@ -127,8 +158,23 @@ class Remote:
     async def heartbeat(self) -> None:
         await self.client.put(HEARTBEAT_KEY.encode(), time.strftime("%Y-%m-%dT%H:%M:%SZ").encode())
 
-    async def write_canaries(self, resources: tuple[Resource, ...] = RESOURCES) -> None:
-        for resource in resources:
+    def published_canaries(self) -> tuple[Resource, ...]:
+        """The canaries this remote writes once synced, for its cluster-config: a
+        clustermesh-apiserver writes none for what it does not export (EndpointSlices
+        without a mode, services when ``endpointslices-only``); a KVStoreMesh (``cached``)
+        writes the services one anyway."""
+        exported = []
+        for resource in RESOURCES:
+            reflection = expected_reflection(resource, self.config)
+            if reflection == NOTHING or (reflection == CANARY_ONLY and resource is SERVICES
+                                         and not self.cached):
+                continue
+            exported.append(resource)
+        return tuple(exported)
+
+    async def write_canaries(self, resources: tuple[Resource, ...] | None = None) -> None:
+        """Write the given remote canaries (default: :meth:`published_canaries`)."""
+        for resource in self.published_canaries() if resources is None else resources:
             await self.client.put(resource.remote_canary(self.name, cached=self.cached).encode(),
                                   b"2026-01-01T00:00:00Z")
 
@@ -165,7 +211,8 @@ class MeshEnv:
     async def add_remote(self, name: str, cluster_id: int, *,
                          server: EtcdServer | EtcdCluster | None = None,
                          synced_canaries: bool = True, service_exports: bool | None = None,
-                         cached: bool = False, write_file: bool = True) -> Remote:
+                         endpoint_slices: str = "", cached: bool = False,
+                         write_file: bool = True) -> Remote:
         server = server or self.factory(name=f"remote-{name}")
         config_file = self.dir / f"remote-{name}.yaml"
         server.client_config(config_file)
@@ -173,7 +220,8 @@ class MeshEnv:
         await client.connect()
         config = CiliumClusterConfig(id=cluster_id, synced_canaries=synced_canaries,
                                      max_connected_clusters=255,
-                                     service_exports_enabled=service_exports, cached=cached)
+                                     service_exports_enabled=service_exports, cached=cached,
+                                     endpoint_slices_export_mode=endpoint_slices)
         remote = Remote(name=name, config=config, server=server, client=client,
                         config_file=self.config_dir / name, cached=cached)
         await remote.write_config()
@@ -239,7 +287,8 @@ class MeshEnv:
         """The exact local tree a correct KVStoreMesh holds for the current remotes.
 
         With validation on (the default), entries the agents' rules reject are not
-        expected in the cache (the rules themselves are tested in test_validation).
+        expected in the cache (the rules themselves are tested in test_validation;
+        EndpointSlices are judged by :func:`harness.oracle.endpointslice_accepted`).
         """
         validate = self.mesh is None or self.mesh.options.validate_remote_data
         max_connected = self.mesh.options.max_connected_clusters if self.mesh else 255
@@ -248,20 +297,32 @@ class MeshEnv:
             name = remote.name
             tree[cluster_config_key(name).encode()] = remote.config.as_cached().to_json()
             for resource in RESOURCES:
+                reflection = expected_reflection(resource, remote.config)
+                if reflection == NOTHING:
+                    continue
                 tree[resource.cache_canary(name).encode()] = CANARY
-                if resource is SERVICE_EXPORTS and remote.config.service_exports_enabled is None:
+                if reflection != MIRROR:
                     continue
                 source = remote.prefix(resource).encode()
                 target = resource.cache_prefix(name).encode()
                 for key, value in (await read_tree(remote.client, source)).items():
                     suffix = key[len(source):]
-                    if validate and check_entry(
-                            resource, suffix.decode(errors="replace"), value, cluster=name,
-                            cluster_id=remote.config.id,
-                            max_connected_clusters=max_connected) is not None:
+                    if validate and not self._accepted(
+                            resource, suffix.decode(errors="replace"), value, remote,
+                            max_connected):
                         continue
                     tree[target + suffix] = value
         return tree
+
+    @staticmethod
+    def _accepted(resource: Resource, key: str, value: bytes, remote: Remote,
+                  max_connected: int) -> bool:
+        if resource is ENDPOINT_SLICES:
+            return endpointslice_accepted(key, value, cluster=remote.name,
+                                          cluster_id=remote.config.id)
+        return check_entry(resource, key, value, cluster=remote.name,
+                           cluster_id=remote.config.id,
+                           max_connected_clusters=max_connected) is None
 
     async def local_tree(self) -> dict[bytes, bytes]:
         """The local ``cilium/`` tree minus the local cluster's own keys."""
