@@ -260,8 +260,8 @@ def format_result(result: CheckResult, *, timeout: float) -> str:
         return "\n".join(lines) + "\n"
     names = result.clusters
     width = max(12, *(len(n) + 4 for n in names))
-    for title, table in (("publish (identity + endpoint + global service)", result.publish),
-                         ("removal", result.removal)):
+    published = "publish (identity + endpoint + global service + EndpointSlice)"
+    for title, table in ((published, result.publish), ("removal", result.removal)):
         lines.append(f"{title}: source cluster (row) -> seen in the KVStoreMesh cache of "
                      "(column)")
         lines.append("".ljust(width) + "".join(f"{n:>{width}}" for n in names))

@@ -94,9 +94,8 @@ def expected_state(objects: list[dict[str, Any]], *, cluster: str, cluster_id: i
     out: dict[bytes, bytes] = {}
     for obj in objects:
         exports.upsert(KINDS_BY_NAME[obj["kind"]], obj)
-    owners = {r: k for r, k in exports.owner_kind.items()}
     for obj in objects:
-        for resource, kind in owners.items():
+        for resource, kind in exports.owner_kind.items():
             if kind.name == obj["kind"]:
                 meta = obj["metadata"]
                 owner = (resource, meta.get("namespace", "") if kind.namespaced else "",
