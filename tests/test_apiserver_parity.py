@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from harness import EtcdFactory, EtcdServer
@@ -104,7 +105,8 @@ class Cluster:
             source = ManifestSource(self.dir, interval=0.02)
         self.server = ApiServer(ApiserverOptions(
             cluster_name=CLUSTER, cluster_id=CLUSTER_ID, local_config=self.config,
-            health_port=0, heartbeat_interval=3600, **options), source)
+            health_port=0, heartbeat_interval=3600, prometheus_serve_addr="127.0.0.1:0",
+            **options), source)
         stop = asyncio.Event()
         self._run = (asyncio.create_task(self.server.run(stop)), stop)
         async with asyncio.timeout(15):
@@ -164,6 +166,12 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path,
             await c.client.close()
 
 
+async def scrape(server: ApiServer) -> str:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{server.port('metrics')}/metrics") as resp:
+        return await resp.text()
+
+
 async def deletes_of(client: EtcdClient, key: str, since: int) -> int:
     """How many times ``key`` was deleted after revision ``since`` (up to now)."""
     now = (await client.status()).revision
@@ -189,6 +197,8 @@ async def test_ip_reuse_across_two_ceps(cluster: Cluster) -> None:
     await cluster.settled()
     cluster.apply(b)  # B queues behind A for the IPv4 address; its IPv6 one is its own
     await cluster.settled(b, a)
+    assert 'cilium_clustermesh_apiserver_contested_keys{scope="ip/v1"} 1.0' in await scrape(
+        server)
     b2 = cep("b", "app", "10.0.0.5", ident=65539, ipv6="fd00::5")
     cluster.apply(b2)  # a pending claimant's update is only remembered
     await cluster.settled(b2, a)
@@ -196,9 +206,9 @@ async def test_ip_reuse_across_two_ceps(cluster: Cluster) -> None:
     cluster.remove(a)  # B takes over with its latest value, no delete in between
     await cluster.settled(b2)
     assert await deletes_of(cluster.client, IP + "10.0.0.5", before) == 0
-    assert server.publisher is not None
-    ownership = server.publisher.ownership[next(r for r in RESOURCES if r.name == "endpoints")]
-    assert ownership.promotions == 1 and ownership.contested == 0
+    metrics = await scrape(server)
+    assert 'cilium_clustermesh_apiserver_owner_promotions_total{scope="ip/v1"} 1.0' in metrics
+    assert 'cilium_clustermesh_apiserver_contested_keys{scope="ip/v1"} 0.0' in metrics
     cluster.remove(b2)  # the last claimant goes: deleted
     state = await cluster.settled()
     assert (IP + "10.0.0.5").encode() not in state
