@@ -64,6 +64,12 @@ class ApiserverOptions:
     max_inflight: int = 4
     max_txn_ops: int = 128
     max_request_bytes: int = 1536 * 1024
+    # Drop-in flags of upstream's clustermesh subcommand that have a meaning for us.
+    cluster_users_enabled: bool = False
+    cluster_users_config_path: Path = Path("/var/lib/cilium/etcd-config/users.yaml")
+    max_consecutive_quorum_errors: int = 2
+    controller_group_metrics: tuple[str, ...] = ()  # "all", or group names
+    debug: bool = False
 
     @property
     def exports(self) -> ExportOptions:

@@ -30,3 +30,9 @@ class MeshOptions:
     max_request_bytes: int = 1536 * 1024
     page_size: int = 5000
     validate_remote_data: bool = True
+    # Drop-in flags of upstream's kvstoremesh that have a meaning for us.
+    enable_heartbeat: bool = False  # write cilium/.heartbeat into the local etcd every minute
+    disable_drain_on_disconnection: bool = False  # keep a removed remote's cached data
+    max_consecutive_quorum_errors: int = 2  # local etcd status checks failing in a row
+    controller_group_metrics: tuple[str, ...] = ()  # "all", or group names
+    debug: bool = False
