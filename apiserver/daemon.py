@@ -40,6 +40,7 @@ from clustermesh.syncwriter import SyncWriter
 from .exports import ExportOptions
 from .publisher import Publisher, rfc3339_now
 from .sources import Source
+from .sources.kubernetes import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,22 @@ class ApiServer:
         self.publisher: Publisher | None = None
         self.runners: dict[str, web.AppRunner] = {}
         self.started_at = time.monotonic()
+        self.source_error: str | None = None  # why the objects source last failed
 
     def ready(self) -> tuple[bool, list[str]]:
         if self.publisher is None:
             return False, ["local etcd: not connected"]
-        waiting = [f"{r.name}: not synced" for r, e in self.publisher.resource_synced.items()
-                   if not e.is_set()]
+        publisher = self.publisher
+        waiting = []
+        for resource, synced in publisher.resource_synced.items():
+            if synced.is_set():
+                continue
+            unlisted = [k.name for k in publisher.exports.inputs[resource]
+                        if k not in publisher.kinds_synced]
+            waiting.append(f"{resource.name}: waiting for the first full list of "
+                           f"{', '.join(unlisted)}" if unlisted else f"{resource.name}: writing")
+        if waiting and self.source_error is not None:
+            waiting.append(f"source: {self.source_error}")
         return not waiting, waiting
 
     def live(self) -> tuple[bool, list[str]]:
@@ -139,8 +150,8 @@ class ApiServer:
             self.publisher = Publisher(o.exports, local=self.local, writer=self.writer)
             self.publisher.start()
             tasks = [
-                asyncio.create_task(self.source.run(self.publisher, self.publisher.kinds),
-                                    name="source"),
+                asyncio.create_task(self._run_source(), name="source"),
+                asyncio.create_task(self._report_waiting(), name="waiting"),
                 asyncio.create_task(keep_asserted(
                     self.local, cluster_config_key(o.cluster_name).encode(),
                     o.cluster_config.to_json()), name="cluster-config"),
@@ -164,6 +175,42 @@ class ApiServer:
             await self.local.close()
             for runner in self.runners.values():
                 await runner.cleanup()
+
+    async def _run_source(self) -> None:
+        """The source, restarted with backoff whenever it fails.
+
+        The etcd side (cluster-config, heartbeat, users, health and metrics) does not
+        depend on it: a Kubernetes API that is unreachable or not configured yet only
+        keeps readiness false until the first full list of every kind.
+        """
+        assert self.publisher is not None
+        backoff = Backoff()
+        while True:
+            try:
+                await self.source.run(self.publisher, self.publisher.kinds)
+                error = "ended unexpectedly"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            first = self.source_error is None
+            self.source_error = error
+            delay = backoff.next_delay()
+            (log.warning if first else log.info)(
+                "objects source failed (%s); retrying in %.1fs", error, delay)
+            await asyncio.sleep(delay)
+
+    async def _report_waiting(self) -> None:
+        """While not ready, say what readiness waits for: after 5 s, then every minute.
+
+        Never returns (a finished task ends the daemon)."""
+        delay = 5.0
+        while True:
+            await asyncio.sleep(delay)
+            delay = 60.0
+            ready, waiting = self.ready()
+            if not ready:
+                log.warning("not ready: %s", "; ".join(waiting))
 
     async def _heartbeat(self) -> None:
         assert self.local is not None

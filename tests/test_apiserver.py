@@ -222,3 +222,43 @@ async def test_end_to_end_apiserver_to_kvstoremesh(tmp_path: Path,
 
 def test_every_sample_kind_is_known() -> None:
     assert {o["kind"] for o in workload(cluster="c", cluster_id=1)} <= KINDS_BY_NAME.keys()
+
+
+async def test_etcd_side_runs_while_kubernetes_is_missing(tmp_path: Path,
+                                                          etcd: EtcdServer) -> None:
+    """No Kubernetes configuration yet: cluster-config, heartbeat and health still work,
+    readiness says what it waits for; once the API appears the apiserver gets ready."""
+    from harness.fake_kube import FakeKube
+
+    from apiserver.sources.kubernetes import KubernetesSource
+
+    config = etcd.client_config(tmp_path / "etcd.yaml")
+    kubeconfig = tmp_path / "kubeconfig"
+    server = ApiServer(ApiserverOptions(cluster_name="cluster1", cluster_id=1,
+                                        local_config=config, health_port=0,
+                                        heartbeat_interval=3600),
+                       KubernetesSource(kubeconfig=kubeconfig))
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    client = EtcdClient(load_etcd_config(config))
+    await client.connect()
+    try:
+        async with asyncio.timeout(10):
+            while (await client.get(b"cilium/cluster-config/cluster1") is None
+                   or await client.get(b"cilium/.heartbeat") is None
+                   or server.source_error is None):
+                await asyncio.sleep(0.05)
+        ready, waiting = server.ready()
+        assert not ready
+        assert "endpoints: waiting for the first full list of CiliumEndpoint, Namespace" in waiting
+        assert waiting[-1] == f"source: ConfigException: kubeconfig {kubeconfig} does not exist"
+        assert server.live() == (True, [])
+        async with FakeKube() as kube:
+            kube.write_kubeconfig(kubeconfig)
+            async with asyncio.timeout(30):
+                while not server.ready()[0]:
+                    await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+        await client.close()
