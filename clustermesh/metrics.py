@@ -1,15 +1,23 @@
 """kvstore metrics both daemons export, under Cilium's names (facts §5).
 
 :class:`KVStoreMetrics` owns a registry (with the standard process, GC and
-platform collectors) and the event-driven kvstore metrics; each daemon adds its
-own on top, under its namespace (``cilium_kvstoremesh``,
-``cilium_clustermesh_apiserver``).  One registry per daemon instance, so tests
-can run several in one process.
+platform collectors), the event-driven kvstore metrics, the quorum errors of the
+local etcd (:mod:`clustermesh.quorum`) and the controller run counts
+(:mod:`clustermesh.controllers`); each daemon adds its own on top, under its
+namespace (``cilium_kvstoremesh``, ``cilium_clustermesh_apiserver``).  One registry
+per daemon instance, so tests can run several in one process.
+
+Labels are upstream's newest: the kvstore families keep ``source_cluster``, which
+names the cluster the data belongs to (``pkg/kvstore/store/metrics.go``); only the
+remote-cluster gauges lost theirs, which named the local cluster and node.  No
+``*_created`` series are exported: Go's client has none, and Prometheus would store
+one extra series per counter and histogram for nothing.
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -19,8 +27,10 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
+from .controllers import ControllerRuns
 from .keys import cluster_of, metrics_scope
 
 _METHOD_ACTIONS = {"Range": "Get", "Put": "Update", "DeleteRange": "Delete", "Txn": "Txn",
@@ -36,7 +46,9 @@ def _request_key(request: Any) -> str:
 
 
 class KVStoreMetrics:
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, *, controller_groups: Iterable[str] = ()) -> None:
+        # Process-wide, and both daemons build exactly one of these when they start.
+        disable_created_metrics()
         self.namespace = namespace
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -54,6 +66,11 @@ class KVStoreMetrics:
             f"{namespace}_kvstore_sync_errors",
             "Number of times synchronization to the kvstore failed",
             ["scope", "source_cluster"], registry=registry)
+        self.quorum_errors = Counter(
+            f"{namespace}_kvstore_quorum_errors", "Number of quorum errors",
+            ["error"], registry=registry)
+        self.controllers = ControllerRuns(namespace=namespace, registry=registry,
+                                          groups=controller_groups)
 
     def etcd_operation(self, method: str, request: Any, seconds: float, ok: bool) -> None:
         """EtcdClient observer: one unary request finished."""

@@ -15,7 +15,19 @@ runs one :class:`~kvstoremesh.remote.RemoteCluster` per file in it:
   of a removed cluster outlives us;
 * with ``--clustermesh-cache-ttl``, a remote disconnected for that long has its
   services, service exports and EndpointSlices drained (the backends it can no longer
-  vouch for; the rest stays to keep connections up).
+  vouch for; the rest stays to keep connections up), counted in
+  ``remote_cluster_cache_revocations``;
+* with ``--disable-drain-on-disconnection`` nothing of a removed cluster is deleted,
+  not even its cluster-config, as upstream (whose drain starts with that key): agents
+  keep the cluster as it was last seen.  Clusters found orphaned at start-up are kept
+  too, for the same reason.  Either is logged, as the data then stays until someone
+  deletes it or the cluster comes back.
+
+Beside the remotes, the daemon checks its local etcd (:mod:`clustermesh.quorum`):
+more than ``--kvstore-max-consecutive-quorum-errors`` failed checks in a row make it
+not live and not ready, naming the reason.  With ``--enable-heartbeat`` it also writes
+``cilium/.heartbeat`` there (:mod:`clustermesh.heartbeat`), for agents of an external
+etcd that no clustermesh-apiserver writes into.
 
 Shutdown cancels everything and never drains.
 """
@@ -27,6 +39,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter as Tally
 
 from aiohttp import web
 
@@ -34,6 +47,7 @@ from clustermesh.etcd.client import EtcdClient, prefix_range_end
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.flags import listen_address
+from clustermesh.heartbeat import write_heartbeats
 from clustermesh.keys import (
     CLUSTER_CONFIG_PREFIX,
     ENDPOINT_SLICES,
@@ -42,6 +56,7 @@ from clustermesh.keys import (
     SERVICES,
     SYNCED_PREFIX,
 )
+from clustermesh.quorum import QuorumCheck
 from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
 
@@ -69,11 +84,13 @@ class KVStoreMesh:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._removals: dict[str, asyncio.Task[None]] = {}
         self._revoked: set[str] = set()
+        self.revocations: Tally[str] = Tally()  # cache TTL revocations per remote cluster
+        self.quorum: QuorumCheck | None = None
         self.started_at = time.monotonic()
         self.initial_clusters: set[str] = set()
         self.config_ready = asyncio.Event()
         self.local_connected = False
-        self.metrics = MeshMetrics()
+        self.metrics = MeshMetrics(controller_groups=options.controller_group_metrics)
         self.metrics.attach(self)
         self.readiness = Readiness(self)
         # overlapping_pod_cidrs() of the last problems() call, and the remotes' pod CIDR
@@ -95,6 +112,9 @@ class KVStoreMesh:
                                  bootstrap_qps=o.bootstrap_qps,
                                  on_commit=self.metrics.writes_committed,
                                  on_error=self.metrics.writes_failed)
+        self.quorum = QuorumCheck(self.local, metrics=self.metrics,
+                                  max_errors=o.max_consecutive_quorum_errors,
+                                  interval=o.status_check_interval)
         await self._start_servers()
         try:
             await self.local.connect_retrying(stop=stop)
@@ -108,7 +128,11 @@ class KVStoreMesh:
         background = [asyncio.create_task(directory.run(self, ready=self.config_ready),
                                           name="config-dir"),
                       asyncio.create_task(self._watch_readiness(), name="readiness"),
-                      asyncio.create_task(self._log_problems(), name="problems")]
+                      asyncio.create_task(self._log_problems(), name="problems"),
+                      asyncio.create_task(self.quorum.run(), name="quorum-check")]
+        if o.enable_heartbeat:
+            background.append(asyncio.create_task(
+                write_heartbeats(self.local, runs=self.metrics.controllers), name="heartbeat"))
         try:
             await self.config_ready.wait()
             self.initial_clusters = set(directory.known)
@@ -159,15 +183,26 @@ class KVStoreMesh:
 
     # ---------------------------------------------------------------- serving
 
+    def _quorum_problem(self) -> str | None:
+        return self.quorum.problem if self.quorum is not None else None
+
     def _readiness_with_problems(self) -> tuple[bool, list[str]]:
         ready, lines = self.readiness.check()
+        quorum = self._quorum_problem()
+        if quorum is not None:
+            ready, lines = False, [quorum, *lines]
         return ready, lines + [f"problem: {p.message}" for p in self.problems()]
 
     def liveness(self) -> tuple[bool, list[str]]:
-        """Alive while the writer loop runs (never depends on remotes)."""
+        """Alive while the writer loop runs and the local etcd keeps quorum (never
+        depends on remotes)."""
+        problems = []
         if self.writer is not None and self.local_connected and not self.writer.alive:
-            return False, ["local etcd writer stopped"]
-        return True, []
+            problems.append("local etcd writer stopped")
+        quorum = self._quorum_problem()
+        if quorum is not None:
+            problems.append(quorum)
+        return not problems, problems
 
     async def _start_servers(self) -> None:
         o = self.options
@@ -221,9 +256,16 @@ class KVStoreMesh:
         await self._stop_remote(name)
         self.remotes.pop(name, None)
         self.cluster_ids.release(name)
-        if remote is not None:
-            log.info("cluster %s: configuration removed; draining its cached data", name)
-            self._start_removal(remote)
+        if remote is None:
+            return
+        if self.options.disable_drain_on_disconnection:
+            log.warning("cluster %s: configuration removed; its cached data (cluster-config "
+                        "included) is kept (--disable-drain-on-disconnection): agents keep "
+                        "seeing the cluster until it is configured again or deleted by hand",
+                        name)
+            return
+        log.info("cluster %s: configuration removed; draining its cached data", name)
+        self._start_removal(remote)
 
     def _start_remote(self, file: ClusterFile) -> None:
         assert self.local is not None and self.writer is not None
@@ -287,9 +329,13 @@ class KVStoreMesh:
         # Cache data whose canaries are already gone (a drain interrupted half-way).
         for resource in RESOURCES:
             names |= await self._clusters_under(resource.cache_base + "/")
-        for name in sorted(names - configured - {self.options.cluster_name}):
-            if not name or name in self._removals:
-                continue
+        orphans = sorted(n for n in names - configured - {self.options.cluster_name}
+                         if n and n not in self._removals)
+        if orphans and self.options.disable_drain_on_disconnection:
+            log.warning("clusters %s: cached but no longer configured; kept: "
+                        "--disable-drain-on-disconnection", ", ".join(orphans))
+            return
+        for name in orphans:
             log.info("cluster %s: cached but no longer configured; removing it", name)
             orphan = RemoteCluster(name=name, config_path=self.options.config_dir / name,
                                    local=self.local, writer=self.writer, options=self.options)
@@ -328,5 +374,6 @@ class KVStoreMesh:
                 try:
                     await remote.drain(tuple(r.name for r in REVOKED_ON_TTL))
                     self._revoked.add(name)
+                    self.revocations[name] += 1
                 except EtcdError as exc:
                     log.warning("cluster %s: draining services failed: %s", name, exc)

@@ -5,9 +5,15 @@ Two kinds:
 * **Events** — histograms and counters updated as things happen: etcd request
   durations, watch-event handling, write errors, propagation lag.
 * **State** — gauges computed at scrape time from the live mesh by
-  :class:`_StateCollector` (remote clusters, failures, readiness, queue sizes,
-  cached keys, heartbeat age), so they can never drift from what the status API
-  says.
+  :class:`_StateCollector` (remote clusters, failures, readiness, cache
+  revocations, queue sizes, cached keys, heartbeat age), so they can never drift
+  from what the status API says.
+
+The remote-cluster gauges carry only ``target_cluster`` (and the total none), as
+upstream's newest ``pkg/clustermesh/common/metrics.go``: the ``source_cluster`` and
+``source_node_name`` labels they used to have named the local cluster and an empty
+node, the same on every series.  ``remote_cluster_cache_revocations`` is a gauge
+there too (a count kept in a gauge), so it has no ``_total`` suffix.
 
 The kvstore metrics common to both daemons come from
 :class:`clustermesh.metrics.KVStoreMetrics`.
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
@@ -37,9 +43,14 @@ NS = "cilium_kvstoremesh"
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+# The ``mode`` of our revocations: --clustermesh-cache-ttl always drains, there is no
+# dry run (upstream's PR discussed one; its label values are unverified).
+REVOCATION_MODE = "enforced"
+
+
 class MeshMetrics(KVStoreMetrics):
-    def __init__(self) -> None:
-        super().__init__(NS)
+    def __init__(self, *, controller_groups: Iterable[str] = ()) -> None:
+        super().__init__(NS, controller_groups=controller_groups)
         self.propagation_lag = Histogram(
             f"{NS}_propagation_lag_seconds",
             "Seconds from a remote change arriving in our watch to its local commit",
@@ -77,14 +88,13 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         mesh = self.mesh
-        local = mesh.options.cluster_name
         remotes = sorted(mesh.remotes.items())
-        per_remote = ["source_cluster", "source_node_name", "target_cluster"]
+        per_remote = ["target_cluster"]
 
         total = GaugeMetricFamily(f"{NS}_remote_clusters",
-                                  "Number of remote clusters to which KVStoreMesh is connected",
-                                  labels=["source_cluster", "source_node_name"])
-        total.add_metric([local, ""], len(remotes))
+                                  "The total number of remote clusters meshed with the local "
+                                  "cluster")
+        total.add_metric([], len(remotes))
         yield total
 
         failures = GaugeMetricFamily(f"{NS}_remote_cluster_failures",
@@ -96,6 +106,10 @@ class _StateCollector(Collector):
         readiness = GaugeMetricFamily(f"{NS}_remote_cluster_readiness_status",
                                       "The readiness status of the remote cluster",
                                       labels=per_remote)
+        revocations = GaugeMetricFamily(
+            f"{NS}_remote_cluster_cache_revocations",
+            "The total number of cache revocations related to the remote cluster",
+            labels=["mode", "target_cluster"])
         heartbeat = GaugeMetricFamily(f"{NS}_remote_heartbeat_age_seconds",
                                       "Seconds since the remote cluster's heartbeat last changed",
                                       labels=["target_cluster"])
@@ -110,10 +124,10 @@ class _StateCollector(Collector):
                                       labels=["source_cluster"])
         now = time.monotonic()
         for name, remote in remotes:
-            labels = [local, "", name]
-            failures.add_metric(labels, remote.state.failures)
-            last.add_metric(labels, remote.state.last_failure or 0)
-            readiness.add_metric(labels, 1 if remote.ready else 0)
+            failures.add_metric([name], remote.state.failures)
+            last.add_metric([name], remote.state.last_failure or 0)
+            readiness.add_metric([name], 1 if remote.ready else 0)
+            revocations.add_metric([REVOCATION_MODE, name], mesh.revocations[name])
             if remote.state.last_heartbeat is not None:
                 heartbeat.add_metric([name], now - remote.state.last_heartbeat)
             if remote.state.ready_after is not None:
@@ -139,7 +153,8 @@ class _StateCollector(Collector):
         for (cluster, kind), count in sorted(Tally(
                 (p.cluster, p.kind) for p in mesh.problems()).items()):
             problems.add_metric([cluster, kind], count)
-        yield from (failures, last, readiness, heartbeat, cached, initial, bootstrap, problems)
+        yield from (failures, last, readiness, revocations, heartbeat, cached, initial,
+                    bootstrap, problems)
 
         queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
                                   "Number of elements queued for synchronization in the kvstore",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from clustermesh.assertion import keep_asserted
 from clustermesh.clusterconfig import CiliumClusterConfig
+from clustermesh.controllers import GROUP_REMOTE_CLUSTER
 from clustermesh.etcd.client import EtcdClient, prefix_range_end
 from clustermesh.etcd.config import EtcdConfigError, load_etcd_config
 from clustermesh.etcd.errors import EtcdCompacted, EtcdError
@@ -188,6 +189,8 @@ class RemoteCluster:
                 await self._session()
             except* Exception as group:
                 synced = self._synced_in_session()
+                if not self.state.registered:  # failed before upstream's "ready" point
+                    self._count_connection(ok=False)
                 errors = _leaves(group)
                 for exc in errors:
                     if not isinstance(exc, (EtcdError, EtcdConfigError, SessionFailure, OSError)):
@@ -201,6 +204,12 @@ class RemoteCluster:
                 backoff = 1.0
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, 30.0)
+
+    def _count_connection(self, *, ok: bool) -> None:
+        """One run of upstream's remote-connection controller: connect, read the
+        cluster-config, register the watches."""
+        if self.metrics is not None:
+            self.metrics.controllers.record(GROUP_REMOTE_CLUSTER, ok=ok)
 
     def _synced_in_session(self) -> bool:
         """Whether the current session listed every resource it reflects."""
@@ -280,6 +289,7 @@ class RemoteCluster:
             canary = resource.remote_canary(self.name, cached=config.cached).encode()
             group.create_task(self._reflect(reflector, canaries, canary))
         self.state.registered = True
+        self._count_connection(ok=True)
 
     async def _reflect(self, reflector: Reflector, canaries: CanaryWatcher | None,
                        canary: bytes) -> None:
@@ -369,7 +379,8 @@ class RemoteCluster:
     async def _assert_cached_config(self, config: CiliumClusterConfig) -> None:
         """Publish the cached cluster-config; rewrite it whenever it is changed or deleted."""
         await keep_asserted(self.local, cluster_config_key(self.name).encode(),
-                            config.as_cached().to_json())
+                            config.as_cached().to_json(),
+                            runs=self.metrics.controllers if self.metrics else None)
 
     async def delete_cached_config(self) -> None:
         await self.local.delete(cluster_config_key(self.name).encode())

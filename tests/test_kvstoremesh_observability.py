@@ -288,15 +288,25 @@ async def test_metrics_by_value_after_sync_update_and_remote_failure(
     await mesh_env.assert_converged()
 
     _, m = await scrape(mesh)
-    assert metric(m, f"{NS}_remote_clusters", source_cluster="local") == 2
+    # Upstream's newest label sets: the total has none, the per-remote gauges only
+    # target_cluster (no source_cluster / source_node_name); no *_created series at all.
+    assert m[f"{NS}_remote_clusters"] == [({}, 2)]
+    for family in ("remote_cluster_readiness_status", "remote_cluster_failures",
+                   "remote_cluster_last_failure_ts"):
+        assert [labels for labels, _ in m[f"{NS}_{family}"]] == [
+            {"target_cluster": "cluster1"}, {"target_cluster": "cluster2"}], family
+    assert [labels for labels, _ in m[f"{NS}_remote_cluster_cache_revocations"]] == [
+        {"mode": "enforced", "target_cluster": "cluster1"},
+        {"mode": "enforced", "target_cluster": "cluster2"}]
+    assert [name for name in m if name.endswith("_created")] == []
     counts = {"cluster1": await expected_counts(c1), "cluster2": await expected_counts(c2)}
     assert counts["cluster2"][SERVICE_EXPORTS.name] == 0  # published, but not supported
     assert counts["cluster1"][SERVICE_EXPORTS.name] == 1
     assert counts["cluster2"][ENDPOINT_SLICES.name] == 0  # published, but not exported
     assert counts["cluster1"][ENDPOINT_SLICES.name] == 2
     for name in ("cluster1", "cluster2"):
-        assert metric(m, f"{NS}_remote_cluster_readiness_status", target_cluster=name,
-                      source_cluster="local") == 1
+        assert metric(m, f"{NS}_remote_cluster_readiness_status", target_cluster=name) == 1
+        assert metric(m, f"{NS}_remote_cluster_cache_revocations", target_cluster=name) == 0
         assert metric(m, f"{NS}_remote_cluster_failures", target_cluster=name) == 0
         assert metric(m, f"{NS}_remote_cluster_last_failure_ts", target_cluster=name) == 0
         for resource, count in counts[name].items():
@@ -361,7 +371,7 @@ async def test_metrics_by_value_after_sync_update_and_remote_failure(
     assert metric(m, f"{NS}_remote_cluster_readiness_status", target_cluster="cluster2") == 0
     assert metric(m, f"{NS}_remote_cluster_readiness_status", target_cluster="cluster1") == 1
     assert metric(m, f"{NS}_remote_cluster_failures", target_cluster="cluster1") == 0
-    assert metric(m, f"{NS}_remote_clusters", source_cluster="local") == 2
+    assert m[f"{NS}_remote_clusters"] == [({}, 2)]
     # The cache is kept while the remote is away; the daemon stays ready (latched).
     assert metric(m, f"{NS}_cached_keys", target_cluster="cluster2",
                   resource=NODES.name) == counts["cluster2"][NODES.name]
@@ -438,10 +448,10 @@ async def test_real_prometheus_scrapes_the_readiness_gauge(
         result = await wait_until(readiness, "Prometheus to have scraped the gauge",
                                   timeout=15, interval=0.25)
         (series,) = result
-        # Prometheus drops the empty source_node_name label and adds job and instance.
+        # Only target_cluster, as upstream's newest; Prometheus adds job and instance.
         assert series["metric"] == {
             "__name__": f"{NS}_remote_cluster_readiness_status", "job": "kvstoremesh",
-            "instance": target, "source_cluster": "local", "target_cluster": "cluster1"}
+            "instance": target, "target_cluster": "cluster1"}
         assert float(series["value"][1]) == 1
         (up,) = await asyncio.to_thread(prom.query, 'up{job="kvstoremesh"}')
         assert float(up["value"][1]) == 1

@@ -40,6 +40,7 @@ import grpc
 from .config import Endpoint, EtcdConfig, EtcdConfigError, load_tls_files
 from .errors import (
     EtcdAuthError,
+    EtcdAuthRevisionOld,
     EtcdError,
     EtcdInvalidToken,
     EtcdPermissionDenied,
@@ -235,6 +236,15 @@ class EtcdClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
 
+    async def reconnect(self) -> None:
+        """Drop the current channel and connect to the first endpoint that answers.
+
+        Requests fail over by themselves when they get an error; this is for a caller that
+        knows the connection is bad although nothing failed, e.g. a member that hangs and
+        lets requests time out (the quorum check).
+        """
+        await self._failover(self._conn)
+
     async def close(self) -> None:
         self._closed = True
         if self._tls_task is not None:
@@ -407,6 +417,7 @@ class EtcdClient:
         """Send one unary request with failover and token refresh."""
         attempts = 0
         token_refreshes = 0
+        auth_races = 0
         while True:
             conn = await self._connection()
             fn = getattr(getattr(conn, service), method)
@@ -434,6 +445,13 @@ class EtcdClient:
             if isinstance(err, EtcdInvalidToken) and self.uses_password and token_refreshes < 2:
                 token_refreshes += 1
                 await self._authenticate(token)
+                continue
+            if isinstance(err, EtcdAuthRevisionOld) and auth_races < 5:
+                # A user or role changed under the request (cluster users management does
+                # that while the daemons write); Go's client retries it as well.
+                auth_races += 1
+                if self.uses_password:
+                    await self._authenticate(token)
                 continue
             if isinstance(err, EtcdUnavailable) and not self._closed:
                 attempts += 1
@@ -672,6 +690,10 @@ class EtcdClient:
     async def user_grant_role(self, user: str, role: str) -> None:
         await self._call("auth", "UserGrantRole",
                          rpc_pb2.AuthUserGrantRoleRequest(user=user, role=role))
+
+    async def user_revoke_role(self, user: str, role: str) -> None:
+        await self._call("auth", "UserRevokeRole",
+                         rpc_pb2.AuthUserRevokeRoleRequest(name=user, role=role))
 
     async def role_add(self, name: str) -> None:
         await self._call("auth", "RoleAdd", rpc_pb2.AuthRoleAddRequest(name=name))

@@ -38,6 +38,11 @@ class EtcdInvalidToken(EtcdError):
     """The auth token expired or was revoked; the client re-authenticates."""
 
 
+class EtcdAuthRevisionOld(EtcdError):
+    """A user or role changed while the request was in flight ("revision of auth store
+    is old"): nothing was applied, and the request sent again is checked anew."""
+
+
 class EtcdRequestTooLarge(EtcdError):
     """A request exceeds the server's --max-request-bytes or --max-txn-ops."""
 
@@ -73,6 +78,8 @@ def translate(exc: grpc.aio.AioRpcError, *, endpoint: str | None = None) -> Etcd
         return EtcdCompacted(0, endpoint=endpoint)
     if "invalid auth token" in lowered:
         return EtcdInvalidToken(details, endpoint=endpoint)
+    if "revision of auth store is old" in lowered:
+        return EtcdAuthRevisionOld(details, endpoint=endpoint)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return EtcdPermissionDenied(details, endpoint=endpoint)
     if "authentication failed" in lowered or code == grpc.StatusCode.UNAUTHENTICATED:
