@@ -1,23 +1,37 @@
-"""``clustermesh-apiserver`` command line (Cilium's subcommand and flag names).
+"""``clustermesh-apiserver``: upstream's one binary, with its subcommands and flags.
 
-    clustermesh-apiserver clustermesh --cluster-name NAME --cluster-id ID \\
-        --kvstore-opt etcd.config=FILE (--source kubernetes [--kubeconfig PATH] |
-        --source manifests --manifests-dir DIR) [--clustermesh-enable-mcs-api] ...
-    clustermesh-apiserver etcdinit --cluster-name NAME --kvstore-opt etcd.config=FILE
+    clustermesh-apiserver clustermesh [flags]        publish this cluster's state into its etcd
+    clustermesh-apiserver kvstoremesh [flags]        the KVStoreMesh daemon (kvstoremesh.main)
+    clustermesh-apiserver etcdinit [flags]           etcd users, roles, auth (apiserver.etcdinit)
+    clustermesh-apiserver kvstoremesh-dbg status|troubleshoot
+    clustermesh-apiserver clustermesh-dbg troubleshoot
+    clustermesh-apiserver version
+
+Cilium's Helm chart execs exactly these (``/usr/bin/clustermesh-apiserver <command>``),
+and cilium-cli's sysdump runs the debug ones, so the tree, the flag names and cobra's
+error text (``Error: unknown command "x" for "clustermesh-apiserver"``) are upstream's;
+:mod:`clustermesh.goflags` supplies the conventions. :func:`build_parser` is the one
+place the ``clustermesh`` flags are declared (facts §10, the chart's args, and ours:
+``--source``, ``--manifests-dir``, ``--clustermesh-service-v2``, ...); defaults come from
+:class:`~apiserver.daemon.ApiserverOptions` and the Kubernetes source.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
+import platform
 import signal
 import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from clustermesh.clusterconfig import validate_local_cluster
-from clustermesh.etcd.config import EtcdConfigError, parse_kvstore_opts
-from clustermesh.flags import bool_arg, duration_arg, kvstore_number
+from clustermesh.etcd.config import EtcdConfigError
+from clustermesh.flags import add_daemon_flags, daemon_settings, option_default
+from clustermesh.goflags import Command, FlagSet, Parsed, log_no_effect, run_group
 from clustermesh.logs import setup_logging
 
 from .daemon import ApiServer, ApiserverOptions
@@ -32,102 +46,114 @@ from .sources.kubernetes import (
 
 log = logging.getLogger("clustermesh-apiserver")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="clustermesh-apiserver clustermesh",
-        description="Publish this cluster's identities, endpoints, nodes and global services "
-                    "into its etcd, as Cilium's clustermesh-apiserver does.")
-    p.add_argument("--cluster-name", required=True, help="name of this cluster")
-    p.add_argument("--cluster-id", type=int, required=True, help="ID of this cluster")
-    p.add_argument("--max-connected-clusters", type=int, default=255, choices=(255, 511))
-    p.add_argument("--kvstore-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="etcd.config=FILE (required), etcd.qps=N, etcd.bootstrapQps=N, "
-                        "etcd.maxInflight=N; repeatable")
-    p.add_argument("--source", choices=("kubernetes", "manifests"), default="kubernetes",
-                   help="where the Kubernetes objects come from (default kubernetes)")
-    p.add_argument("--k8s-kubeconfig-path", "--kubeconfig", dest="kubeconfig", type=Path,
-                   help="with --source kubernetes: kubeconfig file (default: in-cluster)")
-    p.add_argument("--k8s-api-server", default="", metavar="URL",
-                   help="Kubernetes API server URL (overrides the kubeconfig's server)")
-    p.add_argument("--k8s-client-qps", type=float, default=DEFAULT_CLIENT_QPS,
-                   help="queries per second towards the Kubernetes API (default 10; "
-                        "<= 0: unlimited)")
-    p.add_argument("--k8s-client-burst", type=int, default=DEFAULT_CLIENT_BURST,
-                   help="burst of queries towards the Kubernetes API (default 20)")
-    p.add_argument("--k8s-service-proxy-name", default="",
-                   help="export only Services whose service.kubernetes.io/service-proxy-name "
-                        "label equals this (default: only Services without the label)")
-    p.add_argument("--enable-k8s-endpoint-slice", type=bool_arg, nargs="?", const=True,
-                   default=True, metavar="BOOL",
-                   help="accepted for compatibility: EndpointSlices (discovery/v1) are "
-                        "always used")
-    p.add_argument("--manifests-dir", type=Path,
-                   help="with --source manifests: directory of YAML manifests, watched live")
-    p.add_argument("--manifests-poll-interval", type=duration_arg, default=1.0,
-                   metavar="DURATION", help=argparse.SUPPRESS)
-    p.add_argument("--clustermesh-enable-mcs-api", action="store_true",
-                   help="publish MCS-API ServiceExports")
-    p.add_argument("--enable-cilium-endpoint-slice", type=bool_arg, nargs="?", const=True,
-                   default=False, metavar="BOOL",
-                   help="publish the ipcache from CiliumEndpointSlices instead of "
-                        "CiliumEndpoints (default false)")
-    p.add_argument("--clustermesh-default-global-namespace", type=bool_arg, nargs="?",
-                   const=True, default=True, metavar="BOOL",
-                   help="whether namespaces without the clustermesh.cilium.io/global "
-                        "annotation are global (default true)")
-    p.add_argument("--clustermesh-service-v2", choices=SERVICE_V2_MODES,
-                   default="prefer-legacy",
-                   help="also publish EndpointSlices (endpointslices/v1); only-endpointslice "
-                        "publishes no legacy services/v1 (default prefer-legacy)")
-    p.add_argument("--health-port", type=int, default=9880,
-                   help="port of /healthz and /readyz (default 9880)")
-    p.add_argument("--prometheus-serve-addr", default="",
-                   help="HOST:PORT or :PORT to serve /metrics on (default: off)")
-    p.add_argument("--heartbeat-interval", type=duration_arg, default=60.0,
-                   metavar="DURATION", help=argparse.SUPPRESS)
-    p.add_argument("--max-txn-ops", type=int, default=128,
-                   help="etcd's --max-txn-ops (default 128)")
-    p.add_argument("--max-request-bytes", type=int, default=1536 * 1024,
-                   help="etcd's --max-request-bytes (default 1.5 MiB)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--log-format", default="text", choices=("text", "json"))
-    return p
+ROOT = "clustermesh-apiserver"
+GOPS_PORT = 9892  # upstream's defaults.GopsPortApiserver
+PPROF_PORT = 6063
+_K8S_CLIENT = "the Kubernetes client keeps its own connection settings"
 
 
-def options_from_args(args: argparse.Namespace) -> tuple[ApiserverOptions, Source]:
+def build_parser(*, command: str = f"{ROOT} clustermesh") -> FlagSet:
+    """Every flag of the ``clustermesh`` subcommand, defaults from ApiserverOptions."""
+    def d(name: str) -> Any:
+        return option_default(ApiserverOptions, name)
+
+    fs = FlagSet(command=command, short="Run the ClusterMesh apiserver",
+                 long="Publish this cluster's identities, endpoints, nodes and global services "
+                      "into its etcd, as Cilium's clustermesh-apiserver does.\nEvery flag is "
+                      "also read from CILIUM_<FLAG_NAME>; a flag on the command line wins.")
+    add_daemon_flags(fs, options_cls=ApiserverOptions, gops_port=GOPS_PORT,
+                     pprof_port=PPROF_PORT)
+    fs.boolean("cluster-users-enabled", default=d("cluster_users_enabled"),
+               help="Enable the management of etcd users for remote clusters")
+    fs.string("cluster-users-config-path", default=str(d("cluster_users_config_path")),
+              help="The path of the config file with the list of etcd users to manage")
+    fs.boolean("clustermesh-enable-mcs-api", default=d("mcs_api"),
+               help="Enable Cluster Mesh MCS-API support (publish ServiceExports)")
+    fs.boolean("clustermesh-mcs-api-install-crds", default=True,
+               no_effect="this apiserver never installs CRDs",
+               help="Install and manage the MCS-API CRDs")
+    fs.boolean("clustermesh-default-global-namespace", default=d("default_global_namespace"),
+               help="Whether namespaces without the clustermesh.cilium.io/global annotation "
+                    "are global")
+    fs.boolean("enable-cilium-endpoint-slice", default=d("cilium_endpoint_slices"),
+               help="Publish the ipcache from CiliumEndpointSlices instead of "
+                    "CiliumEndpoints")
+    fs.boolean("enable-external-workloads", no_effect="External Workloads were removed "
+                                                      "from Cilium (1.18)",
+               help="Enable support for external workloads")
+    fs.boolean("enable-k8s", default=True, no_effect="the source of objects is --source",
+               help="Enable the k8s clientset")
+    fs.boolean("enable-k8s-api-discovery", no_effect="the API groups used are fixed",
+               help="Enable discovery of Kubernetes API groups and resources")
+    fs.boolean("enable-k8s-endpoint-slice", default=True,
+               no_effect="EndpointSlices (discovery.k8s.io/v1) are always used",
+               help="Enable support of Kubernetes EndpointSlice")
+    fs.string("k8s-kubeconfig-path", default="", aliases=("kubeconfig",),
+              help="Absolute path of the kubernetes kubeconfig file (default: in-cluster)")
+    fs.string("k8s-api-server", default="",
+              help="Kubernetes API server URL (overrides the kubeconfig's server)")
+    fs.number("k8s-client-qps", default=DEFAULT_CLIENT_QPS,
+              help="Queries per second limit for the K8s client (<= 0: unlimited)")
+    fs.integer("k8s-client-burst", default=DEFAULT_CLIENT_BURST,
+               help="Burst value allowed for the K8s client")
+    fs.duration("k8s-client-connection-keep-alive", default=30.0, no_effect=_K8S_CLIENT,
+                help="Configures the keep alive duration of K8s client connections")
+    fs.duration("k8s-client-connection-timeout", default=30.0, no_effect=_K8S_CLIENT,
+                help="Configures the timeout of K8s client connections")
+    fs.duration("k8s-heartbeat-timeout", default=30.0, no_effect=_K8S_CLIENT,
+                help="Configures the timeout for api-server heartbeat")
+    fs.string("k8s-service-proxy-name", default="",
+              help="Export only Services whose service.kubernetes.io/service-proxy-name "
+                   "label equals this (default: only Services without the label)")
+    # Ours.
+    fs.string("source", default="kubernetes", choices=("kubernetes", "manifests"),
+              help="Where the Kubernetes objects come from")
+    fs.string("manifests-dir", default="",
+              help="With --source manifests: directory of YAML manifests, watched live")
+    fs.duration("manifests-poll-interval", default=1.0, hidden=True,
+                help="How often --manifests-dir is rescanned")
+    fs.string("clustermesh-service-v2", default=d("service_v2"), choices=SERVICE_V2_MODES,
+              help="Also publish EndpointSlices (endpointslices/v1); only-endpointslice "
+                   "publishes no legacy services/v1")
+    fs.duration("heartbeat-interval", default=d("heartbeat_interval"), hidden=True,
+                help="How often cilium/.heartbeat is written")
+    return fs
+
+
+def options_from_args(args: Parsed) -> tuple[ApiserverOptions, Source]:
+    """Validate the arguments as a whole; ValueError names what is wrong."""
     validate_local_cluster(name=args.cluster_name, cluster_id=args.cluster_id,
                            max_connected_clusters=args.max_connected_clusters)
-    opts = parse_kvstore_opts(args.kvstore_opt)
-    if not opts.get("etcd.config"):
-        raise ValueError("--kvstore-opt etcd.config=FILE is required")
+    common = daemon_settings(args, options_cls=ApiserverOptions)
     source: Source
     if args.source == "manifests":
-        if args.manifests_dir is None:
+        if not args.manifests_dir:
             raise ValueError("--source manifests needs --manifests-dir DIR")
         from .sources.manifests import ManifestSource
 
-        source = ManifestSource(args.manifests_dir, interval=args.manifests_poll_interval)
+        source = ManifestSource(Path(args.manifests_dir), interval=args.manifests_poll_interval)
     else:
         source = KubernetesSource(
-            kubeconfig=args.kubeconfig, api_server=args.k8s_api_server or None,
+            kubeconfig=Path(args.k8s_kubeconfig_path) if args.k8s_kubeconfig_path else None,
+            api_server=args.k8s_api_server or None,
             label_selectors=default_label_selectors(args.k8s_service_proxy_name),
             client_qps=args.k8s_client_qps, client_burst=args.k8s_client_burst)
-    if not args.enable_k8s_endpoint_slice:
-        log.warning("--enable-k8s-endpoint-slice=false has no effect: EndpointSlices "
-                    "(discovery.k8s.io/v1) are always used, as in Cilium main")
     options = ApiserverOptions(
         cluster_name=args.cluster_name, cluster_id=args.cluster_id,
         max_connected_clusters=args.max_connected_clusters,
-        local_config=Path(opts["etcd.config"]), mcs_api=args.clustermesh_enable_mcs_api,
+        local_config=common.local_config, mcs_api=args.clustermesh_enable_mcs_api,
         cilium_endpoint_slices=args.enable_cilium_endpoint_slice,
         default_global_namespace=args.clustermesh_default_global_namespace,
         service_v2=args.clustermesh_service_v2,
         health_port=args.health_port, prometheus_serve_addr=args.prometheus_serve_addr,
-        heartbeat_interval=args.heartbeat_interval, qps=kvstore_number(opts, "etcd.qps"),
-        bootstrap_qps=kvstore_number(opts, "etcd.bootstrapQps"),
-        max_inflight=int(kvstore_number(opts, "etcd.maxInflight", 4)),
-        max_txn_ops=args.max_txn_ops, max_request_bytes=args.max_request_bytes)
+        heartbeat_interval=args.heartbeat_interval, qps=common.qps,
+        bootstrap_qps=common.bootstrap_qps, max_inflight=common.max_inflight,
+        max_txn_ops=args.max_txn_ops, max_request_bytes=args.max_request_bytes,
+        cluster_users_enabled=args.cluster_users_enabled,
+        cluster_users_config_path=Path(args.cluster_users_config_path),
+        max_consecutive_quorum_errors=args.kvstore_max_consecutive_quorum_errors,
+        controller_group_metrics=common.controller_group_metrics,
+        debug=args.debug)
     return options, source
 
 
@@ -139,14 +165,16 @@ async def serve(options: ApiserverOptions, source: Source) -> None:
     await ApiServer(options, source).run(stop)
 
 
-def clustermesh_main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(level=args.log_level, fmt=args.log_format)
+def clustermesh_main(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    fs = build_parser()
+    args = fs.parse_or_exit(argv, env=env)
     try:
         options, source = options_from_args(args)
     except ValueError as exc:
-        parser.exit(2, f"clustermesh-apiserver: error: {exc}\n")
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(level="debug" if args.debug else args.log_level, fmt=args.log_format)
+    log_no_effect(fs, args, log)
     try:
         asyncio.run(serve(options, source))
     except EtcdConfigError as exc:
@@ -155,20 +183,66 @@ def clustermesh_main(argv: list[str]) -> int:
     return 0
 
 
+def version_line() -> str:
+    """Upstream prints ``<version> <commit> <go version> <os>/<arch>``; ours names itself."""
+    try:
+        version = metadata.version("clustermesh")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return (f"{version} clustermesh (Python implementation of Cilium's clustermesh-apiserver) "
+            f"python {platform.python_version()} {sys.platform}/{platform.machine()}")
+
+
+def _version_main(argv: Sequence[str]) -> int:
+    FlagSet(command=f"{ROOT} version", short="Print version information").parse_or_exit(argv)
+    print(version_line())
+    return 0
+
+
+def _kvstoremesh_main(argv: Sequence[str]) -> int:
+    from kvstoremesh.main import run
+
+    return run(argv, command=f"{ROOT} kvstoremesh")
+
+
+def _etcdinit_main(argv: Sequence[str]) -> int:
+    from .etcdinit import main as etcdinit_main
+
+    return etcdinit_main(list(argv))
+
+
+def _kvstoremesh_dbg_main(argv: Sequence[str]) -> int:
+    from .dbg import kvstoremesh_dbg
+
+    return kvstoremesh_dbg(argv, path=f"{ROOT} kvstoremesh-dbg")
+
+
+def _clustermesh_dbg_main(argv: Sequence[str]) -> int:
+    from .dbg import clustermesh_dbg
+
+    return clustermesh_dbg(argv, path=f"{ROOT} clustermesh-dbg")
+
+
+COMMANDS = (
+    Command(name="clustermesh", short="Run the ClusterMesh apiserver", run=clustermesh_main),
+    Command(name="clustermesh-dbg", short="Troubleshoot the ClusterMesh apiserver",
+            run=_clustermesh_dbg_main),
+    Command(name="etcdinit", short="Initialise the etcd data directory (users, roles, auth)",
+            run=_etcdinit_main),
+    Command(name="kvstoremesh", short="Run KVStoreMesh", run=_kvstoremesh_main),
+    Command(name="kvstoremesh-dbg", short="Inspect and troubleshoot KVStoreMesh",
+            run=_kvstoremesh_dbg_main),
+    Command(name="version", short="Print version information", run=_version_main),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"clustermesh": clustermesh_main}
-    if argv[:1] == ["etcdinit"]:
-        from .etcdinit import main as etcdinit_main
-
-        return etcdinit_main(argv[1:])
-    if not argv or argv[0] not in commands:
-        print("usage: clustermesh-apiserver {clustermesh,etcdinit} [flags]\n\n"
-              "  clustermesh  publish this cluster's state into its etcd\n"
-              "  etcdinit     create the etcd users and roles, then enable auth",
-              file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    return commands[argv[0]](argv[1:])
+    try:
+        return run_group(argv, path=ROOT, short="Run the ClusterMesh apiserver components",
+                         commands=COMMANDS)
+    except SystemExit as exc:  # parse_or_exit of a subcommand
+        return exc.code if isinstance(exc.code, int) else 1
 
 
 if __name__ == "__main__":

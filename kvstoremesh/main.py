@@ -1,17 +1,30 @@
-"""``kvstoremesh``: command line of the cache daemon (Cilium's flag names)."""
+"""Command line of the cache daemon: ``kvstoremesh`` and ``clustermesh-apiserver kvstoremesh``.
+
+Both names run the same daemon with upstream's flags (facts §6, and what Cilium's chart
+renders), parsed by :mod:`clustermesh.goflags` with Cilium's conventions: pflag syntax,
+``CILIUM_<FLAG>`` environment variables, cobra's errors. :func:`build_parser` is the one
+place the flags are declared; their defaults are :class:`~kvstoremesh.options.MeshOptions`'
+fields. Flags of upstream's Go runtime (gops, pprof, the hive shell, ...) are accepted
+and named in one log line at start, with the reason they have no effect here.
+
+``kvstoremesh status`` (our own console script only) is :mod:`kvstoremesh.statuscmd`;
+upstream's spelling is ``clustermesh-apiserver kvstoremesh-dbg status``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from clustermesh.clusterconfig import validate_local_cluster
-from clustermesh.etcd.config import EtcdConfigError, parse_kvstore_opts
-from clustermesh.flags import bool_arg, duration_arg, kvstore_number
+from clustermesh.etcd.config import EtcdConfigError
+from clustermesh.flags import add_daemon_flags, daemon_settings, option_default
+from clustermesh.goflags import FlagSet, Parsed, log_no_effect
 from clustermesh.logs import setup_logging
 
 from . import statuscmd
@@ -20,81 +33,73 @@ from .options import MeshOptions
 
 log = logging.getLogger("kvstoremesh")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kvstoremesh",
-        description="Mirror every remote cluster's etcd into the local etcd "
-                    "(Cilium KVStoreMesh, wire-compatible).",
-        epilog="Run 'kvstoremesh status --help' for the status command.",
-    )
-    p.add_argument("--cluster-name", required=True, help="name of the local cluster")
-    p.add_argument("--cluster-id", type=int, required=True, help="ID of the local cluster")
-    p.add_argument("--max-connected-clusters", type=int, default=255, choices=(255, 511),
-                   help="maximum number of clusters in the mesh (default 255)")
-    p.add_argument("--clustermesh-config", type=Path, required=True, metavar="DIR",
-                   help="directory with one etcd config file per remote cluster, "
-                        "named after the cluster")
-    p.add_argument("--kvstore", default="etcd", choices=("etcd",), help=argparse.SUPPRESS)
-    p.add_argument("--kvstore-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="local etcd options: etcd.config=FILE (required), etcd.qps=N, "
-                        "etcd.bootstrapQps=N, etcd.maxInflight=N; repeatable")
-    p.add_argument("--health-port", type=int, default=9881,
-                   help="port of /healthz and /readyz (default 9881)")
-    p.add_argument("--prometheus-serve-addr", default="",
-                   help="HOST:PORT or :PORT to serve /metrics on (default: off)")
-    p.add_argument("--api-serve-addr", default="localhost:9889",
-                   help="HOST:PORT of the status API (default localhost:9889)")
-    p.add_argument("--per-cluster-ready-timeout", type=duration_arg, default=15.0,
-                   metavar="DURATION",
-                   help="drop a remote that has not connected within this from the "
-                        "readiness wait (default 15s)")
-    p.add_argument("--global-ready-timeout", type=duration_arg, default=600.0,
-                   metavar="DURATION", help="report ready after this regardless (default 10m)")
-    p.add_argument("--clustermesh-cache-ttl", type=duration_arg, default=0.0,
-                   metavar="DURATION",
-                   help="drain a disconnected remote's services after this (default 0s: never)")
-    p.add_argument("--cluster-removal-grace", type=duration_arg, default=180.0,
-                   metavar="DURATION",
-                   help="wait between deleting a removed cluster's config and its data "
-                        "(default 3m)")
-    p.add_argument("--heartbeat-timeout", type=duration_arg, default=120.0,
-                   metavar="DURATION",
-                   help="reconnect a remote whose heartbeat is older than this (default 2m)")
-    p.add_argument("--status-check-interval", type=duration_arg, default=30.0,
-                   metavar="DURATION",
-                   help="how often a remote's etcd status and cluster ID are checked "
-                        "(default 30s)")
-    p.add_argument("--max-txn-ops", type=int, default=128,
-                   help="local etcd's --max-txn-ops (default 128)")
-    p.add_argument("--max-request-bytes", type=int, default=1536 * 1024,
-                   help="local etcd's --max-request-bytes (default 1.5 MiB)")
-    p.add_argument("--validate-remote-data", type=bool_arg, nargs="?", const=True,
-                   default=True, metavar="true|false",
-                   help="keep remote entries that agents would reject out of the cache "
-                        "(default true; false mirrors bytes unchecked, like upstream)")
-    p.add_argument("--log-level", default="info",
-                   choices=("debug", "info", "warning", "error"))
-    p.add_argument("--log-format", default="text", choices=("text", "json"))
-    return p
+GOPS_PORT = 9894  # upstream's defaults.GopsPortKVStoreMesh
+PPROF_PORT = 6064
 
 
+def build_parser(*, command: str = "kvstoremesh") -> FlagSet:
+    """Every flag of the daemon (upstream's, then ours), defaults from MeshOptions."""
+    def d(name: str) -> Any:
+        return option_default(MeshOptions, name)
+
+    long = ("Mirror every remote cluster's etcd into the local etcd (Cilium KVStoreMesh, "
+            "wire-compatible).\nEvery flag is also read from CILIUM_<FLAG_NAME> (e.g. "
+            "CILIUM_CLUSTER_NAME); a flag on the command line wins.")
+    if command == "kvstoremesh":
+        long += "\nRun 'kvstoremesh status --help' for the status command."
+    fs = FlagSet(command=command, short="Run KVStoreMesh", long=long)
+    add_daemon_flags(fs, options_cls=MeshOptions, gops_port=GOPS_PORT, pprof_port=PPROF_PORT)
+    fs.string("clustermesh-config", default="",
+              help="Path to the ClusterMesh configuration directory (one etcd config file "
+                   "per remote cluster, named after the cluster; required)")
+    fs.duration("clustermesh-cache-ttl", default=d("cache_ttl"),
+                help="Drain the cached data of a remote disconnected for longer than this "
+                     "(0s: never)")
+    fs.duration("per-cluster-ready-timeout", default=d("per_cluster_ready_timeout"),
+                help="Remote clusters not connected within this are dropped from the "
+                     "readiness wait")
+    fs.duration("global-ready-timeout", default=d("global_ready_timeout"),
+                help="Report ready after this, even if not every remote is synced")
+    fs.boolean("enable-heartbeat", default=d("enable_heartbeat"),
+               help="Write the cilium/.heartbeat key into the local etcd every minute")
+    fs.boolean("disable-drain-on-disconnection", hidden=True,
+               default=d("disable_drain_on_disconnection"),
+               help="Keep the cached data of a remote cluster whose config is removed")
+    fs.string("api-serve-addr", default=d("api_serve_addr"),
+              help="Address of the status API (GET /v1/cluster)")
+    fs.duration("kvstore-connectivity-timeout", default=120.0,
+                no_effect="the etcd client reconnects on its own timers",
+                help="Time after which an incomplete kvstore operation is considered failed")
+    fs.duration("kvstore-periodic-sync", default=300.0,
+                no_effect="cache keys carry no lease; nothing needs refreshing",
+                help="Periodic kvstore synchronization interval")
+    # Ours.
+    fs.duration("cluster-removal-grace", default=d("removal_grace"),
+                help="Wait between deleting a removed cluster's config and its cached data")
+    fs.duration("heartbeat-timeout", default=d("heartbeat_timeout"),
+                help="Reconnect a remote whose heartbeat is older than this")
+    fs.duration("status-check-interval", default=d("status_check_interval"),
+                help="How often a remote's etcd status and cluster ID are checked")
+    fs.boolean("validate-remote-data", default=d("validate_remote_data"),
+               help="Keep remote entries that agents would reject out of the cache "
+                    "(--validate-remote-data=false mirrors bytes unchecked, like upstream)")
+    return fs
 
 
-def options_from_args(args: argparse.Namespace) -> MeshOptions:
-    """Validate the arguments as a whole; ValueError explains what is wrong."""
+def options_from_args(args: Parsed) -> MeshOptions:
+    """Validate the arguments as a whole; ValueError names what is wrong."""
     validate_local_cluster(name=args.cluster_name, cluster_id=args.cluster_id,
                            max_connected_clusters=args.max_connected_clusters)
-    opts = parse_kvstore_opts(args.kvstore_opt)
-    config = opts.get("etcd.config")
-    if not config:
-        raise ValueError("--kvstore-opt etcd.config=FILE is required (the local etcd's config)")
+    if not args.clustermesh_config:
+        raise ValueError("--clustermesh-config DIR is required (the directory of remote "
+                         "cluster configs)")
+    common = daemon_settings(args, options_cls=MeshOptions)
     return MeshOptions(
         cluster_name=args.cluster_name,
         cluster_id=args.cluster_id,
         max_connected_clusters=args.max_connected_clusters,
-        config_dir=args.clustermesh_config,
-        local_config=Path(config),
+        config_dir=Path(args.clustermesh_config),
+        local_config=common.local_config,
         health_port=args.health_port,
         prometheus_serve_addr=args.prometheus_serve_addr,
         api_serve_addr=args.api_serve_addr,
@@ -104,15 +109,18 @@ def options_from_args(args: argparse.Namespace) -> MeshOptions:
         removal_grace=args.cluster_removal_grace,
         heartbeat_timeout=args.heartbeat_timeout,
         status_check_interval=args.status_check_interval,
-        qps=kvstore_number(opts, "etcd.qps"),
-        bootstrap_qps=kvstore_number(opts, "etcd.bootstrapQps"),
-        max_inflight=int(kvstore_number(opts, "etcd.maxInflight", 4)),
+        qps=common.qps,
+        bootstrap_qps=common.bootstrap_qps,
+        max_inflight=common.max_inflight,
         max_txn_ops=args.max_txn_ops,
         max_request_bytes=args.max_request_bytes,
         validate_remote_data=args.validate_remote_data,
+        enable_heartbeat=args.enable_heartbeat,
+        disable_drain_on_disconnection=args.disable_drain_on_disconnection,
+        max_consecutive_quorum_errors=args.kvstore_max_consecutive_quorum_errors,
+        controller_group_metrics=common.controller_group_metrics,
+        debug=args.debug,
     )
-
-
 
 
 async def serve(options: MeshOptions) -> None:
@@ -123,23 +131,30 @@ async def serve(options: MeshOptions) -> None:
     await KVStoreMesh(options).run(stop)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["status"]:
-        return statuscmd.main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(level=args.log_level, fmt=args.log_format)
+def run(argv: Sequence[str], *, command: str, env: Mapping[str, str] | None = None) -> int:
+    """Parse, validate, run until SIGTERM/SIGINT; the exit status."""
+    fs = build_parser(command=command)
+    args = fs.parse_or_exit(argv, env=env)
     try:
         options = options_from_args(args)
     except ValueError as exc:
-        parser.exit(2, f"kvstoremesh: error: {exc}\n")
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(level="debug" if args.debug else args.log_level, fmt=args.log_format)
+    log_no_effect(fs, args, log)
     try:
         asyncio.run(serve(options))
     except EtcdConfigError as exc:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return statuscmd.main(argv[1:])
+    return run(argv, command="kvstoremesh")
 
 
 if __name__ == "__main__":

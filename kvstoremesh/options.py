@@ -1,4 +1,7 @@
-"""Settings of a KVStoreMesh instance, parsed from Cilium's flags by :mod:`kvstoremesh.main`."""
+"""Settings of a KVStoreMesh instance, parsed from Cilium's flags by :mod:`kvstoremesh.main`.
+
+The defaults here are the only copy: the flags take theirs from these fields.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ from pathlib import Path
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeshOptions:
-    cluster_name: str
-    cluster_id: int
+    cluster_name: str = "default"
+    cluster_id: int = 0
     max_connected_clusters: int = 255
     config_dir: Path
     local_config: Path
-    health_port: int = 9881
+    health_port: int = 9880  # upstream's default; Cilium's chart passes 9881
     prometheus_serve_addr: str = ""
     api_serve_addr: str = "localhost:9889"
     per_cluster_ready_timeout: float = 15.0

@@ -183,35 +183,45 @@ def format_status(models: list[dict[str, Any]], *, verbose: bool = False,
         lines.append(
             f"   {m['name']}: {state}, {m['num-nodes']} nodes, {m['num-endpoints']} endpoints, "
             f"{m['num-identities']} identities, {m['num-shared-services']} services, "
-            f"{m['num-service-exports']} MCS-API service exports, {m['num-failures']} failures "
-            f"(last: {_since(m.get('last-failure'), now)}), "
+            f"{m['num-service-exports']} MCS-API service exports, "
+            f"{m['num-failures']} reconnections (last: {_since(m.get('last-failure'), now)}), "
             # Last, so that what matched Cilium's line still matches; .get: older daemons.
             f"{m.get('num-endpointslices', 0)} endpointslices")
         for problem in m.get("problems", ()):
             lines.append(f"   └  problem: {problem}")
         if m.get("ready") and not verbose:
             continue
-        config = m["config"]
-        exports = config.get("service-exports-enabled")
-        exports_text = "unsupported" if exports is None else (
-            "enabled" if exports else "disabled")
-        synced = m["synced"]
         lines.append(f"   └  {m['status']}")
-        lines.append(
-            f"   └  remote configuration: expected={_b(config['required'])}, "
-            f"retrieved={_b(config['retrieved'])}, cluster-id={config['cluster-id']}, "
-            f"kvstoremesh={_b(config['kvstoremesh'])}, "
-            f"sync-canaries={_b(config['sync-canaries'])}, service-exports={exports_text}")
-        lines.append(
-            f"   └  synchronization status: nodes={_b(synced['nodes'])}, "
-            f"endpoints={_b(synced['endpoints'])}, identities={_b(synced['identities'])}, "
-            f"services={_b(synced['services'])}")
+        lines.append(f"   └  remote configuration: {_config_text(m.get('config'))}")
+        synced = m["synced"]
+        sync = (f"   └  synchronization status: nodes={_b(synced['nodes'])}, "
+                f"endpoints={_b(synced['endpoints'])}, identities={_b(synced['identities'])}, "
+                f"services={_b(synced['services'])}")
+        # As Cilium: only the resources this remote has (None: not mirrored from it).
+        for key in ("service-exports", "endpointslices"):
+            if synced.get(key) is not None:
+                sync += f", {key}={_b(synced[key])}"
+        lines.append(sync)
         rejected = m.get("rejected-entries")
         if rejected:
             examples = ", ".join(f"{r['resource']} {r['key']!r}: {r['reason']}"
                                  for r in rejected["latest"])
             lines.append(f"   └  rejected entries: {rejected['total']} (latest: {examples})")
     return "\n".join(lines) + "\n"
+
+
+def _config_text(config: dict[str, Any] | None) -> str:
+    """Cilium's "remote configuration" text: the details only once the config is retrieved."""
+    if config is None:
+        return "expected=unknown, retrieved=unknown"
+    text = f"expected={_b(config['required'])}, retrieved={_b(config['retrieved'])}"
+    if config["retrieved"]:
+        exports = config.get("service-exports-enabled")
+        exports_text = "unsupported" if exports is None else (
+            "enabled" if exports else "disabled")
+        text += (f", cluster-id={config['cluster-id']}, kvstoremesh={_b(config['kvstoremesh'])}, "
+                 f"sync-canaries={_b(config['sync-canaries'])}, service-exports={exports_text}")
+    return text
 
 
 def _b(value: object) -> str:

@@ -1,36 +1,39 @@
-"""``kvstoremesh status``: ask a running daemon's status API and print Cilium's text.
+"""The status of a running KVStoreMesh, from its API (``GET /v1/cluster``), as text or data.
 
-Exit status: 0 when every remote cluster is ready, 1 when not (or still not at
-the end of ``--wait``), 2 when the status API cannot be reached.
+Two commands print it:
+
+* ``clustermesh-apiserver kvstoremesh-dbg status [--verbose] [-o json|yaml|jsonpath=T]
+  [-H HOST:PORT]`` (:mod:`apiserver.dbg`), upstream's: exit 0 once the API answered,
+  whatever the clusters' state, 1 when it did not (sysdump stores the output);
+* ``kvstoremesh status`` (:func:`main`), ours: the same output, plus ``--wait`` and an
+  exit status for scripts: 0 when every remote cluster is ready, 1 when not (or still
+  not at the end of ``--wait``), 2 when the status API cannot be reached.
+
+:func:`render` is shared: the text is :func:`kvstoremesh.status.format_status` (Cilium's
+format), ``-o json`` the models indented as the API returns them, ``-o yaml`` the same
+as YAML, ``-o jsonpath=TEMPLATE`` kubectl's template subset that scripts use: text with
+``{...}`` expressions made of ``.field``, ``[N]`` and ``[*]`` steps (a leading ``$``
+allowed), several results joined by spaces.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
-from clustermesh.flags import duration_arg
+import yaml
+
+from clustermesh.goflags import FlagSet
 
 from .status import format_status
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvstoremesh status",
-                                description="Show the status of a running KVStoreMesh.")
-    p.add_argument("--api-serve-addr", default="localhost:9889", metavar="HOST:PORT",
-                   help="address of the daemon's status API (default localhost:9889)")
-    p.add_argument("--verbose", action="store_true",
-                   help="details for every cluster, not only the ones not ready")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    p.add_argument("--wait", action="store_true", help="wait until all clusters are ready")
-    p.add_argument("--timeout", type=duration_arg, default=300.0, metavar="DURATION",
-                   help="with --wait: give up after this long (default 5m)")
-    return p
+_STEP = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\*|-?\d+)\]")
 
 
 def fetch(address: str, *, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -38,8 +41,89 @@ def fetch(address: str, *, timeout: float = 5.0) -> list[dict[str, Any]]:
         return json.load(resp)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_output(output: str) -> None:
+    """ValueError unless ``output`` is a format :func:`render` knows."""
+    if output in ("", "text", "json", "yaml"):
+        return
+    if output.startswith("jsonpath="):
+        _jsonpath(output.removeprefix("jsonpath="), [])
+        return
+    raise ValueError(f"unsupported output format {output!r}: use json, yaml or "
+                     "jsonpath=TEMPLATE")
+
+
+def render(models: list[dict[str, Any]], *, output: str, verbose: bool) -> str:
+    if output == "json":
+        return json.dumps(models, indent=2) + "\n"
+    if output == "yaml":
+        return yaml.safe_dump(models, sort_keys=False)
+    if output.startswith("jsonpath="):
+        return _jsonpath(output.removeprefix("jsonpath="), models) + "\n"
+    return format_status(models, verbose=verbose)
+
+
+def _jsonpath(template: str, doc: Any) -> str:
+    """kubectl's jsonpath for the shapes of this API; ValueError on other syntax."""
+    out: list[str] = []
+    pos = 0
+    for match in re.finditer(r"\{([^{}]*)\}", template):
+        out.append(template[pos:match.start()])
+        pos = match.end()
+        expr = match.group(1).strip().removeprefix("$")
+        values = [doc]
+        at = 0
+        for step in _STEP.finditer(expr):
+            if step.start() != at:
+                break
+            at = step.end()
+            values = [v for value in values for v in _step(value, step)]
+        if at != len(expr):
+            raise ValueError(f"jsonpath {template!r}: unsupported expression {{{match.group(1)}}}")
+        out.append(" ".join(_scalar(v) for v in values))
+    out.append(template[pos:])
+    return "".join(out)
+
+
+def _step(value: Any, step: re.Match[str]) -> list[Any]:
+    field, index = step.group(1), step.group(2)
+    if field is not None:
+        return [value[field]] if isinstance(value, dict) and field in value else []
+    if not isinstance(value, list):
+        return []
+    if index == "*":
+        return list(value)
+    i = int(index)
+    return [value[i]] if -len(value) <= i < len(value) else []
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def build_parser() -> FlagSet:
+    fs = FlagSet(command="kvstoremesh status", short="Show the status of a running KVStoreMesh",
+                 bind_env=False)
+    fs.string("api-serve-addr", default="localhost:9889",
+              help="Address of the daemon's status API")
+    fs.boolean("verbose", help="Details for every cluster, not only the ones not ready")
+    fs.string("output", shorthand="o", default="",
+              help="Output format: json, yaml or jsonpath=TEMPLATE (default: text)")
+    fs.boolean("wait", help="Wait until all clusters are ready")
+    fs.duration("timeout", default=300.0, help="With --wait: give up after this long")
+    return fs
+
+
+def main(argv: Sequence[str]) -> int:
+    fs = build_parser()
+    args = fs.parse_or_exit(argv)
+    try:
+        check_output(args.output)
+    except ValueError as exc:
+        fs.fail(f'invalid argument "{args.output}" for "-o, --output" flag: {exc}')
     deadline = time.monotonic() + args.timeout
     while True:
         try:
@@ -55,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if all_ready or not args.wait or time.monotonic() > deadline:
             break
         time.sleep(1)
-    if args.output == "json":
-        print(json.dumps(models, indent=2))
-    else:
-        sys.stdout.write(format_status(models, verbose=args.verbose))
+    sys.stdout.write(render(models, output=args.output, verbose=args.verbose))
     if not all_ready and args.wait:
         print(f"kvstoremesh status: not all clusters ready after {args.timeout:g}s",
               file=sys.stderr)

@@ -132,7 +132,7 @@ def test_last_failure_is_shown_relative_to_now(last_failure: str | None, shown: 
     doc = model("cluster1", failures=failures, last_failure=last_failure, endpointslices=7)
     first = format_status([doc], now=NOW).splitlines()[1]
     assert first == ("   cluster1: ready, 2 nodes, 8 endpoints, 5 identities, 3 services, "
-                     f"1 MCS-API service exports, {failures} failures (last: {shown}), "
+                     f"1 MCS-API service exports, {failures} reconnections (last: {shown}), "
                      "7 endpointslices"), first
 
 
@@ -141,9 +141,9 @@ def test_endpointslices_are_counted_last_and_older_daemons_count_zero() -> None:
     older = {k: v for k, v in UNSUPPORTED.items() if k != "num-endpointslices"}
     assert format_status([READY, older], now=NOW).splitlines()[1:] == [
         "   cluster1: ready, 2 nodes, 8 endpoints, 5 identities, 3 services, "
-        "1 MCS-API service exports, 0 failures (last: never), 4 endpointslices",
+        "1 MCS-API service exports, 0 reconnections (last: never), 4 endpointslices",
         "   cluster3: ready, 1 nodes, 2 endpoints, 1 identities, 1 services, "
-        "0 MCS-API service exports, 1 failures (last: 2h15m ago), 0 endpointslices"]
+        "0 MCS-API service exports, 1 reconnections (last: 2h15m ago), 0 endpointslices"]
     # `clustermesh status` shows the same count at the end of each remote's line.
     target = Target(name="local", api="127.0.0.1:9889", cluster_id=9,
                     configured=["cluster1", "cluster3"])
@@ -155,6 +155,14 @@ def test_endpointslices_are_counted_last_and_older_daemons_count_zero() -> None:
         "   cluster3: ready, 1 nodes, 2 endpoints, 1 identities, 1 services, 1 failures, "
         "0 endpointslices",
         "All clusters are connected to all clusters and ready."]
+
+
+def test_remote_configuration_details_only_once_retrieved_and_unknown_without_config() -> None:
+    # Cilium prints cluster-id & co. only for a retrieved config, "unknown" without one.
+    no_config = {k: v for k, v in WAITING_FOR_CONFIG.items() if k != "config"}
+    lines = format_status([no_config, WAITING_FOR_CONFIG], now=NOW).splitlines()
+    assert lines[3] == "   └  remote configuration: expected=unknown, retrieved=unknown"
+    assert lines[7] == "   └  remote configuration: expected=true, retrieved=false"
 
 
 def test_format_status_of_a_real_status_api_document_round_trips_through_json() -> None:
@@ -216,7 +224,7 @@ async def test_status_command_against_a_running_daemon(mesh_env: MeshEnv) -> Non
     assert out.startswith("KVStoreMesh:\t1/1 clusters ready\n"), out
     assert out.splitlines()[1:] == [
         "   cluster1: ready, 2 nodes, 4 endpoints, 1 identities, 2 services, "
-        "1 MCS-API service exports, 0 failures (last: never), 0 endpointslices"]
+        "1 MCS-API service exports, 0 reconnections (last: never), 0 endpointslices"]
 
     assert jcode == 0
     assert json.loads(jout) == await api_models(address)
@@ -231,7 +239,7 @@ async def test_status_command_against_a_running_daemon(mesh_env: MeshEnv) -> Non
         "   └  remote configuration: expected=true, retrieved=true, cluster-id=1, "
         "kvstoremesh=false, sync-canaries=true, service-exports=enabled",
         "   └  synchronization status: nodes=true, endpoints=true, identities=true, "
-        "services=true"]
+        "services=true, service-exports=true"]
 
 
 async def test_status_wait_gives_up_on_a_not_ready_cluster_and_succeeds_once_ready(
@@ -302,8 +310,12 @@ async def test_help_lists_every_flag() -> None:
     (("--cluster-name", "c" * 33), "at most 32 are allowed"),
     (("--cluster-id", "0"), "cluster ID 0 is reserved"),
     (("--cluster-id", "256"), "cluster ID 256 is out of range"),
-    (("--max-connected-clusters", "300"), "invalid choice: 300"),
-    (("--per-cluster-ready-timeout", "soon"), "invalid duration 'soon'"),
+    (("--max-connected-clusters", "300"), "max-connected-clusters is 300: it must be one of"),
+    (("--per-cluster-ready-timeout", "soon"),
+     'invalid argument "soon" for "--per-cluster-ready-timeout" flag: '
+     'time: invalid duration "soon"'),
+    (("--cluster-id", "x"), 'invalid argument "x" for "--cluster-id" flag: '
+                            'strconv.ParseUint: parsing "x": invalid syntax'),
 ])
 async def test_invalid_flags_are_rejected_with_the_reason(
         tmp_path: Path, flags: tuple[str, ...], reason: str) -> None:
