@@ -1,95 +1,64 @@
-"""``clustermesh-apiserver etcdinit``: users, roles and permissions of the apiserver's etcd.
+"""``clustermesh-apiserver etcdinit``: Cilium's etcd users and roles, then auth on.
 
-The clustermesh-apiserver pod runs its own etcd with ``--client-cert-auth``.  Every
-client authenticates with a certificate whose common name is its etcd user name
-(etcd's generic behaviour with ``--client-cert-auth``: without a token, the CN of the
-client certificate is the user), so all users are created *without* a password.  This
-module creates them, their roles and the roles' permissions exactly as Cilium's
-``pkg/kvstore/etcdinit/init.go`` does (facts §4.4), then turns authentication on:
+One command, two modes, chosen by the flags:
 
-=====================  ==================  ==============================================
-user                   role                permissions of the role
-=====================  ==================  ==============================================
-``root``               ``root``            everything (etcd's built-in meaning of root)
-``admin-<cluster>``    ``root``            everything (the apiserver and KVStoreMesh)
-``externalworkload``   ``externalworkload`` read every key; readwrite on the prefixes
-                                           ``cilium/state/noderegister/v1/`` and
-                                           ``cilium/.initlock/``
-``local-<cluster>``    ``local``           read the prefixes ``cilium/.heartbeat`` (no
-                                           trailing slash), ``cilium/cache/``,
-                                           ``cilium/cluster-config/``, ``cilium/synced/``
-``remote``             ``remote``          read the prefixes ``cilium/.heartbeat``,
-                                           ``cilium/state/``, ``cilium/synced/<cluster>/``
-                                           and the single key
-                                           ``cilium/cluster-config/<cluster>``
-=====================  ==================  ==============================================
+* **upstream mode** (the default; Cilium's Helm chart runs it as the ``etcd-init`` init
+  container): empty ``--etcd-data-dir``, start a private etcd on it, create the users
+  and roles, enable auth, stop etcd (:mod:`apiserver.etcdinit_upstream`).  The pod's etcd
+  container then serves that directory with auth enforced.
+* **client mode** (``--kvstore-opt etcd.config=FILE``; our own chart and the local mesh,
+  where etcd is already running beside us): connect with that client configuration (as
+  root) and make the running etcd hold the users and roles, idempotently, waiting for it
+  to come up within ``--timeout``.
 
-Differences from Cilium, on purpose:
+Both create the same users and roles, with the same code (:mod:`apiserver.etcdinit_auth`,
+whose docstring has the table).  Flags follow Cilium's conventions
+(:mod:`clustermesh.goflags`): the upstream ones (``--etcd-data-dir``,
+``--etcd-initial-cluster-token``, ``--etcd-cluster-name``, ``--cluster-name``,
+``--timeout``, ``--debug``) plus ours (``--kvstore-opt``, ``--cluster-users-config-path``,
+``--log-level``, ``--log-format``); each one also read from ``CILIUM_<FLAG_UPPER_SNAKE>``
+(the chart passes the cluster name as ``CILIUM_CLUSTER_NAME``), an explicit flag winning.
+Giving an upstream-mode flag together with ``etcd.config`` is refused before anything is
+touched: it would be ambiguous which etcd is meant.
 
-* **Idempotent, not wipe-and-create.**  Cilium wipes the etcd data directory and
-  starts a private etcd first, so it can assume an empty server.  Here etcd runs
-  beside us (it usually starts in parallel in the same pod) and may already be
-  partly or fully initialised, so every step first reads what exists and only adds
-  what is missing.  A second run takes no action at all.  Nothing is deleted, with
-  one exception: a role of ours holding a permission it must not have is deleted and
-  recreated (see :func:`_ensure_role`).
-* **The ``root`` role is created explicitly** (``etcdctl``'s documented procedure).
-  Cilium only grants it: etcd treats the *name* ``root`` specially, so the grant works
-  without the role existing.  Creating it is harmless and makes ``role get root``
-  answer.  Its permissions are never checked or changed: etcd ignores them (a holder
-  of ``root`` may do everything) and refuses to delete the root role once auth is on.
-* **Works with auth already on**, connected as a user with the ``root`` role (the
-  ``root`` or ``admin-<cluster>`` client certificate), and completes a server where
-  auth was enabled but users or permissions are missing.
-* **Extra users** (``extra_users``, name → role, as in Cilium's ``users.yaml`` for
-  per-remote-cluster users) are created here too; Cilium's apiserver does that later
-  in its users manager, which also deletes stale ones.  This module never deletes
-  users.
+Exit status: 0 done; 1 a bad command line (cobra's ``Error: ...`` and usage); 255 any
+failure of the run, timeouts included (upstream's ``os.Exit(-1)``; our client mode uses
+it too, so a script can tell a typo from a failed run).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-
-import yaml
 
 from clustermesh.clusterconfig import validate_cluster_name
-from clustermesh.etcd.client import EtcdClient, Permission, prefix_range_end
-from clustermesh.etcd.config import (
-    EtcdConfigError,
-    EtcdConfigFileMissing,
-    load_etcd_config,
-    parse_kvstore_opts,
-)
-from clustermesh.etcd.errors import (
-    EtcdError,
-    EtcdPermissionDenied,
-    EtcdUnavailable,
-)
-from clustermesh.flags import duration_arg
-from clustermesh.keys import (
-    CACHE_PREFIX,
-    CLUSTER_CONFIG_PREFIX,
-    HEARTBEAT_KEY,
-    STATE_PREFIX,
-    SYNCED_PREFIX,
-    cluster_config_key,
-    synced_prefix,
-)
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.config import EtcdConfigError, EtcdConfigFileMissing, load_etcd_config
+from clustermesh.etcd.errors import EtcdError, EtcdUnavailable
+from clustermesh.goflags import FlagError, FlagSet, Parsed, log_no_effect
 from clustermesh.logs import setup_logging
+
+from .etcdinit_auth import (
+    ALL_KEYS,
+    ROOT,
+    EtcdInitFailed,
+    Grant,
+    desired_auth,
+    etcdinit,
+    load_users_file,
+    users_and_roles,
+)
+from .etcdinit_upstream import UpstreamOptions, find_etcd, initialise
 
 __all__ = [
     "ALL_KEYS",
     "ROOT",
     "Grant",
+    "build_parser",
     "desired_auth",
     "etcdinit",
     "main",
@@ -97,334 +66,95 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: etcd's special user and role: a user holding the role ``root`` may do everything.
-ROOT = "root"
-#: ``Grant(key=ALL_KEYS, prefix=True)`` covers every key (etcd range ``["\\x00", ∞)``).
-ALL_KEYS = ""
-#: Cilium's ``store.NodeRegisterStorePrefix`` and ``kvstore.InitLockPath``.
-NODE_REGISTER_PREFIX = "cilium/state/noderegister/v1"
-INIT_LOCK_PATH = "cilium/.initlock"
-
-_PERMS = ("read", "write", "readwrite")
-_NO_USERS: Mapping[str, str] = MappingProxyType({})
+PROG = "clustermesh-apiserver etcdinit"
+#: The flags that only mean something in upstream mode.
+UPSTREAM_FLAGS = ("etcd-data-dir", "etcd-initial-cluster-token", "etcd-cluster-name")
+EXIT_USAGE = 1
+EXIT_FAILED = 255
 
 
-# ------------------------------------------------------------------------------ model
+def build_parser() -> FlagSet:
+    fs = FlagSet(
+        command=PROG,
+        short="Initialise the etcd of the clustermesh-apiserver: Cilium's users and roles, "
+              "auth enabled",
+        long="Initialise the etcd of the clustermesh-apiserver: create Cilium's users and "
+             "roles\n(root, admin-<cluster>, externalworkload, local-<cluster>, remote), then "
+             "enable\nauthentication.\n\nBy default (upstream mode) the contents of "
+             "--etcd-data-dir are deleted and a\nprivate etcd is started on "
+             "http://localhost:2379 to initialise a new data directory.\nWith --kvstore-opt "
+             "etcd.config=FILE (client mode) the running etcd that FILE\nreaches is "
+             "initialised instead, idempotently.\n\nEvery flag can also be set as "
+             "CILIUM_<FLAG> (e.g. CILIUM_CLUSTER_NAME).")
+    fs.string("etcd-data-dir", default="/var/run/etcd",
+              help="Etcd data directory to empty and initialise (upstream mode)")
+    fs.string("etcd-initial-cluster-token", default="clustermesh-apiserver",
+              help="Initial cluster token of the new etcd (upstream mode); the etcd "
+                   "container must use the same")
+    fs.string("etcd-cluster-name", default="clustermesh-apiserver",
+              help="Name (--name) of the new etcd member (upstream mode); the etcd "
+                   "container must use the same")
+    fs.string("cluster-name", default="default",
+              help="Name of the Cilium cluster, used in the admin-<name> and local-<name> "
+                   "user names and in the remote role's permissions")
+    fs.duration("timeout", default=120.0,
+                help="Give up after this long, etcd start-up included")
+    fs.boolean("debug", help="Log at debug level (same as --log-level=debug)")
+    fs.string_map("kvstore-opt",
+                  help="etcd.config=FILE: client mode, initialise the running etcd this etcd "
+                       "client configuration reaches (as root)")
+    fs.string("cluster-users-config-path",
+              help="Also create the users of this users.yaml (users: [{name, role}]); the "
+                   "entry named after this cluster is skipped")
+    fs.string("log-level", default="info", choices=("debug", "info", "warning", "error"),
+              help="Log level: debug, info, warning or error")
+    fs.string("log-format", default="text", choices=("text", "json"),
+              help="Log format: text or json")
+    return fs
 
 
-@dataclass(frozen=True)
-class Grant:
-    """Permission ``perm`` for ``role`` on one key, or on every key starting with ``key``.
-
-    ``prefix=True`` with ``key=""`` (:data:`ALL_KEYS`) means every key, which etcd
-    stores as the range ``["\\x00", "\\x00")`` (as Go's ``clientv3.WithPrefix("")``).
-    A prefix is taken literally: ``cilium/.heartbeat`` (no trailing slash) also covers
-    ``cilium/.heartbeat-x``, exactly as Cilium grants it.
-    """
-
-    role: str
-    key: str
-    perm: str
-    prefix: bool
-
-    def __post_init__(self) -> None:
-        if self.perm not in _PERMS:
-            raise ValueError(f"permission {self.perm!r}: use one of {', '.join(_PERMS)}")
-        if not self.key and not self.prefix:
-            raise ValueError("an empty key is only meaningful as a prefix (every key)")
-
-    def etcd_range(self) -> tuple[bytes, bytes]:
-        """``(key, range_end)`` as etcd stores the permission."""
-        key = self.key.encode()
-        if not self.prefix:
-            return key, b""
-        if not key:
-            return b"\x00", b"\x00"
-        return key, prefix_range_end(key)
-
-    def describe(self) -> str:
-        return f"{self.perm} on {_describe_range(*self.etcd_range())}"
+def _source(fs: FlagSet, args: Parsed, name: str) -> str:
+    """How the user set the flag ``name``: ``--name`` or its environment variable."""
+    if name in args.explicit:
+        return f"--{name}"
+    return next(f.env for f in fs.flags() if f.name == name)
 
 
-def _describe_range(key: bytes, range_end: bytes) -> str:
-    def text(b: bytes) -> str:
-        return b.decode("utf-8", errors="backslashreplace")
-
-    if key == b"\x00" and range_end == b"\x00":
-        return "all keys"
-    if not range_end:
-        return f"key {text(key)}"
-    if range_end == prefix_range_end(key):
-        return f"prefix {text(key)}"
-    if range_end == b"\x00":
-        return f"keys from {text(key)}"
-    return f"range [{text(key)}, {text(range_end)})"
-
-
-def _describe_permission(p: Permission) -> str:
-    return f"{p.perm} on {_describe_range(p.key, p.range_end)}"
-
-
-def desired_auth(cluster_name: str) -> tuple[dict[str, str], dict[str, list[Grant]]]:
-    """The users (name → role) and roles (name → grants) of facts §4.4 for ``cluster_name``.
-
-    Raises ValueError for an invalid cluster name.  The ``root`` role has no grants:
-    etcd lets its holders do everything regardless.
-    """
-    validate_cluster_name(cluster_name)
-    users = {
-        ROOT: ROOT,
-        f"admin-{cluster_name}": ROOT,
-        "externalworkload": "externalworkload",
-        f"local-{cluster_name}": "local",
-        "remote": "remote",
-    }
-    roles: dict[str, list[Grant]] = {
-        ROOT: [],
-        "externalworkload": [
-            Grant("externalworkload", ALL_KEYS, "read", True),
-            Grant("externalworkload", NODE_REGISTER_PREFIX + "/", "readwrite", True),
-            Grant("externalworkload", INIT_LOCK_PATH + "/", "readwrite", True),
-        ],
-        "local": [
-            Grant("local", HEARTBEAT_KEY, "read", True),
-            Grant("local", CACHE_PREFIX + "/", "read", True),
-            Grant("local", CLUSTER_CONFIG_PREFIX + "/", "read", True),
-            Grant("local", SYNCED_PREFIX + "/", "read", True),
-        ],
-        "remote": [
-            Grant("remote", HEARTBEAT_KEY, "read", True),
-            Grant("remote", STATE_PREFIX + "/", "read", True),
-            Grant("remote", cluster_config_key(cluster_name), "read", False),
-            Grant("remote", synced_prefix(cluster_name), "read", True),
-        ],
-    }
-    return users, roles
-
-
-# ------------------------------------------------------------------------------ etcd
-
-
-def _already_exists(exc: EtcdError) -> bool:
-    return "already exists" in str(exc)
-
-
-class _Run:
-    """One etcdinit pass: the actions taken, in order."""
-
-    def __init__(self, client: EtcdClient, on_action: Callable[[str], None] | None) -> None:
-        self.client = client
-        self.on_action = on_action
-        self.actions: list[str] = []
-
-    def did(self, action: str) -> None:
-        self.actions.append(action)
-        if self.on_action is None:
-            log.info("etcdinit: %s", action)
-        else:
-            self.on_action(action)
-
-    async def add_role(self, role: str) -> None:
-        try:
-            await self.client.role_add(role)
-        except EtcdError as exc:
-            if not _already_exists(exc):  # a concurrent etcdinit created it: fine
-                raise
-            return
-        self.did(f"added role {role}")
-
-    async def add_user(self, user: str) -> None:
-        try:
-            await self.client.user_add(user)  # no password: client certificate only
-        except EtcdError as exc:
-            if not _already_exists(exc):
-                raise
-            return
-        self.did(f"added user {user} (no password: it authenticates by client certificate)")
-
-    async def grant_role(self, user: str, role: str) -> None:
-        await self.client.user_grant_role(user, role)
-        self.did(f"granted role {role} to user {user}")
-
-    async def grant(self, grant: Grant) -> None:
-        key, range_end = grant.etcd_range()
-        await self.client.role_grant_permission(grant.role, key=key, perm=grant.perm,
-                                                range_end=range_end)
-        self.did(f"granted role {grant.role} {grant.describe()}")
-
-
-async def _ensure_role(run: _Run, role: str, grants: Sequence[Grant], *,
-                       exists: bool, users: Sequence[str]) -> None:
-    """Make ``role`` exist with exactly ``grants``.
-
-    A missing permission is granted, and a permission on the right range with the wrong
-    type is granted again (etcd replaces the type of a permission on the same
-    ``(key, range_end)``).  A permission on any other range must go, but our client has
-    no ``RoleRevokePermission``: the role is then deleted and recreated with exactly the
-    desired permissions, and granted again to the users who held it (etcd removes a
-    deleted role from every user).  Those users lose the role for a moment, which only
-    ever takes access away, never grants more.  Should the run die between the delete
-    and the re-grants, a rerun restores the role of every user it manages (built-in and
-    ``extra_users``); other holders would have to be granted it again by hand.
-    ``users`` are all existing users.
-    """
-    client = run.client
-    if not exists:
-        await run.add_role(role)
-    if role == ROOT:
-        return  # etcd ignores the root role's permissions (see module docstring)
-    want = {g.etcd_range(): g for g in grants}
-    have = {(p.key, p.range_end): p for p in await client.role_get(role)} if exists else {}
-    extra = [p for rng, p in have.items() if rng not in want]
-    if extra:
-        holders = [u for u in users if role in await client.user_get(u)]
-        await client.role_delete(role)
-        await client.role_add(role)
-        dropped = "; ".join(_describe_permission(p) for p in extra)
-        run.did(f"recreated role {role} to drop permissions it must not have ({dropped})")
-        for grant in grants:
-            await run.grant(grant)
-        for user in holders:
-            await run.grant_role(user, role)
+def _check_flags(fs: FlagSet, args: Parsed) -> None:
+    """Everything that can be refused from the command line alone; FlagError."""
+    name = args.cluster_name
+    try:
+        validate_cluster_name(name)
+    except ValueError as exc:
+        source = _source(fs, args, "cluster-name")
+        origin = "" if source.startswith("--") else f" (from {source})"
+        raise FlagError(f'invalid argument "{name}" for "--cluster-name" flag{origin}: '
+                        f"{exc}") from None
+    opts: Mapping[str, str] = args.kvstore_opt
+    if args.is_set("kvstore-opt") and not opts.get("etcd.config"):
+        raise FlagError(f"{_source(fs, args, 'kvstore-opt')}: etcdinit understands only "
+                        "etcd.config=FILE (client mode); without it, leave the flag out")
+    if opts.get("etcd.config"):
+        upstream = [_source(fs, args, f) for f in UPSTREAM_FLAGS if args.is_set(f)]
+        if upstream:
+            raise FlagError(
+                f"{_source(fs, args, 'kvstore-opt')} etcd.config=... (client mode: initialise "
+                f"a running etcd) cannot be combined with {', '.join(upstream)} (upstream "
+                "mode: initialise a data directory with a private etcd); give one or the other")
         return
-    for rng, grant in want.items():
-        current = have.get(rng)
-        if current is None or current.perm != grant.perm:
-            await run.grant(grant)
+    for flag in UPSTREAM_FLAGS:
+        if not getattr(args, flag.replace("-", "_")):
+            raise FlagError(f"--{flag} must not be empty")
+    if Path(args.etcd_data_dir).resolve() == Path("/"):
+        raise FlagError(f'invalid argument "{args.etcd_data_dir}" for "--etcd-data-dir" '
+                        "flag: refusing to empty the root directory")
 
 
-def _all_users(cluster_name: str, extra_users: Mapping[str, str]
-               ) -> tuple[dict[str, str], dict[str, list[Grant]]]:
-    users, roles = desired_auth(cluster_name)
-    for name, role in extra_users.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"extra user {name!r}: the name must be a non-empty string")
-        if role not in roles:
-            raise ValueError(f"extra user {name!r}: unknown role {role!r} "
-                             f"(one of {', '.join(roles)})")
-        if users.get(name, role) != role:
-            raise ValueError(f"extra user {name!r}: it is a built-in user with role "
-                             f"{users[name]!r}, not {role!r}")
-        users[name] = role
-    return users, roles
+# ------------------------------------------------------------------------ client mode
 
 
-async def etcdinit(client: EtcdClient, *, cluster_name: str,
-                   extra_users: Mapping[str, str] = _NO_USERS,
-                   on_action: Callable[[str], None] | None = None) -> list[str]:
-    """Create the users, roles and permissions of facts §4.4, then enable auth.
-
-    ``client`` must be able to administer etcd: any client while auth is off, a user
-    with the ``root`` role (client certificate CN ``root`` or ``admin-<cluster>``) once
-    it is on.  Returns the actions taken, in order, as sentences; an empty list means
-    etcd was already fully initialised.  Each action is also reported as it is taken:
-    to ``on_action`` if given, else logged at info level (so the actions of a run that
-    fails half-way are not lost).  Raises ValueError for an invalid cluster name
-    or extra user, :class:`EtcdPermissionDenied` when the client lacks the root role,
-    and other :class:`EtcdError` subclasses for etcd failures (a rerun completes the
-    work: every step is idempotent).
-    """
-    users, roles = _all_users(cluster_name, extra_users)
-    run = _Run(client, on_action)
-    enabled = await client.auth_status()
-    try:
-        existing_users = await client.user_list()
-        existing_roles = set(await client.role_list())
-    except EtcdPermissionDenied as exc:
-        raise EtcdPermissionDenied(
-            "authentication is enabled and this client's etcd user lacks the root role: "
-            "run etcdinit with the root (or admin-<cluster>) client certificate "
-            f"({exc})") from None
-
-    # Roles first: a role must exist before it can be granted to a user.
-    for role, grants in roles.items():
-        await _ensure_role(run, role, grants, exists=role in existing_roles,
-                           users=existing_users)
-
-    for user, role in users.items():
-        if user in existing_users:
-            held = await client.user_get(user)
-        else:
-            await run.add_user(user)
-            held = await client.user_get(user)  # a concurrent run may have granted it
-        if role not in held:
-            await run.grant_role(user, role)
-        others = sorted(set(held) - {role})
-        if others:
-            # Not revoked: there is no UserRevokeRole in our client, and nothing but
-            # our own roles' permissions is ever taken away.  Say so loudly.
-            log.warning("etcdinit: user %s also holds role(s) %s, which etcdinit does not "
-                        "grant; revoke them with 'etcdctl user revoke-role' if unintended",
-                        user, ", ".join(others))
-
-    # Last: from here on only users with the root role can administer etcd.
-    if not enabled:
-        await client.auth_enable()
-        run.did("enabled authentication")
-    return run.actions
-
-
-# ------------------------------------------------------------------------------ CLI
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clustermesh-apiserver etcdinit",
-        description="Create the etcd users, roles and permissions of Cilium Cluster Mesh "
-                    "(root, admin-<cluster>, externalworkload, local-<cluster>, remote), "
-                    "then enable authentication.  Idempotent; retries until etcd answers "
-                    "or --timeout passes.",
-    )
-    parser.add_argument("--cluster-name", default="default",
-                        help="name of this Cilium cluster (default: %(default)s); used in "
-                             "the admin-<name> and local-<name> user names and the remote "
-                             "role's permissions")
-    parser.add_argument("--kvstore-opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="etcd.config=FILE: the etcd client configuration (as root: "
-                             "a client certificate with CN root); repeatable")
-    parser.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION",
-                        help="give up after this long, waiting for etcd included "
-                             "(Go duration, default 2m)")
-    parser.add_argument("--cluster-users-config-path", type=Path, default=None,
-                        metavar="FILE",
-                        help="also create the users listed in this users.yaml "
-                             "(users: [{name, role}]), as Cilium's users manager does; "
-                             "the entry named after this cluster is skipped")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--log-format", default="text", choices=("text", "json"))
-    parser.add_argument("--debug", action="store_true", help="same as --log-level debug")
-    return parser
-
-
-def _load_users_file(path: Path, cluster_name: str) -> dict[str, str]:
-    """Cilium's ``users.yaml``: ``users: [{name: <cluster>, role: remote}, ...]``."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    entries = (data or {}).get("users") if isinstance(data, dict | None) else None
-    if entries is None:
-        return {}
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: 'users' must be a list of {{name, role}}")
-    users: dict[str, str] = {}
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
-                or not isinstance(entry.get("role"), str):
-            raise ValueError(f"{path}: users[{i}] must have string 'name' and 'role'")
-        if entry["name"] != cluster_name:
-            users[entry["name"]] = entry["role"]
-    return users
-
-
-class _Failure(Exception):
-    """A message for the user; the command exits 1."""
-
-
-async def _run(config_path: Path, cluster_name: str, extra_users: Mapping[str, str],
-               timeout: float, on_action: Callable[[str], None]) -> list[str]:
+async def _run_client(config_path: Path, cluster_name: str, extra_users: Mapping[str, str],
+                      timeout: float, on_action: Callable[[str], None]) -> list[str]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: Exception | None = None
@@ -464,64 +194,76 @@ async def _run(config_path: Path, cluster_name: str, extra_users: Mapping[str, s
             what = "the etcd configuration is incomplete"
         else:
             what = "could not reach etcd"
-        raise _Failure(f"gave up after {_format_seconds(timeout)} (--timeout): {what}"
-                       + (f": {last}" if last else "")) from None
+        raise EtcdInitFailed(f"gave up after {timeout:g}s (--timeout): {what}"
+                             + (f": {last}" if last else "")) from None
 
 
-def _format_seconds(seconds: float) -> str:
-    return f"{seconds:g}s"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``clustermesh-apiserver etcdinit [flags]``; returns the exit status.
-
-    ``argv`` are the arguments after the program name; a leading ``etcdinit`` is
-    accepted too.  Prints one line per action taken on stdout; errors go to stderr.
-    """
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["etcdinit"]:
-        args_list = args_list[1:]
-    parser = build_parser()
-    args = parser.parse_args(args_list)
-    try:
-        validate_cluster_name(args.cluster_name)
-    except ValueError as exc:
-        parser.error(f"--cluster-name: {exc}")
-    try:
-        opts = parse_kvstore_opts(args.kvstore_opt)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if not opts.get("etcd.config"):
-        parser.error("--kvstore-opt etcd.config=FILE is required (the etcd client "
-                     "configuration to connect as root)")
-    setup_logging(level="debug" if args.debug else args.log_level, fmt=args.log_format)
-
-    prog = parser.prog
+def _client_mode(args: Parsed, extra_users: Mapping[str, str]) -> None:
     started = time.monotonic()
-    try:
-        extra = ({} if args.cluster_users_config_path is None
-                 else _load_users_file(args.cluster_users_config_path, args.cluster_name))
-        # Actions are printed as they are taken: a run that fails half-way shows them too.
-        actions = asyncio.run(_run(Path(opts["etcd.config"]), args.cluster_name, extra,
-                                   args.timeout, lambda action: print(action, flush=True)))
-    except _Failure as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except EtcdConfigError as exc:
-        print(f"{prog}: error: invalid etcd configuration: {exc}", file=sys.stderr)
-        return 1
-    except (EtcdError, ValueError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    # Actions are printed as they are taken: a run that fails half-way shows them too.
+    actions = asyncio.run(_run_client(Path(args.kvstore_opt["etcd.config"]), args.cluster_name,
+                                      extra_users, args.timeout,
+                                      lambda action: print(action, flush=True)))
     took = time.monotonic() - started
     if actions:
         print(f"etcd initialised for cluster {args.cluster_name} "
               f"({len(actions)} actions, {took:.1f}s)")
     else:
         print(f"etcd already initialised for cluster {args.cluster_name}: nothing to do")
+
+
+# ---------------------------------------------------------------------- upstream mode
+
+
+def _upstream_mode(args: Parsed, extra_users: Mapping[str, str]) -> None:
+    options = UpstreamOptions(
+        data_dir=Path(args.etcd_data_dir), etcd_cluster_name=args.etcd_cluster_name,
+        initial_cluster_token=args.etcd_initial_cluster_token,
+        cluster_name=args.cluster_name, timeout=args.timeout, extra_users=extra_users)
+    asyncio.run(initialise(options, binary=find_etcd()))
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``clustermesh-apiserver etcdinit [flags]``; returns the exit status.
+
+    ``argv`` are the arguments after the program name; a leading ``etcdinit`` is
+    accepted too.  Reads ``CILIUM_*`` from the environment.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["etcdinit"]:
+        args_list = args_list[1:]
+    fs = build_parser()
+    try:
+        args = fs.parse_or_exit(args_list)
+        try:
+            _check_flags(fs, args)
+        except FlagError as exc:
+            fs.fail(str(exc))
+    except SystemExit as exc:  # -h (0) or a bad command line (1), already printed
+        return int(exc.code or 0)
+    setup_logging(level="debug" if args.debug else args.log_level, fmt=args.log_format)
+    log_no_effect(fs, args, log)
+    client_mode = bool(args.kvstore_opt.get("etcd.config"))
+    try:
+        users_path = args.cluster_users_config_path
+        extra = load_users_file(Path(users_path), args.cluster_name) if users_path else {}
+        users_and_roles(args.cluster_name, extra)  # refused here, before anything is touched
+        if client_mode:
+            _client_mode(args, extra)
+        else:
+            _upstream_mode(args, extra)
+    except EtcdConfigError as exc:
+        print(f"{PROG}: error: invalid etcd configuration: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (EtcdInitFailed, EtcdError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # the etcd child, if any, was killed on the way out
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
