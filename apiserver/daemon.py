@@ -8,7 +8,12 @@ Tasks while running:
 * ``cilium/cluster-config/<name>`` kept asserted (rewritten if deleted or
   modified, as Cilium's enforcer does);
 * ``cilium/.heartbeat`` rewritten every minute, the liveness signal every
-  remote reader watches;
+  remote reader watches (:mod:`clustermesh.heartbeat`, shared with KVStoreMesh);
+* the quorum check of the etcd (:mod:`clustermesh.quorum`): more than
+  ``--kvstore-max-consecutive-quorum-errors`` failures in a row make the daemon not
+  live and not ready, and recreate the etcd connection;
+* with ``--cluster-users-enabled``, the etcd users of ``users.yaml``
+  (:mod:`apiserver.users`), from the moment etcd answers;
 * health (``/healthz``, ``/readyz``: ready once every resource has written its
   sync canary) and metrics servers.
 """
@@ -30,17 +35,19 @@ from clustermesh.assertion import keep_asserted
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
-from clustermesh.etcd.errors import EtcdError
 from clustermesh.flags import listen_address
-from clustermesh.keys import HEARTBEAT_KEY, cluster_config_key
+from clustermesh.heartbeat import write_heartbeats
+from clustermesh.keys import cluster_config_key
 from clustermesh.metrics import KVStoreMetrics
+from clustermesh.quorum import STATUS_CHECK_INTERVAL, QuorumCheck
 from clustermesh.serving import bound_port, health_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
 
 from .exports import ExportOptions
-from .publisher import Publisher, rfc3339_now
+from .publisher import Publisher
 from .sources import Source
 from .sources.kubernetes import Backoff
+from .users import UsersManager
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ class ApiserverOptions:
     health_port: int = 9880
     prometheus_serve_addr: str = ""
     heartbeat_interval: float = 60.0
+    status_check_interval: float = STATUS_CHECK_INTERVAL  # of the quorum check
     qps: float = 0.0
     bootstrap_qps: float = 0.0
     max_inflight: int = 4
@@ -93,17 +101,24 @@ class ApiServer:
     def __init__(self, options: ApiserverOptions, source: Source) -> None:
         self.options = options
         self.source = source
-        self.metrics = KVStoreMetrics(NS)
+        self.metrics = KVStoreMetrics(NS, controller_groups=options.controller_group_metrics)
+        self.quorum: QuorumCheck | None = None
         self.local: EtcdClient | None = None
         self.writer: SyncWriter | None = None
         self.publisher: Publisher | None = None
         self.runners: dict[str, web.AppRunner] = {}
         self.started_at = time.monotonic()
         self.source_error: str | None = None  # why the objects source last failed
+        self.users: UsersManager | None = None  # with --cluster-users-enabled
+
+    def _quorum_problems(self) -> list[str]:
+        problem = self.quorum.problem if self.quorum is not None else None
+        return [problem] if problem is not None else []
 
     def ready(self) -> tuple[bool, list[str]]:
         if self.publisher is None:
             return False, ["local etcd: not connected"]
+        quorum = self._quorum_problems()
         publisher = self.publisher
         waiting = []
         for resource, synced in publisher.resource_synced.items():
@@ -115,7 +130,7 @@ class ApiServer:
                            f"{', '.join(unlisted)}" if unlisted else f"{resource.name}: writing")
         if waiting and self.source_error is not None:
             waiting.append(f"source: {self.source_error}")
-        return not waiting, waiting
+        return not (quorum or waiting), quorum + waiting
 
     def live(self) -> tuple[bool, list[str]]:
         problems = []
@@ -123,6 +138,7 @@ class ApiServer:
             problems.append("etcd writer stopped")
         if self.publisher is not None and self.publisher.failed is not None:
             problems.append(f"publisher failed: {self.publisher.failed}")
+        problems += self._quorum_problems()
         return not problems, problems
 
     def port(self, server: str) -> int:
@@ -132,6 +148,9 @@ class ApiServer:
         o = self.options
         self.local = EtcdClient(load_etcd_config(o.local_config), name="local etcd",
                                 observer=self.metrics.etcd_operation)
+        self.quorum = QuorumCheck(self.local, metrics=self.metrics,
+                                  max_errors=o.max_consecutive_quorum_errors,
+                                  interval=o.status_check_interval)
         self.runners["health"] = await serve(health_app(live=self.live, ready=self.ready),
                                              "", o.health_port)
         if o.prometheus_serve_addr:
@@ -141,6 +160,7 @@ class ApiServer:
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.local.connect_retrying(stop=stop)
+            tasks += self._start_users_management()
             self.writer = SyncWriter(
                 self.local, max_txn_ops=o.max_txn_ops, max_request_bytes=o.max_request_bytes,
                 max_inflight=o.max_inflight, qps=o.qps, bootstrap_qps=o.bootstrap_qps,
@@ -149,19 +169,25 @@ class ApiServer:
             self.writer.start()
             self.publisher = Publisher(o.exports, local=self.local, writer=self.writer)
             self.publisher.start()
-            tasks = [
+            tasks += [
                 asyncio.create_task(self._run_source(), name="source"),
                 asyncio.create_task(self._report_waiting(), name="waiting"),
                 asyncio.create_task(keep_asserted(
                     self.local, cluster_config_key(o.cluster_name).encode(),
-                    o.cluster_config.to_json()), name="cluster-config"),
-                asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                    o.cluster_config.to_json(), runs=self.metrics.controllers),
+                    name="cluster-config"),
+                asyncio.create_task(write_heartbeats(
+                    self.local, runs=self.metrics.controllers, interval=o.heartbeat_interval),
+                    name="heartbeat"),
+                asyncio.create_task(self.quorum.run(), name="quorum-check"),
             ]
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
+            # A task failing while we stop (etcd going down with the pod) is not an error.
             for task in done:
-                if task is not waiter and not task.cancelled() and task.exception():
+                if (not stop.is_set() and task is not waiter and not task.cancelled()
+                        and task.exception()):
                     raise task.exception()  # type: ignore[misc]
         finally:
             log.info("shutting down")
@@ -175,6 +201,19 @@ class ApiServer:
             await self.local.close()
             for runner in self.runners.values():
                 await runner.cleanup()
+
+    def _start_users_management(self) -> list[asyncio.Task[None]]:
+        """Cluster users (apiserver/users.py): as soon as etcd answers, not after
+        Kubernetes, so remote clusters can authenticate while the source is still down."""
+        o = self.options
+        if not o.cluster_users_enabled:
+            log.info("etcd users management disabled")
+            return []
+        assert self.local is not None
+        self.users = UsersManager(self.local, cluster_name=o.cluster_name,
+                                  path=o.cluster_users_config_path,
+                                  runs=self.metrics.controllers)
+        return [asyncio.create_task(self.users.run(), name="users")]
 
     async def _run_source(self) -> None:
         """The source, restarted with backoff whenever it fails.
@@ -211,15 +250,6 @@ class ApiServer:
             ready, waiting = self.ready()
             if not ready:
                 log.warning("not ready: %s", "; ".join(waiting))
-
-    async def _heartbeat(self) -> None:
-        assert self.local is not None
-        while True:
-            try:
-                await self.local.put(HEARTBEAT_KEY.encode(), rfc3339_now())
-            except EtcdError as exc:
-                log.warning("heartbeat write failed: %s", exc)
-            await asyncio.sleep(self.options.heartbeat_interval)
 
 
 class _StateCollector(Collector):

@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from clustermesh.cli import main
-from clustermesh.cli.clusterdir import ClusterDir, ClusterDirError, connect, enable
+from clustermesh.cli.clusterdir import ClusterDir, ClusterDirError, enable
+from clustermesh.cli.pairing import connect
 from clustermesh.etcd.config import load_etcd_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +159,9 @@ def test_enable_writes_values_and_secrets_for_the_chart(tmp_path: Path) -> None:
         assert values["tls"][key] == chart["tls"][key]
     secrets = list(yaml.safe_load_all((d.path / "secrets.yaml").read_text()))
     by_name = {s["metadata"]["name"]: s for s in secrets}
-    assert set(values["tls"].values()) <= set(by_name)
+    assert {values["tls"][k] for k in ("serverSecret", "adminSecret", "remoteSecret")} \
+        <= set(by_name)
+    assert values["tls"]["authMode"] == chart["tls"]["authMode"] == "migration"
     admin = by_name[values["tls"]["adminSecret"]]
     assert admin["type"] == "kubernetes.io/tls"
     cert = x509.load_pem_x509_certificate(base64.b64decode(admin["data"]["tls.crt"]))
@@ -303,3 +306,169 @@ def test_generated_values_render_with_the_chart(tmp_path: Path) -> None:
     used = {v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"]
             if "secret" in v}
     assert used - {"cilium-kvstoremesh"} <= secret_names
+
+
+# ---------------------------------------------------------------------------- auth modes
+
+
+def _users(d: ClusterDir) -> list[str] | None:
+    """The user names of d's users.yaml (None: no file), checked against its ConfigMap."""
+    if not d.users_file.exists():
+        assert not (d.path / "users-configmap.yaml").exists()
+        return None
+    text = d.users_file.read_text()
+    doc = yaml.safe_load(text)
+    assert all(u["role"] == "remote" for u in doc["users"])
+    configmap = yaml.safe_load((d.path / "users-configmap.yaml").read_text())
+    assert configmap["kind"] == "ConfigMap"
+    assert configmap["metadata"] == {"name": "clustermesh-remote-users",
+                                     "namespace": "kube-system",
+                                     "labels": {"app.kubernetes.io/part-of": "clustermesh",
+                                                "clustermesh.io/cluster": d.name}}
+    assert configmap["data"] == {"users.yaml": text}
+    return [u["name"] for u in doc["users"]]
+
+
+@pytest.mark.parametrize(("mode", "cn", "users"), [
+    ("legacy", "remote", None),
+    ("migration", "remote", ["remote-c1"]),
+    ("cluster", "remote-c1", ["remote-c1"]),
+])
+def test_enable_auth_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str,
+                          cn: str, users: list[str] | None) -> None:
+    code, out, err = _run(capsys, "enable", "--cluster-name", "c1", "--cluster-id", "1",
+                          "--auth-mode", mode, "--output", str(tmp_path / "c1"))
+    assert code == 0, err
+    assert f"authMode {mode}" in out
+    d = ClusterDir.load(tmp_path / "c1")
+    assert d.auth_mode == mode
+    assert _cn(_cert(d.cert("remote")[0])) == cn
+    # What KVStoreMesh presents to every remote with the same CA.
+    assert _cn(_cert(d.config_dir / "common-etcd-client.crt")) == cn
+    assert (d.config_dir / "common-etcd-client.key").read_bytes() == d.cert("remote")[1] \
+        .read_bytes()
+    assert _users(d) == users
+    assert yaml.safe_load((d.path / "values.yaml").read_text())["tls"]["authMode"] == mode
+    kinds = {doc["kind"] for doc in yaml.safe_load_all((d.path / "secrets.yaml").read_text())}
+    assert kinds == {"Secret"}  # the ConfigMap is the chart's to render
+    remote = next(s for s in yaml.safe_load_all((d.path / "secrets.yaml").read_text())
+                  if s["metadata"]["name"] == "clustermesh-apiserver-remote-cert")
+    assert _cn(x509.load_pem_x509_certificate(base64.b64decode(remote["data"]["tls.crt"]))) \
+        == cn
+
+
+def test_enable_default_auth_mode_is_migration_and_bad_mode_refused(tmp_path: Path) -> None:
+    assert enable(tmp_path / "c1", name="c1", cluster_id=1).auth_mode == "migration"
+    with pytest.raises(SystemExit):
+        main(["enable", "--cluster-name", "c2", "--cluster-id", "2", "--auth-mode", "strict",
+              "--output", str(tmp_path / "c2")])
+    with pytest.raises(ValueError, match="auth mode 'strict' is not one of legacy, "
+                                         "migration, cluster"):
+        enable(tmp_path / "c3", name="c3", cluster_id=3, auth_mode="strict")
+
+
+def test_connect_in_cluster_mode_users_and_certificates(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    a = enable(tmp_path / "a", name="a", cluster_id=1, ca_dir=ca, auth_mode="cluster")
+    b = enable(tmp_path / "b", name="b", cluster_id=2, ca_dir=ca, auth_mode="cluster",
+               kvstoremesh=False)
+    c = enable(tmp_path / "c", name="c", cluster_id=3, auth_mode="cluster")  # its own CA
+    connect(a, b)
+    connect(ClusterDir.load(a.path), c)
+    connect(ClusterDir.load(b.path), ClusterDir.load(c.path))
+    a, b, c = (ClusterDir.load(d.path) for d in (a, b, c))
+    assert _users(a) == ["remote-a", "remote-b", "remote-c"]
+    assert _users(b) == ["remote-a", "remote-c"]  # no KVStoreMesh: no remote-b
+    assert _users(c) == ["remote-c", "remote-a", "remote-b"]
+    for src, dst in ((a, b), (a, c), (b, a), (c, a), (c, b)):
+        cfg = load_etcd_config(src.config_dir / dst.name)
+        assert cfg.cert_file is not None
+        cert = _cert(cfg.cert_file)
+        assert _cn(cert) == f"remote-{src.name}", (src.name, dst.name)
+        cert.verify_directly_issued_by(_cert(dst.ca_file))  # the CA dst's etcd trusts
+    assert load_etcd_config(a.config_dir / "c").cert_file == a.config_dir / "c.etcd-client.crt"
+    assert [(r.name, r.auth_mode) for r in a.remotes] == [("b", "cluster"), ("c", "cluster")]
+
+
+def test_connect_refuses_cluster_mode_towards_legacy(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ca = tmp_path / "ca"
+    a = enable(tmp_path / "a", name="a", cluster_id=1, ca_dir=ca, auth_mode="cluster")
+    b = enable(tmp_path / "b", name="b", cluster_id=2, ca_dir=ca, auth_mode="legacy")
+    code, _, err = _run(capsys, "connect", "--source", str(b.path), "--destination",
+                        str(a.path))
+    assert code == 1
+    assert ("cannot connect b and a: a (authMode cluster) authenticates as remote-a, but b "
+            "uses authMode legacy, whose etcd has no per-cluster users") in err
+    assert not (a.config_dir / "b").exists() and not (b.config_dir / "a").exists()
+    # legacy -> migration is always fine: remote exists in every etcd.
+    enable(tmp_path / "c", name="c", cluster_id=3, ca_dir=ca, auth_mode="migration")
+    connect(ClusterDir.load(b.path), ClusterDir.load(tmp_path / "c"))
+
+
+def test_migrating_a_mesh_through_connect(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    ca = tmp_path / "ca"
+    dirs = {n: enable(tmp_path / n, name=n, cluster_id=i, ca_dir=ca, auth_mode="legacy")
+            for i, n in enumerate("abc", start=1)}
+
+    def load(n: str) -> ClusterDir:
+        return ClusterDir.load(dirs[n].path)
+
+    for x, y in (("a", "b"), ("a", "c"), ("b", "c")):
+        connect(load(x), load(y))
+    assert all(_users(load(n)) is None for n in "abc")
+    # Straight to cluster: a's other remote c is legacy and would lock a out.
+    with pytest.raises(ClusterDirError, match="a \\(authMode cluster\\) authenticates as "
+                                              "remote-a, but c uses authMode legacy"):
+        connect(load("a"), load("b"), auth_mode="cluster")
+    assert load("a").auth_mode == "legacy"
+    assert _cn(_cert(load("a").cert("remote")[0])) == "remote"
+    # Every cluster to migration (users, same certificates), then to cluster.
+    for x, y in (("a", "b"), ("a", "c"), ("b", "c")):
+        code, out, err = _run(capsys, "connect", "--source", str(dirs[x].path),
+                              "--destination", str(dirs[y].path), "--auth-mode", "migration")
+        assert code == 0, err
+        assert f"{x}: authMode migration, authenticates as remote;" in out
+    assert _users(load("a")) == ["remote-a", "remote-b", "remote-c"]
+    assert _cn(_cert(load("a").config_dir / "common-etcd-client.crt")) == "remote"
+    for x, y in (("a", "b"), ("a", "c"), ("b", "c")):
+        connect(load(x), load(y), auth_mode="cluster")
+    for n in "abc":
+        d = load(n)
+        assert d.auth_mode == "cluster"
+        assert _cn(_cert(d.config_dir / "common-etcd-client.crt")) == f"remote-{n}"
+        _cert(d.config_dir / "common-etcd-client.crt").verify_directly_issued_by(
+            _cert(d.ca_file))
+        assert yaml.safe_load((d.path / "values.yaml").read_text())["tls"]["authMode"] \
+            == "cluster"
+    # And back to legacy would lock out the other cluster-mode remotes.
+    with pytest.raises(ClusterDirError, match="b \\(authMode cluster\\) authenticates as "
+                                              "remote-b, but a uses authMode legacy"):
+        connect(load("a"), load("c"), auth_mode="legacy")
+
+
+def test_mode_switch_needs_the_ca_key_and_same_ca_remotes(tmp_path: Path) -> None:
+    a = enable(tmp_path / "a", name="a", cluster_id=1)  # own CA each, keys in certs/
+    b = enable(tmp_path / "b", name="b", cluster_id=2)
+    c = enable(tmp_path / "c", name="c", cluster_id=3)
+    connect(a, b)
+    # a's certificate for b comes from b's CA: only a connect with b can re-issue it.
+    with pytest.raises(ClusterDirError, match="a reaches b with a certificate of b's CA"):
+        connect(ClusterDir.load(a.path), c, auth_mode="cluster")
+    (c.certs / "ca.key").unlink()
+    with pytest.raises(ClusterDirError, match="the remote certificate of c must be re-issued "
+                                              "with CN remote-c, but its CA key"):
+        connect(ClusterDir.load(b.path), ClusterDir.load(c.path), auth_mode="cluster")
+
+
+def test_cluster_yaml_with_a_bad_auth_mode_names_the_file(tmp_path: Path) -> None:
+    d = enable(tmp_path / "c1", name="c1", cluster_id=1)
+    file = d.path / "cluster.yaml"
+    file.write_text(file.read_text().replace("authMode: migration", "authMode: open"))
+    with pytest.raises(ClusterDirError, match=f"{file}: authMode: auth mode 'open' is not "
+                                              "one of legacy, migration, cluster"):
+        ClusterDir.load(d.path)
+    # Written before auth modes existed: legacy (no users.yaml was ever generated).
+    file.write_text(file.read_text().replace("authMode: open\n", ""))
+    assert ClusterDir.load(d.path).auth_mode == "legacy"

@@ -8,6 +8,7 @@ restart → check passes → down leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -18,7 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
+from clustermesh.cli.clusterdir import ClusterDir
+from clustermesh.etcd.client import EtcdClient
 from clustermesh.localmesh import procs
 from clustermesh.localmesh.binaries import EtcdNotFound, find_etcd_binary
 from clustermesh.localmesh.mesh import LocalMesh
@@ -106,8 +111,6 @@ def test_check_passes(mesh_dir: Path) -> None:
 
 
 async def test_etcd_users_and_tls(mesh_dir: Path) -> None:
-    from clustermesh.cli.clusterdir import ClusterDir
-    from clustermesh.etcd.client import EtcdClient
     from clustermesh.etcd.errors import EtcdPermissionDenied
 
     d = ClusterDir.load(mesh_dir / "cluster1")
@@ -120,6 +123,30 @@ async def test_etcd_users_and_tls(mesh_dir: Path) -> None:
     troubleshoot = cm("local", "troubleshoot", "--dir", mesh_dir)
     assert troubleshoot.returncode == 0, _out(troubleshoot)
     assert "no problems found" in troubleshoot.stdout
+    # authMode migration (the default): the apiserver keeps one etcd user per cluster of
+    # users.yaml, while every KVStoreMesh still authenticates as remote.
+    assert d.auth_mode == "migration"
+    expected = {f"remote-{n}": ["remote"] for n in ("cluster1", "cluster2", "cluster3")}
+    assert await _managed_users(d, expected) == expected
+    assert _cn(d.config_dir / "common-etcd-client.crt") == "remote"
+
+
+def _cn(path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+async def _managed_users(d: ClusterDir, expected: dict[str, list[str]],
+                         timeout: float = 15.0) -> dict[str, list[str]]:
+    """The ``remote-*`` users of ``d``'s etcd once they are ``expected`` (or at timeout)."""
+    async with EtcdClient(d.etcd_config("admin"), tls_reload_interval=0) as admin:
+        deadline = time.monotonic() + timeout
+        while True:
+            users = {u: sorted(await admin.user_get(u)) for u in await admin.user_list()
+                     if u.startswith("remote-")}
+            if users == expected or time.monotonic() > deadline:
+                return users
+            await asyncio.sleep(0.1)
 
 
 def test_up_refuses_a_running_mesh(mesh_dir: Path) -> None:
@@ -226,3 +253,27 @@ def test_without_kvstoremesh(tmp_path: Path) -> None:
         _kill_leftovers(d)
     assert r.returncode == 0, _out(r)
     assert not d.exists()
+
+
+async def test_cluster_auth_mode_mesh_converges(tmp_path: Path) -> None:
+    """authMode cluster: each KVStoreMesh presents CN remote-<its cluster>, which only the
+    peers' users management makes an etcd user, so a ready mesh proves it works."""
+    d = tmp_path / "mesh"
+    r = cm("local", "up", "--dir", d, "--clusters", "2", "--auth-mode", "cluster")
+    try:
+        assert r.returncode == 0, _out(r)
+        assert "authMode cluster" in r.stdout
+        for name, peer in (("cluster1", "cluster2"), ("cluster2", "cluster1")):
+            cdir = ClusterDir.load(d / name)
+            assert cdir.auth_mode == "cluster"
+            assert _cn(cdir.config_dir / "common-etcd-client.crt") == f"remote-{name}"
+            expected = {f"remote-{n}": ["remote"] for n in (name, peer)}
+            assert await _managed_users(cdir, expected) == expected
+        r = cm("local", "check", "--dir", d)
+        assert r.returncode == 0 and "PASSED: 4/4 checks" in r.stdout, _out(r)
+        r = cm("local", "troubleshoot", "--dir", d)
+        assert r.returncode == 0 and "no problems found" in r.stdout, _out(r)
+    finally:
+        r = cm("local", "down", "--dir", d)
+        _kill_leftovers(d)
+    assert r.returncode == 0, _out(r)

@@ -134,3 +134,28 @@ def test_troubleshoot_finds_certificate_and_mesh_problems(tmp_path: Path) -> Non
     assert "cluster b is not configured as a remote" in text
     assert "fix:" in text
     assert report.failures >= 8
+
+
+@pytest.mark.parametrize("mode", ["legacy", "migration", "cluster"])
+def test_apiserver_runs_users_management_unless_legacy(tmp_path: Path, mode: str) -> None:
+    from clustermesh.localmesh.mesh import LocalCluster
+
+    mesh = LocalMesh(tmp_path / "mesh")
+    mesh.auth_mode = mode
+    c = LocalCluster(name="c1", id=1, dir=tmp_path / "mesh" / "c1", etcd_port=1,
+                     etcd_peer_port=2, apiserver_health_port=3, kvstoremesh_health_port=4,
+                     kvstoremesh_api_port=5)
+    mesh._records(c, Path("/usr/bin/etcd"))
+    argv = mesh.processes["c1/apiserver"].argv
+    users = [a for a in argv if a.startswith("--cluster-users")]
+    if mode == "legacy":
+        assert users == []
+    else:
+        assert users == ["--cluster-users-enabled",
+                         f"--cluster-users-config-path={c.dir / 'users.yaml'}"]
+
+
+def test_up_refuses_an_unknown_auth_mode(tmp_path: Path) -> None:
+    with pytest.raises(LocalMeshError, match="auth mode 'open' is not one of"):
+        LocalMesh(tmp_path / "mesh").up(names=["c1"], auth_mode="open", say=lambda _: None)
+    assert not (tmp_path / "mesh").exists()

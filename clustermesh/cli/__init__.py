@@ -1,8 +1,8 @@
 """``clustermesh``: set up and inspect a Cluster Mesh.
 
     clustermesh local up|status|check|troubleshoot|restart|stop|down [--dir DIR]
-    clustermesh enable --cluster-name NAME --cluster-id ID --output DIR [...]
-    clustermesh connect --source DIR --destination DIR
+    clustermesh enable --cluster-name NAME --cluster-id ID --output DIR [--auth-mode MODE] [...]
+    clustermesh connect --source DIR --destination DIR [--auth-mode MODE]
     clustermesh status [--cluster-dir DIR ... | --kvstoremesh-api [NAME=]HOST:PORT ...]
     clustermesh check --cluster-dir DIR --cluster-dir DIR ...
     clustermesh troubleshoot --cluster-dir DIR ...
@@ -21,6 +21,8 @@ from pathlib import Path
 
 from clustermesh.clusterconfig import DEFAULT_MAX_CONNECTED_CLUSTERS
 from clustermesh.flags import duration_arg
+
+from .authmode import AUTH_MODES, DEFAULT_AUTH_MODE
 
 __all__ = ["main"]
 
@@ -72,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start a KVStoreMesh per cluster (default: yes)")
     up.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION",
                     help="give up waiting for readiness after this (default 2m)")
+    up.add_argument("--auth-mode", choices=AUTH_MODES, default=DEFAULT_AUTH_MODE,
+                    help="Cilium's tls.authMode for every cluster (default "
+                         f"{DEFAULT_AUTH_MODE}); migration and cluster run each apiserver "
+                         "with --cluster-users-enabled, cluster makes each KVStoreMesh "
+                         "authenticate as remote-<its cluster>")
     st = with_dir(lsub.add_parser("status", help="processes and KVStoreMesh status"))
     st.add_argument("--wait", action="store_true", help="wait until everything is ready")
     st.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION")
@@ -117,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default <name>.mesh.cilium.io)")
     en.add_argument("--port", type=int, default=None,
                     help="its port (default 32379 for NodePort, else 2379)")
+    en.add_argument("--auth-mode", choices=AUTH_MODES, default=DEFAULT_AUTH_MODE,
+                    help="Cilium's tls.authMode (default %(default)s): the CN this "
+                         "cluster's remote certificate carries (remote; remote-<name> in "
+                         "cluster mode) and whether its etcd gets one remote-<peer> user per "
+                         "connected cluster (users.yaml; not in legacy)")
     en.add_argument("--output", type=Path, required=True, metavar="DIR",
                     help="the cluster directory to create")
 
@@ -124,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("connect", help="connect two clusters (both directions)")
     co.add_argument("--source", type=Path, required=True, metavar="DIR")
     co.add_argument("--destination", type=Path, required=True, metavar="DIR")
+    co.add_argument("--auth-mode", choices=AUTH_MODES, default=None,
+                    help="move both clusters to this tls.authMode first (re-issuing their "
+                         "remote certificates if the CN changes); default: each keeps its "
+                         "own.  Migrate a mesh to cluster mode via migration")
 
     # ---- status / check / troubleshoot on cluster directories
     ss = sub.add_parser("status", help="per cluster: remotes configured, connected, ready")
@@ -173,11 +189,16 @@ def _cmd_enable(args: argparse.Namespace) -> int:
                max_connected_clusters=args.max_connected_clusters,
                service_type=args.service_type, kvstoremesh=args.enable_kvstoremesh,
                ca_dir=args.ca_dir, shared_ca=args.shared_ca, shared_ca_key=args.shared_ca_key,
-               address=args.address, port=args.port)
-    print(f"cluster {d.name} (id {d.id}) enabled in {d.path}:\n"
-          f"  certs/        CA, etcd server cert, admin-{d.name}, local-{d.name} and remote "
-          "client certs\n"
+               address=args.address, port=args.port, auth_mode=args.auth_mode)
+    users = ""
+    if d.auth_mode != "legacy":
+        listed = ", ".join(u["name"] for u in d.remote_users()) or "none yet"
+        users = f"  users.yaml    its etcd users ({listed}; connect adds remote-<peer>)\n"
+    print(f"cluster {d.name} (id {d.id}, authMode {d.auth_mode}) enabled in {d.path}:\n"
+          f"  certs/        CA, etcd server cert, admin-{d.name}, local-{d.name} and "
+          f"{d.remote_cn} client certs\n"
           "  values.yaml   Helm values for helm/clustermesh\n"
+          f"{users}"
           "  secrets.yaml  the TLS Secrets (kubectl apply -f secrets.yaml)\n"
           "  clustermesh/  KVStoreMesh's remote cluster config directory\n"
           f"other clusters reach its etcd at {d.endpoint}; next: clustermesh connect "
@@ -186,12 +207,15 @@ def _cmd_enable(args: argparse.Namespace) -> int:
 
 
 def _cmd_connect(args: argparse.Namespace) -> int:
-    from .clusterdir import ClusterDir, connect
+    from .clusterdir import ClusterDir
+    from .pairing import connect
 
     a, b = ClusterDir.load(args.source), ClusterDir.load(args.destination)
-    connect(a, b)
+    connect(a, b, auth_mode=args.auth_mode)
     print(f"connected {a.name} <-> {b.name}: {a.config_dir / b.name} and "
-          f"{b.config_dir / a.name} written, values.yaml of both updated")
+          f"{b.config_dir / a.name} written, values.yaml, users.yaml and secrets.yaml of "
+          f"both updated ({a.name}: authMode {a.auth_mode}, authenticates as {a.remote_cn}; "
+          f"{b.name}: authMode {b.auth_mode}, as {b.remote_cn})")
     return 0
 
 

@@ -7,8 +7,9 @@ processes).  Layout::
 
     <dir>/
       cluster.yaml          metadata: name, id, maxConnectedClusters, service type,
-                            kvstoremesh, the address/port other clusters reach this
-                            cluster's etcd at, the CA, connected remotes, and (local
+                            kvstoremesh, authMode, the address/port other clusters
+                            reach this cluster's etcd at, the CA, connected remotes
+                            (with their authMode as of the last connect), and (local
                             mesh, or when reachable) the daemons' status addresses
       certs/
         ca.crt              the mesh CA (every cluster of a mesh shares it)
@@ -19,7 +20,8 @@ processes).  Layout::
                             the --address)
         admin.crt/.key      client, CN admin-<name>: clustermesh-apiserver and KVStoreMesh
         local.crt/.key      client, CN local-<name>: this cluster's Cilium agents
-        remote.crt/.key     client, CN remote: the *other* clusters' KVStoreMesh
+        remote.crt/.key     client, CN remote (remote-<name> in authMode cluster): what
+                            this cluster's KVStoreMesh presents to the other clusters
       clustermesh/          KVStoreMesh's --clustermesh-config directory: one etcd
                             client YAML per remote cluster, named after it, plus
                             common-etcd-client{.crt,.key,-ca.crt} (the remote cert);
@@ -27,18 +29,29 @@ processes).  Layout::
                             another CA
       etcd-admin.yaml       etcd client config of this cluster's etcd, as admin-<name>
       etcd-local.yaml       the same as local-<name> (what agents use)
+      users.yaml            the etcd users of this cluster's clustermesh-apiserver
+                            (--cluster-users-config-path): remote-<peer> per connected
+                            peer (+ remote-<name> with KVStoreMesh); none in legacy
+      users-configmap.yaml  the same as the clustermesh-remote-users ConfigMap, for
+                            installs without a chart (ours and Cilium's render it
+                            themselves from values.yaml: not in secrets.yaml, which
+                            is applied before `helm install`, so Helm would refuse the
+                            ConfigMap as owned by no release)
       values.yaml           Helm values for helm/clustermesh
       secrets.yaml          the TLS Secrets the chart expects (kubernetes.io/tls:
                             ca.crt, tls.crt, tls.key)
 
+The auth mode (Cilium's ``tls.authMode``) and its rules are in
+:mod:`clustermesh.cli.authmode`.
+
 Every path inside the directory is written relative to it, so the directory can
-be moved or mounted elsewhere.
+be moved or mounted elsewhere.  ``connect`` and ``disconnect`` are in
+:mod:`clustermesh.cli.pairing`.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +66,9 @@ from clustermesh.clusterconfig import (
 from clustermesh.etcd.config import EtcdConfig, load_etcd_config
 from clustermesh.pki import CertificateAuthority, write_atomic
 
+from . import authmode
+from .authmode import DEFAULT_AUTH_MODE, USERS_FILE
+
 CLUSTER_FILE = "cluster.yaml"
 CERTS = "certs"
 CONFIG_DIR = "clustermesh"
@@ -64,6 +80,7 @@ ADMIN_SECRET = "clustermesh-apiserver-admin-cert"
 REMOTE_SECRET = "clustermesh-apiserver-remote-cert"
 LOCAL_SECRET = "clustermesh-apiserver-local-cert"
 COMMON_CLIENT = "common-etcd-client"
+USERS_CONFIGMAP_FILE = "users-configmap.yaml"
 
 
 class ClusterDirError(ValueError):
@@ -77,6 +94,7 @@ class Remote:
     address: str
     port: int
     own_tls: bool = False  # <name>.etcd-client.* instead of the common remote cert
+    auth_mode: str = "legacy"  # the remote's mode as of the last connect (older: legacy)
 
 
 @dataclass
@@ -87,6 +105,7 @@ class ClusterDir:
     max_connected_clusters: int = DEFAULT_MAX_CONNECTED_CLUSTERS
     service_type: str = "NodePort"
     kvstoremesh: bool = True
+    auth_mode: str = DEFAULT_AUTH_MODE
     address: str = ""
     port: int = 2379
     ca_key: str = ""  # where the CA key is, if known (relative to path or absolute)
@@ -120,6 +139,21 @@ class ClusterDir:
         key = Path(self.ca_key)
         return key if key.is_absolute() else self.path / key
 
+    @property
+    def remote_cn(self) -> str:
+        """Who this cluster's KVStoreMesh authenticates as to the other clusters."""
+        return authmode.remote_cn(self.auth_mode, self.name)
+
+    @property
+    def users_file(self) -> Path:
+        return self.path / USERS_FILE
+
+    def remote_users(self) -> list[dict[str, str]]:
+        """The entries of users.yaml (none in legacy mode)."""
+        return authmode.remote_users(self.auth_mode, cluster=self.name,
+                                     kvstoremesh=self.kvstoremesh,
+                                     peers=[r.name for r in self.remotes])
+
     def etcd_config_file(self, user: str = "admin") -> Path:
         return self.path / f"etcd-{user}.yaml"
 
@@ -140,6 +174,7 @@ class ClusterDir:
             "maxConnectedClusters": self.max_connected_clusters,
             "serviceType": self.service_type,
             "kvstoremesh": self.kvstoremesh,
+            "authMode": self.auth_mode,
             "address": self.address,
             "port": self.port,
             "ca": {"cert": f"{CERTS}/ca.crt", "key": self.ca_key},
@@ -148,7 +183,8 @@ class ClusterDir:
             "apiserverHealth": self.apiserver_health,
             "manifestsDir": self.manifests_dir,
             "remotes": [{"name": r.name, "id": r.id, "address": r.address, "port": r.port,
-                         "ownTls": r.own_tls} for r in self.remotes],
+                         "ownTls": r.own_tls, "authMode": r.auth_mode}
+                        for r in self.remotes],
         }
 
     def save(self) -> None:
@@ -157,6 +193,8 @@ class ClusterDir:
         write_atomic(self.path / CLUSTER_FILE,
                      header + yaml.safe_dump(self.to_doc(), sort_keys=False))
         self.write_values()
+        self.write_users()
+        self.write_secrets()
 
     @classmethod
     def load(cls, path: Path | str) -> ClusterDir:
@@ -171,11 +209,20 @@ class ClusterDir:
             raise ClusterDirError(f"{file}: cannot read: {exc}") from None
         if not isinstance(doc, dict) or "name" not in doc or "id" not in doc:
             raise ClusterDirError(f"{file}: not a cluster.yaml (needs name and id)")
+
+        def mode(entry: dict[str, Any], where: str) -> str:
+            # Directories from before auth modes had no users.yaml: legacy.
+            try:
+                return authmode.check_mode(str(entry.get("authMode") or "legacy"))
+            except ValueError as exc:
+                raise ClusterDirError(f"{file}: {where}authMode: {exc}") from None
+
         return cls(
             path=path, name=str(doc["name"]), id=int(doc["id"]),
             max_connected_clusters=int(doc.get("maxConnectedClusters") or 255),
             service_type=str(doc.get("serviceType") or "NodePort"),
             kvstoremesh=bool(doc.get("kvstoremesh", True)),
+            auth_mode=mode(doc, ""),
             address=str(doc.get("address") or ""), port=int(doc.get("port") or 2379),
             ca_key=str((doc.get("ca") or {}).get("key") or ""),
             kvstoremesh_api=str(doc.get("kvstoremeshApi") or ""),
@@ -183,8 +230,9 @@ class ClusterDir:
             apiserver_health=str(doc.get("apiserverHealth") or ""),
             manifests_dir=str(doc.get("manifestsDir") or ""),
             remotes=[Remote(name=str(r["name"]), id=int(r["id"]), address=str(r["address"]),
-                            port=int(r["port"]), own_tls=bool(r.get("ownTls")))
-                     for r in doc.get("remotes") or []],
+                            port=int(r["port"]), own_tls=bool(r.get("ownTls")),
+                            auth_mode=mode(r, f"remotes[{i}].{r['name']}."))
+                     for i, r in enumerate(doc.get("remotes") or [])],
         )
 
     # ------------------------------------------------------------------ generated files
@@ -213,7 +261,7 @@ class ClusterDir:
             "service": {"type": self.service_type},
             "kvstoremesh": {"enabled": self.kvstoremesh},
             "tls": {"serverSecret": SERVER_SECRET, "adminSecret": ADMIN_SECRET,
-                    "remoteSecret": REMOTE_SECRET},
+                    "remoteSecret": REMOTE_SECRET, "authMode": self.auth_mode},
             "clustermesh": {"config": {"enabled": True, "domain": MESH_DOMAIN,
                                        "clusters": clusters}},
         }
@@ -228,6 +276,17 @@ class ClusterDir:
                   f"helm/clustermesh -n {NAMESPACE} -f values.yaml\n")
         write_atomic(self.path / "values.yaml",
                      header + yaml.safe_dump(self.helm_values(), sort_keys=False))
+
+    def write_users(self) -> None:
+        configmap = self.path / USERS_CONFIGMAP_FILE
+        if self.auth_mode == "legacy":
+            self.users_file.unlink(missing_ok=True)
+            configmap.unlink(missing_ok=True)
+            return
+        text = authmode.users_yaml(self.remote_users(), cluster=self.name)
+        write_atomic(self.users_file, text)
+        write_atomic(configmap, yaml.safe_dump(authmode.users_configmap(
+            text, cluster=self.name, namespace=NAMESPACE), sort_keys=False))
 
     def secrets(self) -> list[dict[str, Any]]:
         docs = []
@@ -247,18 +306,14 @@ class ClusterDir:
     def write_secrets(self) -> None:
         header = (f"# TLS Secrets of cluster {self.name} (generated by `clustermesh enable`):\n"
                   f"# {SERVER_SECRET} (etcd server), {ADMIN_SECRET} (CN admin-{self.name}),\n"
-                  f"# {REMOTE_SECRET} (CN remote), {LOCAL_SECRET} (CN local-{self.name},"
-                  " for Cilium agents).\n")
+                  f"# {REMOTE_SECRET} (CN {self.remote_cn}), {LOCAL_SECRET} (CN "
+                  f"local-{self.name}, for Cilium agents).\n")
         write_atomic(self.path / "secrets.yaml",
                      header + yaml.safe_dump_all(self.secrets(), sort_keys=False), 0o600)
 
 
 def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
-
-
-def _fingerprint(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes().strip()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- enable
@@ -320,10 +375,11 @@ def enable(output: Path, *, name: str, cluster_id: int,
            service_type: str = "NodePort", kvstoremesh: bool = True,
            ca_dir: Path | None = None, shared_ca: Path | None = None,
            shared_ca_key: Path | None = None, address: str = "",
-           port: int | None = None) -> ClusterDir:
+           port: int | None = None, auth_mode: str = DEFAULT_AUTH_MODE) -> ClusterDir:
     """Validate the cluster and write its directory (see the module docstring)."""
     validate_local_cluster(name=name, cluster_id=cluster_id,
                            max_connected_clusters=max_connected_clusters)
+    authmode.check_mode(auth_mode)
     if service_type not in SERVICE_TYPES:
         raise ClusterDirError(f"service type {service_type!r} is not one of "
                               f"{', '.join(SERVICE_TYPES)}")
@@ -346,103 +402,25 @@ def enable(output: Path, *, name: str, cluster_id: int,
     address = address or f"{name}.{MESH_DOMAIN}"
     cdir = ClusterDir(path=output, name=name, id=cluster_id,
                       max_connected_clusters=max_connected_clusters,
-                      service_type=service_type, kvstoremesh=kvstoremesh, address=address,
+                      service_type=service_type, kvstoremesh=kvstoremesh,
+                      auth_mode=auth_mode, address=address,
                       port=port or _default_port(service_type), ca_key=ca_key)
     dns, ips = server_sans(name, address)
     ca.issue_server("clustermesh-apiserver", dns_names=dns, ips=ips, stem="server")
     ca.issue_client(f"admin-{name}", stem="admin")
     ca.issue_client(f"local-{name}", stem="local")
-    ca.issue_client("remote", stem="remote")
-    # The config directory holds the common remote certificate, as the chart projects it.
-    config_dir = cdir.config_dir
-    config_dir.mkdir(exist_ok=True)
-    crt, key = cdir.cert("remote")
-    write_atomic(config_dir / f"{COMMON_CLIENT}.crt", crt.read_bytes())
-    write_atomic(config_dir / f"{COMMON_CLIENT}.key", key.read_bytes(), 0o600)
-    write_atomic(config_dir / f"{COMMON_CLIENT}-ca.crt", cdir.ca_file.read_bytes())
+    cdir.config_dir.mkdir()
+    issue_remote_cert(cdir, ca)
+    write_atomic(cdir.config_dir / f"{COMMON_CLIENT}-ca.crt", cdir.ca_file.read_bytes())
     cdir.write_client_configs()
-    cdir.write_secrets()
     cdir.save()
     return cdir
 
 
-# ---------------------------------------------------------------------------- connect
-
-
-def check_connectable(a: ClusterDir, b: ClusterDir) -> None:
-    """Raise ClusterDirError if ``a`` and ``b`` cannot be in one mesh, saying why."""
-    if a.name == b.name:
-        raise ClusterDirError(
-            f"both clusters are named {a.name!r} ({a.path}, {b.path}): cluster names must "
-            "be unique in a mesh (the name keys every cache prefix, and KVStoreMesh ignores "
-            "a remote named like its own cluster); re-run `clustermesh enable` with another "
-            "--cluster-name for one of them")
-    if a.id == b.id:
-        raise ClusterDirError(
-            f"clusters {a.name} and {b.name} both have cluster ID {a.id}: IDs must be unique "
-            "in a mesh (identities are allocated from a range derived from the ID, and agents "
-            "reject a second remote with the same ID); re-run `clustermesh enable` with "
-            "another --cluster-id for one of them")
-    if a.max_connected_clusters != b.max_connected_clusters:
-        raise ClusterDirError(
-            f"cluster {a.name} has maxConnectedClusters {a.max_connected_clusters} but "
-            f"{b.name} has {b.max_connected_clusters}: every cluster of a mesh must use the "
-            "same value (it decides how many identity bits hold the cluster ID, and agents "
-            "reject a remote with a different value)")
-    for x, y in ((a, b), (b, a)):
-        for r in x.remotes:
-            if r.name != y.name and r.id == y.id:
-                raise ClusterDirError(
-                    f"cluster {y.name} has ID {y.id}, which {r.name} (already connected to "
-                    f"{x.name}) uses too: IDs must be unique in a mesh")
-            if r.name == y.name and r.id != y.id:
-                continue  # reconnecting after a re-enable: the entry is replaced
-
-
-def _remote_config(endpoint: str, stem: str) -> str:
-    return (f"endpoints:\n- {endpoint}\ntrusted-ca-file: {stem}-ca.crt\n"
-            f"cert-file: {stem}.crt\nkey-file: {stem}.key\n")
-
-
-def _connect_one(src: ClusterDir, dst: ClusterDir) -> Remote:
-    """Write dst's remote config into src's config directory."""
-    same_ca = _fingerprint(src.ca_file) == _fingerprint(dst.ca_file)
-    own_tls = False
-    stem = COMMON_CLIENT
-    if not same_ca:
-        key = dst.ca_key_file
-        if key is None or not key.is_file():
-            raise ClusterDirError(
-                f"clusters {src.name} and {dst.name} use different CAs and the CA key of "
-                f"{dst.name} is not available here, so no client certificate {dst.name}'s etcd "
-                "would accept can be issued: enable every cluster with the same --ca-dir or "
-                "--shared-ca")
-        ca = CertificateAuthority.load(dst.ca_file, key, dir=src.config_dir)
-        stem = f"{dst.name}.etcd-client"
-        ca.issue_client("remote", stem=stem)
-        write_atomic(src.config_dir / f"{stem}-ca.crt", dst.ca_file.read_bytes())
-        own_tls = True
-    write_atomic(src.config_dir / dst.name, _remote_config(dst.endpoint, stem))
-    remote = Remote(name=dst.name, id=dst.id, address=dst.address, port=dst.port,
-                    own_tls=own_tls)
-    src.remotes = [r for r in src.remotes if r.name != dst.name] + [remote]
-    src.remotes.sort(key=lambda r: r.name)
-    src.save()
-    return remote
-
-
-def connect(a: ClusterDir, b: ClusterDir) -> None:
-    """Connect both directions (each cluster's KVStoreMesh gets the other's config)."""
-    check_connectable(a, b)
-    _connect_one(a, b)
-    _connect_one(b, a)
-
-
-def disconnect(a: ClusterDir, b: ClusterDir) -> None:
-    for src, dst in ((a, b), (b, a)):
-        (src.config_dir / dst.name).unlink(missing_ok=True)
-        for suffix in (".etcd-client.crt", ".etcd-client.key", ".etcd-client-ca.crt"):
-            (src.config_dir / f"{dst.name}{suffix}").unlink(missing_ok=True)
-        src.remotes = [r for r in src.remotes if r.name != dst.name]
-        src.save()
-
+def issue_remote_cert(d: ClusterDir, ca: CertificateAuthority) -> None:
+    """certs/remote.* with the CN of d's auth mode, and its copy in the config directory
+    as the common client certificate (as the chart projects the remote-cert Secret)."""
+    ca.issue_client(d.remote_cn, stem="remote")
+    crt, key = d.cert("remote")
+    write_atomic(d.config_dir / f"{COMMON_CLIENT}.crt", crt.read_bytes())
+    write_atomic(d.config_dir / f"{COMMON_CLIENT}.key", key.read_bytes(), 0o600)

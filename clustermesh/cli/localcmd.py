@@ -29,7 +29,7 @@ def _up(args: argparse.Namespace) -> int:
         raise LocalMeshError("--clusters must be at least 1")
     mesh = LocalMesh(args.dir or default_dir())
     mesh.up(names=names, max_connected_clusters=args.max_connected_clusters,
-            kvstoremesh=args.kvstoremesh, timeout=args.timeout,
+            kvstoremesh=args.kvstoremesh, auth_mode=args.auth_mode, timeout=args.timeout,
             say=lambda s: print(s, flush=True))
     flag = _dir_flag(mesh)
     print(f"\nthe mesh runs in the background (logs: {mesh.dir}/<cluster>/logs/).\n"

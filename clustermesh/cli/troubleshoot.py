@@ -141,7 +141,7 @@ def check_certificates(report: Report, d: ClusterDir, others: dict[str, ClusterD
     if ca.not_valid_after_utc < now + EXPIRY_WARNING:
         problems.append(f"the CA expires on {ca.not_valid_after_utc:%Y-%m-%d}")
     for stem, cn in (("server", None), ("admin", f"admin-{d.name}"),
-                     ("local", f"local-{d.name}"), ("remote", "remote")):
+                     ("local", f"local-{d.name}"), ("remote", d.remote_cn)):
         problems += _cert_problems(d.cert(stem)[0], d.ca_file, now=now, cn=cn)
     if not _san_covers(d.cert("server")[0], d.address):
         problems.append(f"server.crt has no SAN for {d.address}, the address other clusters "
@@ -161,7 +161,7 @@ def check_certificates(report: Report, d: ClusterDir, others: dict[str, ClusterD
         other = others.get(r.name)
         if other is None or cfg.cert_file is None:
             continue
-        bad = _cert_problems(cfg.cert_file, other.ca_file, now=now, cn="remote")
+        bad = _cert_problems(cfg.cert_file, other.ca_file, now=now, cn=d.remote_cn)
         if bad:
             report.add(section, False, f"remote {r.name}: " + "; ".join(bad),
                        f"clustermesh connect --source {d.path} --destination {other.path}")

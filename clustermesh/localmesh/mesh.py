@@ -6,9 +6,14 @@ loopback port), ``clustermesh connect`` for each pair, then the processes:
 1. every etcd (TLS, ``--client-cert-auth``), waited for, then initialised with the
    users and roles of ``clustermesh-apiserver etcdinit`` (auth enabled);
 2. every clustermesh-apiserver, fed by the cluster's ``manifests/`` directory, which
-   starts with a small realistic workload (:mod:`apiserver.sample`);
+   starts with a small realistic workload (:mod:`apiserver.sample`); in auth modes
+   ``migration`` and ``cluster`` (Cilium's ``tls.authMode``, default ``migration``) with
+   ``--cluster-users-enabled`` and the cluster's ``users.yaml``, so its etcd gets one
+   ``remote-<peer>`` user per other cluster;
 3. every KVStoreMesh (unless ``kvstoremesh=False``), each with one config file per
-   other cluster using the ``remote`` client certificate;
+   other cluster using the cluster's remote client certificate: CN ``remote``, or
+   ``remote-<its cluster>`` in ``cluster`` mode (which the peers' users management
+   must have created before the connection is allowed; KVStoreMesh retries until then);
 
 and waits until every apiserver is ready and every KVStoreMesh reports every
 remote ready.  The processes run detached (own session, logs in
@@ -29,16 +34,12 @@ Directory::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import socket
-import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,16 @@ from typing import Any
 
 import yaml
 
-from clustermesh.cli.clusterdir import ClusterDir, connect, enable, write_atomic
+from clustermesh.cli.authmode import DEFAULT_AUTH_MODE, check_mode
+from clustermesh.cli.clusterdir import ClusterDir, enable, write_atomic
+from clustermesh.cli.pairing import connect
 from clustermesh.clusterconfig import validate_cluster_name
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.pki import CertificateAuthority
 
 from . import procs
 from .binaries import find_etcd_binary
+from .probes import fetch_status, http_ok, log_tail
 from .procs import ProcRecord
 
 STATE_FILE = "state.json"
@@ -132,6 +136,7 @@ class LocalMesh:
         self.processes: dict[str, ProcRecord] = {}
         self.kvstoremesh = True
         self.max_connected_clusters = 255
+        self.auth_mode = DEFAULT_AUTH_MODE
 
     @property
     def state_file(self) -> Path:
@@ -145,6 +150,7 @@ class LocalMesh:
             "version": 1,
             "kvstoremesh": self.kvstoremesh,
             "maxConnectedClusters": self.max_connected_clusters,
+            "authMode": self.auth_mode,
             "clusters": [c.to_json() for c in self.clusters],
             "processes": {k: p.to_json() for k, p in self.processes.items()},
         }
@@ -163,6 +169,7 @@ class LocalMesh:
             raise LocalMeshError(f"{mesh.state_file}: unreadable: {exc}") from None
         mesh.kvstoremesh = bool(doc.get("kvstoremesh", True))
         mesh.max_connected_clusters = int(doc.get("maxConnectedClusters", 255))
+        mesh.auth_mode = str(doc.get("authMode") or "legacy")  # older meshes had no users
         mesh.clusters = [LocalCluster.from_json(c) for c in doc.get("clusters", [])]
         mesh.processes = {k: ProcRecord.from_json(p)
                           for k, p in doc.get("processes", {}).items()}
@@ -181,7 +188,12 @@ class LocalMesh:
     # ------------------------------------------------------------------ up
 
     def up(self, *, names: list[str], max_connected_clusters: int = 255,
-           kvstoremesh: bool = True, timeout: float = 90.0, say: Say = print) -> None:
+           kvstoremesh: bool = True, auth_mode: str = DEFAULT_AUTH_MODE,
+           timeout: float = 90.0, say: Say = print) -> None:
+        try:
+            check_mode(auth_mode)
+        except ValueError as exc:
+            raise LocalMeshError(str(exc)) from None
         if len(set(names)) != len(names):
             raise LocalMeshError(f"cluster names must be unique: {', '.join(names)}")
         if not 1 <= len(names) <= max_connected_clusters:
@@ -209,8 +221,9 @@ class LocalMesh:
         self.dir.mkdir(parents=True)
         self.kvstoremesh = kvstoremesh
         self.max_connected_clusters = max_connected_clusters
+        self.auth_mode = auth_mode
         say(f"local mesh in {self.dir}: {len(names)} clusters ({', '.join(names)}), "
-            f"etcd {etcd_bin}")
+            f"authMode {auth_mode}, etcd {etcd_bin}")
 
         # 1. enable every cluster (one CA) and connect every pair.
         ca = CertificateAuthority(self.dir / "ca", name="ca")
@@ -225,7 +238,8 @@ class LocalMesh:
             cdir = enable(c.dir, name=name, cluster_id=c.id,
                           max_connected_clusters=max_connected_clusters,
                           service_type="ClusterIP", kvstoremesh=kvstoremesh,
-                          shared_ca=ca.ca_file, address=LOOPBACK, port=c.etcd_port)
+                          shared_ca=ca.ca_file, address=LOOPBACK, port=c.etcd_port,
+                          auth_mode=auth_mode)
             cdir.apiserver_health = f"{LOOPBACK}:{c.apiserver_health_port}"
             if kvstoremesh:
                 cdir.kvstoremesh_api = c.kvstoremesh_api
@@ -292,6 +306,9 @@ class LocalMesh:
                 "--source=manifests", f"--manifests-dir={c.dir / 'manifests'}",
                 "--manifests-poll-interval=200ms",
                 f"--health-port={c.apiserver_health_port}",
+                *([] if self.auth_mode == "legacy" else [
+                    "--cluster-users-enabled",
+                    f"--cluster-users-config-path={c.dir / 'users.yaml'}"]),
             ])
         if self.kvstoremesh:
             self.processes[f"{c.name}/kvstoremesh"] = ProcRecord(
@@ -438,53 +455,3 @@ def _write_workload(cdir: ClusterDir) -> None:
     write_atomic(manifests / "workload.yaml",
                  f"# sample workload of {cdir.name} (apiserver/sample.py)\n"
                  + yaml.safe_dump_all(objects, sort_keys=False))
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-def http_ok(url: str, *, timeout: float = 1.0) -> bool:
-    try:
-        with _opener.open(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-# Loopback status endpoints: never go through an HTTP proxy from the environment.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def fetch_status(address: str, *, timeout: float = 2.0) -> list[dict[str, Any]] | None:
-    """KVStoreMesh's ``GET /v1/cluster``; None if it cannot be reached."""
-    try:
-        with _opener.open(f"http://{address}/v1/cluster", timeout=timeout) as resp:
-            data = json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    return data if isinstance(data, list) else None
-
-
-def etcd_health(cdir: ClusterDir, *, timeout: float = 2.0) -> tuple[bool, str]:
-    """etcd's ``GET /health`` over TLS with the admin client certificate."""
-    ctx = ssl.create_default_context(cafile=str(cdir.ca_file))
-    crt, key = cdir.cert("admin")
-    with contextlib.suppress(OSError, ssl.SSLError):
-        ctx.load_cert_chain(str(crt), str(key))
-    try:
-        with urllib.request.build_opener(
-                urllib.request.ProxyHandler({}),
-                urllib.request.HTTPSHandler(context=ctx)).open(
-                f"{cdir.endpoint}/health", timeout=timeout) as resp:
-            body = resp.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return False, str(getattr(exc, "reason", exc))
-    try:
-        return json.loads(body).get("health") == "true", body.strip()
-    except ValueError:
-        return False, body.strip()

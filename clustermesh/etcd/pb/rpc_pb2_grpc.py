@@ -735,6 +735,11 @@ class AuthStub:
                 request_serializer=rpc__pb2.AuthUserGrantRoleRequest.SerializeToString,
                 response_deserializer=rpc__pb2.AuthUserGrantRoleResponse.FromString,
                 _registered_method=True)
+        self.UserRevokeRole = channel.unary_unary(
+                '/etcdserverpb.Auth/UserRevokeRole',
+                request_serializer=rpc__pb2.AuthUserRevokeRoleRequest.SerializeToString,
+                response_deserializer=rpc__pb2.AuthUserRevokeRoleResponse.FromString,
+                _registered_method=True)
         self.RoleAdd = channel.unary_unary(
                 '/etcdserverpb.Auth/RoleAdd',
                 request_serializer=rpc__pb2.AuthRoleAddRequest.SerializeToString,
@@ -814,6 +819,12 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UserRevokeRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RoleAdd(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -886,6 +897,11 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.UserGrantRole,
                     request_deserializer=rpc__pb2.AuthUserGrantRoleRequest.FromString,
                     response_serializer=rpc__pb2.AuthUserGrantRoleResponse.SerializeToString,
+            ),
+            'UserRevokeRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserRevokeRole,
+                    request_deserializer=rpc__pb2.AuthUserRevokeRoleRequest.FromString,
+                    response_serializer=rpc__pb2.AuthUserRevokeRoleResponse.SerializeToString,
             ),
             'RoleAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.RoleAdd,
@@ -1129,6 +1145,33 @@ class Auth:
             '/etcdserverpb.Auth/UserGrantRole',
             rpc__pb2.AuthUserGrantRoleRequest.SerializeToString,
             rpc__pb2.AuthUserGrantRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UserRevokeRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdserverpb.Auth/UserRevokeRole',
+            rpc__pb2.AuthUserRevokeRoleRequest.SerializeToString,
+            rpc__pb2.AuthUserRevokeRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,
