@@ -6,8 +6,12 @@
   object (``kubernetes-validate --strict``, for the oldest Kubernetes the chart supports
   and the newest the package knows); the ServiceMonitor is a CRD that package has no
   schema for, so it is checked on its own;
-* ``values.schema.json`` rejects bad cluster names, IDs and maxConnectedClusters with a
-  message naming the field;
+* ``values.schema.json`` rejects bad cluster names, IDs, maxConnectedClusters and
+  authModes with a message naming the field;
+* the config Secrets (KVStoreMesh's, and the agents' ``cilium-clustermesh`` with
+  KVStoreMesh on and off) and the ``clustermesh-remote-users`` ConfigMap, read back by
+  our own loaders from files laid out as they are projected; ``clustermesh enable``'s
+  output installs as is, and what the agents then read names files that are there;
 * the container args are exactly flags the daemons accept: each daemon's own argument
   parser (and option validation) runs on the rendered args;
 * the rendered pod works: etcd started with the rendered args, then etcdinit (twice, as
@@ -40,8 +44,15 @@ import yaml
 from harness import EtcdNotFound, find_etcd_binary, free_port, make_pki
 from harness.helm import HelmNotFound, cache_dir, find_helm
 
+from clustermesh.etcd.config import is_cluster_config_file, load_etcd_config, load_tls_files
+
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "clustermesh"
+#: The etcd client config every container reads: a file of the image (the Dockerfile
+#: copies it from the repository), not a volume.
+IMAGE_ETCD_CONFIG = Path("/var/lib/cilium/etcd-config.yaml")
+#: Files of the image the chart relies on: path in the image -> source in the repository.
+IMAGE_FILES = {IMAGE_ETCD_CONFIG: REPO / "image" / "etcd-config.yaml"}
 #: The oldest Kubernetes the chart supports (native sidecars: 1.29) and the newest one.
 K8S_MIN = "1.29"
 
@@ -149,6 +160,8 @@ EVERYTHING: dict[str, Any] = {
     "service": {"type": "LoadBalancer", "annotations": {"a.example/b": "c"},
                 "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
     "clustermesh": {"config": {"clusters": REMOTES}},
+    "tls": {"authMode": "cluster"},
+    "agents": {"clustermeshSecret": {"enabled": True}, "namespace": "cilium"},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"},
                                    "relabelings": [{"action": "labeldrop",
                                                     "regex": "pod"}]},
@@ -165,6 +178,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "service-NodePort": {"service": {"type": "NodePort", "nodePort": 31000}},
     "service-ClusterIP": {"service": {"type": "ClusterIP"}},
     "kvstoremesh-off": {"kvstoremesh": {"enabled": False}},
+    "authMode-legacy": {"tls": {"authMode": "legacy"}},
+    "agents-kvstoremesh-off": {"kvstoremesh": {"enabled": False},
+                               "agents": {"clustermeshSecret": {"enabled": True}},
+                               "clustermesh": {"config": {"clusters": [
+                                   r for r in REMOTES if "address" in r]}}},
     "max-511": {"maxConnectedClusters": 511, "cluster": {"name": "c-511", "id": 400}},
     "everything": EVERYTHING,
 }
@@ -191,8 +209,10 @@ def test_rendered_objects_are_valid_kubernetes(helm: Path, tmp_path: Path,
     versions = (K8S_MIN, kubernetes_validate.latest_version())
     docs = render(helm, tmp_path, SCENARIOS[scenario])
     kinds = sorted(d["kind"] for d in docs)
-    expected = {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment",
-                "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"}
+    expected = {"ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget",
+                "Secret", "Service", "ServiceAccount"}
+    if SCENARIOS[scenario].get("tls", {}).get("authMode", "migration") != "legacy":
+        expected.add("ConfigMap")  # clustermesh-remote-users
     assert expected <= set(kinds), kinds
     problems = []
     for doc in docs:
@@ -295,7 +315,6 @@ def test_image_digest_and_tag(helm: Path, tmp_path: Path) -> None:
 
 def test_config_secret_layout(helm: Path, tmp_path: Path) -> None:
     """One key per remote cluster, in the format our config directory reads."""
-    from clustermesh.etcd.config import is_cluster_config_file, load_etcd_config
 
     docs = render(helm, tmp_path, {"clustermesh": {"config": {"clusters": REMOTES}}})
     secret = find(docs, "Secret", "cilium-kvstoremesh")
@@ -346,6 +365,177 @@ def test_duplicate_remote_cluster_is_refused(helm: Path, tmp_path: Path) -> None
     assert 'cluster "c2" is listed more than once' in proc.stderr
 
 
+# ------------------------------------------------- the agents' config: cilium-clustermesh
+
+#: Where Cilium's agents project their clustermesh config (facts §9), and what goes in:
+#: the cilium-clustermesh Secret (every key) and two client certificate Secrets.
+AGENTS_DIR = "/var/lib/cilium/clustermesh"
+AGENT_CERTS = {"clustermesh-apiserver-remote-cert": "common-etcd-client",
+               "clustermesh-apiserver-local-cert": "local-etcd-client"}
+
+
+def agents_config_dir(tmp_path: Path, secret: dict[str, Any],
+                      certs: dict[str, dict[str, bytes]] | None = None) -> Path:
+    """The agents' config directory, laid out as their projected volume is, the paths
+    inside the etcd config files pointing at it (as they would inside the agent)."""
+    directory = tmp_path / "agent-clustermesh"
+    directory.mkdir()
+    for key, value in (secret.get("data") or {}).items():
+        data = base64.b64decode(value)
+        if b"endpoints:" in data:
+            data = data.replace(AGENTS_DIR.encode(), str(directory).encode())
+        (directory / key).write_bytes(data)
+    for name, stem in AGENT_CERTS.items():
+        if certs and name in certs:
+            for key, suffix in (("tls.crt", ".crt"), ("tls.key", ".key"), ("ca.crt", "-ca.crt")):
+                (directory / f"{stem}{suffix}").write_bytes(certs[name][key])
+    return directory
+
+
+def test_agents_secret_is_off_by_default(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, {"clustermesh": {"config": {"clusters": REMOTES}}})
+    assert not [d for d in docs if d["metadata"]["name"] == "cilium-clustermesh"]
+
+
+@pytest.mark.parametrize("namespace", ["", "cilium"])
+def test_agents_secret_with_kvstoremesh(helm: Path, tmp_path: Path, namespace: str) -> None:
+    """Every remote cluster is read from our cache, through our Service, as local-<name>."""
+    docs = render(helm, tmp_path, {"clustermesh": {"config": {"clusters": REMOTES}},
+                                   "agents": {"clustermeshSecret": {"enabled": True},
+                                              "namespace": namespace}})
+    secret = find(docs, "Secret", "cilium-clustermesh")
+    assert secret["metadata"]["namespace"] == (namespace or "kube-system")
+    assert sorted(secret["data"]) == ["cluster2", "cluster3", "cluster4", "cluster5"]
+    service = find(docs, "Service", "clustermesh-apiserver")
+    [port] = service["spec"]["ports"]
+    directory = agents_config_dir(tmp_path, secret)
+    for name in secret["data"]:
+        assert is_cluster_config_file(directory / name)
+        config = load_etcd_config(directory / name)
+        assert not config.warnings, config.warnings
+        assert [str(e) for e in config.endpoints] == [
+            f"https://{service['metadata']['name']}.kube-system.svc:{port['port']}"]
+        assert config.trusted_ca_file == directory / "local-etcd-client-ca.crt"
+        assert config.cert_file == directory / "local-etcd-client.crt"
+        assert config.key_file == directory / "local-etcd-client.key"
+
+
+def test_agents_secret_without_kvstoremesh(helm: Path, tmp_path: Path) -> None:
+    """No cache: the agents reach the remote etcds with the files KVStoreMesh would use."""
+    remotes = [r for r in REMOTES if "address" in r]
+    docs = render(helm, tmp_path, {"kvstoremesh": {"enabled": False},
+                                   "clustermesh": {"config": {"clusters": remotes}},
+                                   "agents": {"clustermeshSecret": {"enabled": True}}})
+    secret = find(docs, "Secret", "cilium-clustermesh")
+    assert secret["data"] == find(docs, "Secret", "cilium-kvstoremesh")["data"]
+    assert sorted(secret["data"]) == ["cluster3", "cluster4", "cluster5",
+                                      "cluster5.etcd-client-ca.crt", "cluster5.etcd-client.crt",
+                                      "cluster5.etcd-client.key"]
+    directory = agents_config_dir(tmp_path, secret)
+    endpoints = {}
+    for name in ("cluster3", "cluster4", "cluster5"):
+        config = load_etcd_config(directory / name)
+        assert not config.warnings, config.warnings
+        [endpoint] = config.endpoints
+        endpoints[name] = str(endpoint)
+        stem = f"{name}.etcd-client" if name == "cluster5" else "common-etcd-client"
+        assert config.trusted_ca_file == directory / f"{stem}-ca.crt"
+        assert config.cert_file == directory / f"{stem}.crt"
+        assert config.key_file == directory / f"{stem}.key"
+    assert load_etcd_config(directory / "cluster5").cert_file.read_bytes() == b"cert"
+    assert endpoints == {"cluster3": "https://cluster3.example.com:2379",
+                         "cluster4": "https://[2001:db8::4]:2379",
+                         "cluster5": "https://198.51.100.5:2379"}
+
+
+def test_agents_secret_refuses_clusters_by_ip_without_kvstoremesh(helm: Path,
+                                                                   tmp_path: Path) -> None:
+    """Cilium's agents get no hostAliases for <name>.mesh.cilium.io from us: refused."""
+    values = {"kvstoremesh": {"enabled": False}, "agents": {"clustermeshSecret": {"enabled": True}},
+              "clustermesh": {"config": {"clusters": REMOTES}}}
+    proc = run_helm(helm, "template", "mesh", str(CHART), values=values, tmp_path=tmp_path)
+    assert proc.returncode != 0
+    assert 'cluster "cluster2" is given by ips' in proc.stderr, proc.stderr
+    assert "give its address" in proc.stderr
+
+
+def test_clustermesh_enable_output_feeds_the_agents(helm: Path, tmp_path: Path) -> None:
+    """`clustermesh enable` + `connect`, the chart with its values.yaml and the agents'
+    Secret: what a Cilium installed with clustermesh.useAPIServer=false then reads names
+    certificates that are there, of the right users, for the right server names."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from clustermesh.cli.clusterdir import enable
+    from clustermesh.cli.pairing import connect
+
+    one = enable(tmp_path / "c1", name="cluster1", cluster_id=1, ca_dir=tmp_path / "ca")
+    two = enable(tmp_path / "c2", name="cluster2", cluster_id=2, ca_dir=tmp_path / "ca",
+                 address="192.0.2.20")
+    connect(one, two)
+    values = yaml.safe_load((one.path / "values.yaml").read_text())
+    values["agents"] = {"clustermeshSecret": {"enabled": True}}
+    docs = render(helm, tmp_path, values)
+    secrets = {d["metadata"]["name"]: d for d in
+               yaml.safe_load_all((one.path / "secrets.yaml").read_text())}
+    local = secrets["clustermesh-apiserver-local-cert"]
+    assert local["type"] == "kubernetes.io/tls"
+    certs = {name: {k: base64.b64decode(v) for k, v in s["data"].items()}
+             for name, s in secrets.items()}
+
+    def subject(pem: bytes) -> str:
+        cert = x509.load_pem_x509_certificate(pem)
+        return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+    directory = agents_config_dir(tmp_path, find(docs, "Secret", "cilium-clustermesh"), certs)
+    config = load_etcd_config(directory / "cluster2")
+    tls = load_tls_files(config)
+    assert tls.ca and tls.key
+    assert subject(tls.cert) == "local-cluster1"  # etcdinit's read-only cache user
+    # The etcd server certificate is valid for the name the agents connect to.
+    [endpoint] = config.endpoints
+    server = x509.load_pem_x509_certificate(certs["clustermesh-apiserver-server-cert"]["tls.crt"])
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert endpoint.host in names.get_values_for_type(x509.DNSName)
+
+
+@pytest.mark.parametrize(("auth_mode", "kvstoremesh", "expected"), [
+    ("migration", True, ["remote-cluster1", "remote-cluster2", "remote-cluster3",
+                         "remote-cluster4", "remote-cluster5"]),
+    ("cluster", True, ["remote-cluster1", "remote-cluster2", "remote-cluster3",
+                       "remote-cluster4", "remote-cluster5"]),
+    ("cluster", False, ["remote-cluster2", "remote-cluster3", "remote-cluster4",
+                        "remote-cluster5"]),
+    ("legacy", True, None),
+])
+def test_cluster_users(helm: Path, tmp_path: Path, auth_mode: str, kvstoremesh: bool,
+                       expected: list[str] | None) -> None:
+    """users.yaml as the apiserver's own loader reads it: one remote-<peer> user per
+    remote cluster (and remote-<self> with KVStoreMesh), role remote; none in legacy."""
+    from apiserver.users import parse_users_file
+
+    docs = render(helm, tmp_path, {"tls": {"authMode": auth_mode},
+                                   "kvstoremesh": {"enabled": kvstoremesh},
+                                   "clustermesh": {"config": {"clusters": REMOTES}}})
+    maps = [d for d in docs if d["kind"] == "ConfigMap"]
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if expected is None:
+        assert not maps
+        assert "etcd-users-config" not in volumes
+        return
+    [users_map] = maps
+    assert users_map["metadata"]["name"] == "clustermesh-remote-users"
+    path = Path("/var/lib/cilium/etcd-config/users.yaml")
+    users = parse_users_file(users_map["data"]["users.yaml"], path=path,
+                             cluster_name="cluster1")
+    assert list(users.users) == expected
+    assert set(users.users.values()) == {"remote"}
+    assert not users.refused and not users.skipped
+    volume = volumes["etcd-users-config"]
+    assert volume["configMap"] == {"name": "clustermesh-remote-users", "defaultMode": 0o400}
+
+
 # ------------------------------------------------------------------------------ schema
 
 
@@ -370,6 +560,10 @@ def test_duplicate_remote_cluster_is_refused(helm: Path, tmp_path: Path) -> None
     ({"etcdinit": {"timeout": "two minutes"}}, "/etcdinit/timeout", "pattern"),
     ({"apiserver": {"kvstoreOpts": {"etcd.config": "/x"}}},
      "/apiserver/kvstoreOpts/etcd.config", ""),
+    ({"tls": {"authMode": "strict"}}, "/tls/authMode", "migration"),
+    ({"agents": {"clustermeshSecret": {"enabled": "yes"}}},
+     "/agents/clustermeshSecret/enabled", "boolean"),
+    ({"agents": {"namespace": "Kube_System"}}, "/agents/namespace", "pattern"),
 ])
 def test_schema_rejects(helm: Path, tmp_path: Path, values: dict[str, Any], field: str,
                         words: str) -> None:
@@ -444,15 +638,34 @@ def test_args_are_flags_the_daemons_accept(helm: Path, tmp_path: Path, scenario:
     assert init["args"][0] == "etcdinit"
     init_args = parse(etcdinit_mod.build_parser(), init["args"][1:])
     assert init_args.cluster_name == api_args.cluster_name
-    assert init_args.kvstore_opt == [f"etcd.config={options.local_config}"]
+    assert init_args.kvstore_opt == {"etcd.config": str(options.local_config)}
 
-    # The three read the same etcd config file, from the same ConfigMap volume.
-    config_map = find(docs, "ConfigMap")
-    [config_file] = config_map["data"]
-    for c in (api, init):
+    # All three read the image's etcd client config, whose TLS files are the admin
+    # client Secret's, mounted where that file names them.
+    assert options.local_config == IMAGE_ETCD_CONFIG
+    local = load_etcd_config(IMAGE_FILES[IMAGE_ETCD_CONFIG])
+    readers = [api, init, *([by_name["kvstoremesh"]] if "kvstoremesh" in by_name else [])]
+    for c in readers:
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-        assert mounts[str(options.local_config.parent)] == "etcd-config"
-    assert options.local_config.name == config_file
+        for path in (local.trusted_ca_file, local.cert_file, local.key_file):
+            assert mounts[str(path.parent)] == "etcd-admin-client", (c["name"], path)
+
+    # Cluster users (not in legacy): the flags, the ConfigMap and its mount agree.
+    api_mounts = {m["mountPath"]: m["name"] for m in api["volumeMounts"]}
+    users_maps = [d for d in docs if d["kind"] == "ConfigMap"
+                  and d["metadata"]["name"] == "clustermesh-remote-users"]
+    if values.get("tls", {}).get("authMode", "migration") == "legacy":
+        assert not options.cluster_users_enabled
+        assert not flag_values(api["args"], "--cluster-users-config-path")
+        assert "etcd-users-config" not in api_mounts.values()
+        assert not users_maps
+    else:
+        assert options.cluster_users_enabled
+        users_file = options.cluster_users_config_path
+        assert users_file == Path("/var/lib/cilium/etcd-config/users.yaml")  # Cilium's
+        assert api_mounts[str(users_file.parent)] == "etcd-users-config"
+        [users_map] = users_maps
+        assert list(users_map["data"]) == [users_file.name]
 
     # etcd's limits come from the same values entry as the daemons' batching.
     etcd = by_name["etcd"]
@@ -484,24 +697,35 @@ def test_etcd_args_are_flags_etcd_knows(helm: Path, tmp_path: Path, version: str
 POD_IP = "127.0.0.2"
 
 
+def move_ports(text: str, moved: dict[int, int]) -> str:
+    """``:<port>`` → ``:<its replacement>`` in ``text``."""
+    for fixed, port in moved.items():
+        text = text.replace(f":{fixed}", f":{port}")
+    return text
+
+
 class LocalPod:
     """Lays out a rendered pod's volumes as the kubelet would, and runs its containers.
 
     Secret, ConfigMap, projected and emptyDir volumes become directories, and every
     ``mountPath`` maps to its volume's directory (each path is mounted from the same
-    volume in every container that mounts it, which is checked). Container paths in
-    args, and in the etcd config files the volumes hold, are rewritten to host paths;
+    volume in every container that mounts it, which is checked); the image's files the
+    chart relies on (:data:`IMAGE_FILES`) are copied from the repository. Container paths
+    in args, and in the etcd config files the volumes and the image hold, are rewritten
+    to host paths;
     ``$(VAR)`` references are expanded from the container's env (the pod IP is
     :data:`POD_IP`, another loopback address, as etcd listens on 127.0.0.1 and on the
-    pod IP). Our image's console scripts run as ``python -m`` of this checkout, etcd's
-    command as the test etcd binary.
+    pod IP) and the fixed ports ``moved_ports`` names are moved, in the image's files as
+    in the rendered docs. Our image's console scripts run as ``python -m`` of this
+    checkout, etcd's command as the test etcd binary.
     """
 
     MODULES: ClassVar[dict[str, str]] = {"kvstoremesh": "kvstoremesh.main",
                                          "clustermesh-apiserver": "apiserver.main"}
 
     def __init__(self, root: Path, docs: list[dict[str, Any]],
-                 secrets: dict[str, dict[str, bytes]], etcd_binary: Path) -> None:
+                 secrets: dict[str, dict[str, bytes]], etcd_binary: Path,
+                 moved_ports: dict[int, int]) -> None:
         self.root = root
         self.docs = docs
         self.pod = find(docs, "Deployment")["spec"]["template"]["spec"]
@@ -514,10 +738,16 @@ class LocalPod:
             for mount in c.get("volumeMounts", []):
                 host = self.volumes[mount["name"]]
                 assert self.mounts.setdefault(mount["mountPath"], host) == host, mount
+        image = root / "image"
+        image.mkdir(parents=True)
+        for inside, source in IMAGE_FILES.items():
+            assert str(inside) not in self.mounts, f"a volume hides the image's {inside}"
+            self.mounts[str(inside)] = image / inside.name
+            (image / inside.name).write_text(move_ports(source.read_text(), moved_ports))
         alternatives = "|".join(re.escape(p) for p in sorted(self.mounts, key=len,
                                                                reverse=True))
         self._paths = re.compile(rf"(?<![\w/])({alternatives})(?=/|\b|$)")
-        for directory in self.volumes.values():
+        for directory in [*self.volumes.values(), image]:
             for path in directory.iterdir():
                 data = path.read_bytes()
                 if b"endpoints:" in data:  # an etcd config file: point it at host paths
@@ -637,10 +867,9 @@ def local_pod(request: pytest.FixtureRequest, helm: Path,
     }
     docs = render(helm, tmp_path, values)
     # The pod's fixed etcd ports could be taken on a shared machine: move them.
-    text = yaml.safe_dump_all(docs)
-    for fixed, name in ((2379, "etcd"), (2380, "peer"), (9963, "etcd-metrics")):
-        text = text.replace(f":{fixed}", f":{ports[name]}")
-    docs = [d for d in yaml.safe_load_all(text) if d]
+    moved = {fixed: ports[name] for fixed, name in
+             ((2379, "etcd"), (2380, "peer"), (9963, "etcd-metrics"))}
+    docs = [d for d in yaml.safe_load_all(move_ports(yaml.safe_dump_all(docs), moved)) if d]
     pki = make_pki(tmp_path / "pki", clients=["admin-cluster1", "remote"],
                    admin="admin-cluster1", server_ips=("127.0.0.1", POD_IP))
 
@@ -654,7 +883,7 @@ def local_pod(request: pytest.FixtureRequest, helm: Path,
     secret = find(docs, "Secret", "cilium-kvstoremesh")
     secrets["cilium-kvstoremesh"] = {k: base64.b64decode(v)
                                      for k, v in (secret.get("data") or {}).items()}
-    pod = LocalPod(tmp_path / "pod", docs, secrets, etcd_binary)
+    pod = LocalPod(tmp_path / "pod", docs, secrets, etcd_binary, moved)
     try:
         yield pod, ports
     finally:
@@ -683,8 +912,6 @@ def test_rendered_pod_runs(local_pod: tuple[LocalPod, dict[str, int]]) -> None:
     wait_http(f"http://{POD_IP}:{ports['etcd-metrics']}{probe['path']}", etcd)
 
     # KVStoreMesh's config directory: the remote's file names files that are there.
-    from clustermesh.etcd.config import load_etcd_config, load_tls_files
-
     config_dir = Path(flag_values(pod.argv("kvstoremesh"), "--clustermesh-config")[0])
     remote = load_etcd_config(config_dir / "cluster2")
     tls = load_tls_files(remote)

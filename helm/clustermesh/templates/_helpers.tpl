@@ -36,9 +36,63 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
-{{/* Where the files are, inside the containers. */}}
-{{- define "clustermesh.etcdConfigFile" -}}/var/lib/cilium/etcd-config/etcd-config.yaml{{- end -}}
+{{/* Where the files are, inside the containers (Cilium's paths). The etcd client
+config is the image's own file; the users.yaml directory, the config directory of
+KVStoreMesh and the one of Cilium's agents are volumes. */}}
+{{- define "clustermesh.etcdConfigFile" -}}/var/lib/cilium/etcd-config.yaml{{- end -}}
+{{- define "clustermesh.usersConfigDir" -}}/var/lib/cilium/etcd-config{{- end -}}
 {{- define "clustermesh.configDir" -}}/var/lib/cilium/clustermesh{{- end -}}
+
+{{/* The remote clusters: clustermesh.config.clusters without this cluster, as JSON
+{"clusters": [...]} (read it back with fromJson); a name listed twice fails. */}}
+{{- define "clustermesh.remoteClusters" -}}
+{{- $seen := dict -}}
+{{- $remotes := list -}}
+{{- range .Values.clustermesh.config.clusters -}}
+{{- if ne .name $.Values.cluster.name -}}
+{{- if hasKey $seen .name -}}
+{{- fail (printf "clustermesh.config.clusters: cluster %q is listed more than once" .name) -}}
+{{- end -}}
+{{- $_ := set $seen .name true -}}
+{{- $remotes = append $remotes . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (dict "clusters" $remotes) -}}
+{{- end -}}
+
+{{/* An etcd client config file (Cilium's format): dict "endpoint" <URL> "prefix" <path
+of the TLS files without -ca.crt/.crt/.key>. */}}
+{{- define "clustermesh.etcdClientConfig" -}}
+endpoints:
+- {{ .endpoint }}
+trusted-ca-file: {{ .prefix }}-ca.crt
+cert-file: {{ .prefix }}.crt
+key-file: {{ .prefix }}.key
+{{ end -}}
+
+{{/* The config directory that reaches the remote clusters' etcds themselves, as JSON
+{file name: base64 content}: one file per remote cluster, with the common-etcd-client.*
+files (the tls.remoteSecret Secret, projected next to it) or the cluster's own tls
+(<name>.etcd-client.* files, which are added). KVStoreMesh reads it, and Cilium's agents
+when they connect to the remote clusters directly (KVStoreMesh off). */}}
+{{- define "clustermesh.remoteConfigData" -}}
+{{- $configDir := include "clustermesh.configDir" . -}}
+{{- $domain := .Values.clustermesh.config.domain -}}
+{{- $data := dict -}}
+{{- range (include "clustermesh.remoteClusters" . | fromJson).clusters -}}
+{{- $prefix := printf "%s/common-etcd-client" $configDir -}}
+{{- if and .tls .tls.cert .tls.key -}}
+{{- $prefix = printf "%s/%s.etcd-client" $configDir .name -}}
+{{- $_ := set $data (printf "%s.etcd-client.crt" .name) .tls.cert -}}
+{{- $_ := set $data (printf "%s.etcd-client.key" .name) .tls.key -}}
+{{- $_ := set $data (printf "%s.etcd-client-ca.crt" .name) (required (printf "clustermesh.config.clusters: %s: tls.caCert is required with tls.cert and tls.key" .name) .tls.caCert) -}}
+{{- end -}}
+{{- $endpoint := printf "https://%s:%d" (include "clustermesh.remoteHost" (list . $domain)) (int64 (default 2379 .port)) -}}
+{{- $config := include "clustermesh.etcdClientConfig" (dict "endpoint" $endpoint "prefix" $prefix) -}}
+{{- $_ := set $data .name ($config | b64enc) -}}
+{{- end -}}
+{{- toJson $data -}}
+{{- end -}}
 
 {{/* host of a remote cluster's endpoint: address (bracketed if IPv6) or <name>.<domain>. */}}
 {{- define "clustermesh.remoteHost" -}}
