@@ -61,7 +61,9 @@ from types import MappingProxyType
 import yaml
 
 from clustermesh.clusterconfig import validate_cluster_name
-from clustermesh.etcd.client import EtcdClient, Permission, prefix_range_end
+from clustermesh.etcd import auth
+from clustermesh.etcd.auth import Permission
+from clustermesh.etcd.client import EtcdClient, prefix_range_end
 from clustermesh.etcd.errors import EtcdError, EtcdPermissionDenied
 from clustermesh.keys import (
     CACHE_PREFIX,
@@ -219,7 +221,7 @@ class _Run:
 
     async def add_role(self, role: str) -> None:
         try:
-            await self.client.role_add(role)
+            await auth.role_add(self.client, role)
         except EtcdError as exc:
             if not _already_exists(exc):  # a concurrent etcdinit created it: fine
                 raise
@@ -228,7 +230,7 @@ class _Run:
 
     async def add_user(self, user: str) -> None:
         try:
-            await self.client.user_add(user)  # no password: client certificate only
+            await auth.user_add(self.client, user)  # no password: client certificate only
         except EtcdError as exc:
             if not _already_exists(exc):
                 raise
@@ -236,13 +238,13 @@ class _Run:
         self.did(f"added user {user} (no password: it authenticates by client certificate)")
 
     async def grant_role(self, user: str, role: str) -> None:
-        await self.client.user_grant_role(user, role)
+        await auth.user_grant_role(self.client, user, role)
         self.did(f"granted role {role} to user {user}")
 
     async def grant(self, grant: Grant) -> None:
         key, range_end = grant.etcd_range()
-        await self.client.role_grant_permission(grant.role, key=key, perm=grant.perm,
-                                                range_end=range_end)
+        await auth.role_grant_permission(self.client, grant.role, key=key, perm=grant.perm,
+                                         range_end=range_end)
         self.did(f"granted role {grant.role} {grant.describe()}")
 
 
@@ -267,12 +269,12 @@ async def _ensure_role(run: _Run, role: str, grants: Sequence[Grant], *,
     if role == ROOT:
         return  # etcd ignores the root role's permissions (see module docstring)
     want = {g.etcd_range(): g for g in grants}
-    have = {(p.key, p.range_end): p for p in await client.role_get(role)} if exists else {}
+    have = {(p.key, p.range_end): p for p in await auth.role_get(client, role)} if exists else {}
     extra = [p for rng, p in have.items() if rng not in want]
     if extra:
-        holders = [u for u in users if role in await client.user_get(u)]
-        await client.role_delete(role)
-        await client.role_add(role)
+        holders = [u for u in users if role in await auth.user_get(client, u)]
+        await auth.role_delete(client, role)
+        await auth.role_add(client, role)
         dropped = "; ".join(_describe_permission(p) for p in extra)
         run.did(f"recreated role {role} to drop permissions it must not have ({dropped})")
         for grant in grants:
@@ -323,10 +325,10 @@ async def etcdinit(client: EtcdClient, *, cluster_name: str,
     """
     users, roles = users_and_roles(cluster_name, extra_users)
     run = _Run(client, on_action)
-    enabled = await client.auth_status()
+    enabled = await auth.auth_status(client)
     try:
-        existing_users = await client.user_list()
-        existing_roles = set(await client.role_list())
+        existing_users = await auth.user_list(client)
+        existing_roles = set(await auth.role_list(client))
     except EtcdPermissionDenied as exc:
         raise EtcdPermissionDenied(
             "authentication is enabled and this client's etcd user lacks the root role: "
@@ -340,10 +342,10 @@ async def etcdinit(client: EtcdClient, *, cluster_name: str,
 
     for user, role in users.items():
         if user in existing_users:
-            held = await client.user_get(user)
+            held = await auth.user_get(client, user)
         else:
             await run.add_user(user)
-            held = await client.user_get(user)  # a concurrent run may have granted it
+            held = await auth.user_get(client, user)  # a concurrent run may have granted it
         if role not in held:
             await run.grant_role(user, role)
         others = sorted(set(held) - {role})
@@ -356,10 +358,9 @@ async def etcdinit(client: EtcdClient, *, cluster_name: str,
 
     # Last: from here on only users with the root role can administer etcd.
     if not enabled:
-        await client.auth_enable()
+        await auth.auth_enable(client)
         run.did("enabled authentication")
     return run.actions
-
 
 
 # ------------------------------------------------------------------------ users.yaml
@@ -386,5 +387,3 @@ def load_users_file(path: Path, cluster_name: str) -> dict[str, str]:
         if entry["name"] != cluster_name:
             users[entry["name"]] = entry["role"]
     return users
-
-

@@ -71,6 +71,7 @@ from types import MappingProxyType
 import yaml
 
 from clustermesh.controllers import GROUP_USERS_MANAGEMENT, REAL_CLOCK, Clock, ControllerRuns
+from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdError, EtcdUnavailable
 
@@ -287,7 +288,7 @@ class UsersManager:
 
     async def _reconcile(self, errors: list[str]) -> None:
         client = self._client
-        roles = set(await client.role_list())
+        roles = set(await auth.role_list(client))
         for name, role in self._desired.items():
             if self._applied.get(name) == role:
                 continue
@@ -314,7 +315,7 @@ class UsersManager:
     async def _enforce(self, name: str, role: str) -> None:
         client = self._client
         try:
-            await client.user_add(name)  # no password: it authenticates by certificate
+            await auth.user_add(client, name)  # no password: it authenticates by certificate
         except EtcdError as exc:
             if not _says(exc, "already exists"):
                 raise
@@ -325,8 +326,8 @@ class UsersManager:
             self._created.add(name)
             log.info("created etcd user %s (no password: it authenticates by client "
                      "certificate)", name)
-        if role not in await client.user_get(name):
-            await client.user_grant_role(name, role)
+        if role not in await auth.user_get(client, name):
+            await auth.user_grant_role(client, name, role)
             self._granted.add((name, role))
             log.info("granted role %s to etcd user %s", role, name)
         # A role change: take back what this process granted before, nothing else.
@@ -338,7 +339,7 @@ class UsersManager:
     async def _drop(self, name: str) -> None:
         if name in self._created:
             try:
-                await self._client.user_delete(name)
+                await auth.user_delete(self._client, name)
             except EtcdError as exc:
                 if not _says(exc, "not found"):
                     raise
@@ -355,7 +356,7 @@ class UsersManager:
 
     async def _revoke(self, name: str, role: str) -> None:
         try:
-            await self._client.user_revoke_role(name, role)
+            await auth.user_revoke_role(self._client, name, role)
         except EtcdError as exc:
             if not (_says(exc, "not granted") or _says(exc, "not found")):
                 raise

@@ -29,6 +29,7 @@ from apiserver.etcdinit import etcdinit
 from apiserver.sources.kubernetes import Backoff
 from apiserver.users import UsersFileError, UsersManager, parse_users_file
 from clustermesh.controllers import Clock, ControllerRuns
+from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdPermissionDenied
@@ -134,7 +135,7 @@ def manager(client: EtcdClient, volume: ConfigMapVolume, **kwargs: object) -> Us
 
 
 async def users(client: EtcdClient) -> dict[str, list[str]]:
-    return {u: sorted(await client.user_get(u)) for u in await client.user_list()}
+    return {u: sorted(await auth.user_get(client, u)) for u in await auth.user_list(client)}
 
 
 async def can_read(server: EtcdServer, tmp_path: Path, cert: ClientCert, key: bytes) -> bool:
@@ -251,9 +252,9 @@ async def test_dropped_users_deleted_only_if_we_created_them(
 async def test_role_change_grants_the_new_role_and_revokes_the_old(
         server: EtcdServer, admin: EtcdClient, pki: Pki, tmp_path: Path,
         volume: ConfigMapVolume) -> None:
-    await admin.role_add("cache-reader")
-    await admin.role_grant_permission("cache-reader", key=b"cilium/cache/", perm="read",
-                                      prefix=True)
+    await auth.role_add(admin, "cache-reader")
+    await auth.role_grant_permission(admin, "cache-reader", key=b"cilium/cache/", perm="read",
+                                     prefix=True)
     cert = pki.issue_client("remote-c2")
     volume.users(("remote-c2", "remote"))
     m = manager(admin, volume)
@@ -337,7 +338,7 @@ async def test_missing_role_retried_with_backoff_until_it_exists(
         fake.now += advance
         await m.poll_once()
         assert m.status.passes == passes, (advance, passes)
-    await admin.role_add("peers")
+    await auth.role_add(admin, "peers")
     fake.now += 4.0
     await m.poll_once()
     assert m.status.passes == 6

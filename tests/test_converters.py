@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from apiserver import converters as conv
 from apiserver.converters import (
     endpoint_entries,
+    gojson,
     identity_entries,
     identity_namespace,
     namespace_is_global,
@@ -624,18 +625,18 @@ def test_export_no_ports_and_empty_maps() -> None:
 
 def test_go_json_escaping() -> None:
     text = 'a"b\\c\b\f\n\r\t\x00\x1f\x7f<>&\u2028\u2029é😀'
-    assert conv._go_json(text) == (
+    assert gojson.go_json(text) == (
         '"a\\"b\\\\c\\b\\f\\n\\r\\t\\u0000\\u001f\x7f\\u003c\\u003e\\u0026\\u2028\\u2029'
         'é😀"').encode()
-    assert conv._go_json("\ud800") == '"\ufffd"'.encode()
+    assert gojson.go_json("\ud800") == '"\ufffd"'.encode()
 
 
 def test_go_json_structs_and_maps() -> None:
-    value = conv._Struct(("b", 0), ("a", 0, True), ("m", {"z": 1, "a": None}),
-                         ("n", None), ("e", [], True), ("l", []), ("s", "", True),
-                         ("f", False, True), ("t", True), ("bytes", b"\xff\xff\x00"),
-                         ("p", conv._Present(""), True), ("st", conv._Struct(), True))
-    assert conv._go_json(value) == (
+    value = gojson.Struct(("b", 0), ("a", 0, True), ("m", {"z": 1, "a": None}),
+                          ("n", None), ("e", [], True), ("l", []), ("s", "", True),
+                          ("f", False, True), ("t", True), ("bytes", b"\xff\xff\x00"),
+                          ("p", gojson.Present(""), True), ("st", gojson.Struct(), True))
+    assert gojson.go_json(value) == (
         b'{"b":0,"m":{"a":null,"z":1},"n":null,"l":[],"t":true,"bytes":"//8A",'
         b'"p":"","st":{}}')
 
@@ -660,7 +661,7 @@ def python_as_go(value: Any) -> bytes:
 
 @given(json_values)
 def test_go_json_matches_reference(value: Any) -> None:
-    encoded = conv._go_json(value)
+    encoded = gojson.go_json(value)
     assert encoded == python_as_go(value)
     assert json.loads(encoded) == value
     assert not {b"<", b">", b"&"} & {bytes([c]) for c in encoded}

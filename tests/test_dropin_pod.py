@@ -52,6 +52,7 @@ USERS = "users:\n- name: remote-cluster1\n  role: remote\n- name: remote-cluster
 #: (values as latin-1 strings, errors as "error: <class>").
 ETCD_PROBE = """
 import asyncio, json, sys
+from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 
@@ -75,7 +76,8 @@ async def run(config, ops):
                     kvs, _ = await client.list_prefix(args[0].encode())
                     out.append({kv.key.decode(): kv.value.decode("latin-1") for kv in kvs})
                 elif op == "users":
-                    out.append({u: await client.user_get(u) for u in await client.user_list()})
+                    out.append({u: await auth.user_get(client, u)
+                                for u in await auth.user_list(client)})
             except Exception as exc:
                 out.append(f"error: {type(exc).__name__}")
     finally:

@@ -19,13 +19,16 @@ from harness import (
     EtcdNotFound,
     EtcdServer,
     Pki,
+    assume_auth,
     enable_auth,
     find_etcd_binary,
     make_other_ca,
     write_client_config,
 )
 
-from clustermesh.etcd.client import EtcdClient, Permission, prefix_range_end
+from clustermesh.etcd import auth
+from clustermesh.etcd.auth import Permission
+from clustermesh.etcd.client import EtcdClient, prefix_range_end
 from clustermesh.etcd.config import load_etcd_config, load_tls_files
 from clustermesh.etcd.errors import (
     EtcdAuthError,
@@ -193,7 +196,7 @@ async def test_auth_user_permissions(etcd_auth: EtcdServer, tmp_path: Path) -> N
                 async for _ in watch:
                     pytest.fail("a watch without permission delivered events")
         with pytest.raises(EtcdPermissionDenied):
-            await client.user_list()  # admin API needs root
+            await auth.user_list(client)  # admin API needs root
         assert await asyncio.to_thread(etcd_auth.get, "other/a") is None
         assert await asyncio.to_thread(etcd_auth.get, "cilium/state/a") == "1"
 
@@ -340,43 +343,43 @@ async def admin_roundtrip(server: EtcdServer, tmp_path: Path) -> None:
     """Create users/roles with the client on a server without auth, enable auth, check that
     the grants are real, then clean up as root."""
     async with asyncio.timeout(60), make_client(server, tmp_path, "admin") as admin:
-        assert await admin.auth_status() is False
-        await admin.user_add("root", "rootpw")
-        await admin.user_grant_role("root", "root")
-        await admin.user_add("bob", "bobpw")
-        await admin.user_add("certonly")  # no password: certificate login only
-        await admin.role_add("reader")
-        await admin.role_grant_permission("reader", key=b"cilium/", perm="read", prefix=True)
-        await admin.role_add("writer")
-        await admin.role_grant_permission("writer", key=b"a", perm="write",
-                                          range_end=b"c")
-        await admin.user_grant_role("bob", "reader")
-        await admin.user_grant_role("certonly", "writer")
+        assert await auth.auth_status(admin) is False
+        await auth.user_add(admin, "root", "rootpw")
+        await auth.user_grant_role(admin, "root", "root")
+        await auth.user_add(admin, "bob", "bobpw")
+        await auth.user_add(admin, "certonly")  # no password: certificate login only
+        await auth.role_add(admin, "reader")
+        await auth.role_grant_permission(admin, "reader", key=b"cilium/", perm="read", prefix=True)
+        await auth.role_add(admin, "writer")
+        await auth.role_grant_permission(admin, "writer", key=b"a", perm="write",
+                                         range_end=b"c")
+        await auth.user_grant_role(admin, "bob", "reader")
+        await auth.user_grant_role(admin, "certonly", "writer")
         with pytest.raises(ValueError):
-            await admin.role_grant_permission("reader", key=b"x", perm="admin")
+            await auth.role_grant_permission(admin, "reader", key=b"x", perm="admin")
 
-        assert await admin.user_get("bob") == ["reader"]
-        assert await admin.user_get("root") == ["root"]
-        assert await admin.role_get("reader") == [
+        assert await auth.user_get(admin, "bob") == ["reader"]
+        assert await auth.user_get(admin, "root") == ["root"]
+        assert await auth.role_get(admin, "reader") == [
             Permission(key=b"cilium/", range_end=prefix_range_end(b"cilium/"), perm="read")]
-        assert await admin.role_get("writer") == [
+        assert await auth.role_get(admin, "writer") == [
             Permission(key=b"a", range_end=b"c", perm="write")]
-        assert sorted(await admin.user_list()) == ["bob", "certonly", "root"]
-        assert {"reader", "writer"} <= set(await admin.role_list())
+        assert sorted(await auth.user_list(admin)) == ["bob", "certonly", "root"]
+        assert {"reader", "writer"} <= set(await auth.role_list(admin))
         with pytest.raises(EtcdError):
-            await admin.user_get("nobody")
+            await auth.user_get(admin, "nobody")
 
         await admin.put(b"cilium/x", b"1")
-        await admin.auth_enable()
-        assert await admin.auth_status() is True
+        await auth.auth_enable(admin)
+        assert await auth.auth_status(admin) is True
         with pytest.raises(EtcdError):
             await admin.put(b"cilium/y", b"anonymous writes are refused now")
-    server._auth.root_password = "rootpw"  # the harness's etcdctl calls log in as root now
+    assume_auth(server, root_password="rootpw")  # the harness's etcdctl calls log in as root
 
     async with asyncio.timeout(60), make_client(server, tmp_path, "bob", username="bob",
                                                 password="bobpw") as bob:
         assert (await bob.get(b"cilium/x")).value == b"1"
-        assert await bob.auth_status() is True  # not root: 3.5 refuses, which means "on"
+        assert await auth.auth_status(bob) is True  # not root: 3.5 refuses, which means "on"
         with pytest.raises(EtcdPermissionDenied):
             await bob.put(b"cilium/x", b"2")  # read-only
     certonly = make_client(server, tmp_path, "certonly", username="certonly", password="pw")
@@ -388,13 +391,13 @@ async def admin_roundtrip(server: EtcdServer, tmp_path: Path) -> None:
 
     async with asyncio.timeout(60), make_client(server, tmp_path, "root", username="root",
                                                 password="rootpw") as root:
-        assert await root.auth_status() is True
-        await root.user_delete("bob")
-        await root.user_delete("certonly")
-        await root.role_delete("reader")
-        await root.role_delete("writer")
-        assert sorted(await root.user_list()) == ["root"]
-        assert not {"reader", "writer"} & set(await root.role_list())
+        assert await auth.auth_status(root) is True
+        await auth.user_delete(root, "bob")
+        await auth.user_delete(root, "certonly")
+        await auth.role_delete(root, "reader")
+        await auth.role_delete(root, "writer")
+        assert sorted(await auth.user_list(root)) == ["root"]
+        assert not {"reader", "writer"} & set(await auth.role_list(root))
     users = await asyncio.to_thread(server.etcdctl, "user", "list")
     assert users.stdout.split() == ["root"]
 
