@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 PROG = "clustermesh-apiserver etcdinit"
 #: The flags that only mean something in upstream mode.
 UPSTREAM_FLAGS = ("etcd-data-dir", "etcd-initial-cluster-token", "etcd-cluster-name")
-EXIT_USAGE = 1
 EXIT_FAILED = 255
 
 

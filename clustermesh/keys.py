@@ -47,7 +47,6 @@ class Resource:
     """
 
     name: str  # the reflector name Cilium uses (metrics, logs, status)
-    status_name: str  # the key in the status API's "synced" object
     base: str
     state_subpath: str  # below base, in the state layout; "{cluster}" is substituted
     cache_subpath: str  # below the cache base, in the cache layout
@@ -80,16 +79,15 @@ class Resource:
         return self.remote_canary(cluster, cached=True)
 
 
-NODES = Resource("nodes", "nodes", "cilium/state/nodes/v1", "{cluster}", "{cluster}")
-SERVICES = Resource("services", "services", "cilium/state/services/v1", "{cluster}", "{cluster}")
-SERVICE_EXPORTS = Resource("service exports", "service-exports",
-                           "cilium/state/serviceexports/v1", "{cluster}", "{cluster}")
-IDENTITIES = Resource("identities", "identities", "cilium/state/identities/v1", "id",
-                      "{cluster}/id")
-ENDPOINTS = Resource("endpoints", "endpoints", "cilium/state/ip/v1", "default", "{cluster}")
+NODES = Resource("nodes", "cilium/state/nodes/v1", "{cluster}", "{cluster}")
+SERVICES = Resource("services", "cilium/state/services/v1", "{cluster}", "{cluster}")
+SERVICE_EXPORTS = Resource("service exports", "cilium/state/serviceexports/v1", "{cluster}",
+                           "{cluster}")
+IDENTITIES = Resource("identities", "cilium/state/identities/v1", "id", "{cluster}/id")
+ENDPOINTS = Resource("endpoints", "cilium/state/ip/v1", "default", "{cluster}")
 # "Service v2" (Cilium main): one zstd-compressed protobuf value per Kubernetes EndpointSlice.
-ENDPOINT_SLICES = Resource("endpointslices", "endpointslices", "cilium/state/endpointslices/v1",
-                           "{cluster}", "{cluster}")
+ENDPOINT_SLICES = Resource("endpointslices", "cilium/state/endpointslices/v1", "{cluster}",
+                           "{cluster}")
 
 # Cilium's drain order is alphabetical by reflector name; we keep that order.  Not every
 # remote exports every resource: kvstoremesh.gating decides, from its cluster-config.

@@ -34,7 +34,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -91,10 +91,6 @@ class TlsMaterial:
     cert_file: Path
     key_file: Path
     client: ClientCert | None = None
-
-    def with_client(self, client: ClientCert | None) -> TlsMaterial:
-        """A copy whose harness client certificate is ``client``."""
-        return replace(self, client=client)
 
 
 def _now() -> dt.datetime:

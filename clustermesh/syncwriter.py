@@ -38,7 +38,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .etcd.batch import _OP_OVERHEAD, _REQUEST_OVERHEAD
 from .etcd.client import EtcdClient
@@ -49,15 +48,6 @@ log = logging.getLogger(__name__)
 
 _DELETE = None  # queue value meaning "delete this key"
 _Entry = tuple[bytes | None, int, float | None]
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    queued: int
-    committed_ops: int
-    txns: int
-    errors: int
-    last_error: str | None
 
 
 class RateLimiter:
@@ -124,10 +114,6 @@ class SyncWriter:
         self._task: asyncio.Task[None] | None = None
         self._on_commit = on_commit
         self._on_error = on_error
-        self.committed_ops = 0
-        self.txns = 0
-        self.errors = 0
-        self.last_error: str | None = None
 
     # -------------------------------------------------------------- producers
 
@@ -187,14 +173,6 @@ class SyncWriter:
         """Switch from ``bootstrap_qps`` to ``qps``."""
         self._limiter.rate = self._qps
         self._limiter.burst = max(1, int(self._qps))
-
-    @property
-    def queue_size(self) -> int:
-        return len(self._queue)
-
-    def stats(self) -> WriterStats:
-        return WriterStats(queued=len(self._queue), committed_ops=self.committed_ops,
-                           txns=self.txns, errors=self.errors, last_error=self.last_error)
 
     # --------------------------------------------------------------- the loop
 
@@ -331,8 +309,6 @@ class SyncWriter:
             await self._client.txn_request(request)
         except (EtcdError, OSError) as exc:
             self._failures += 1
-            self.errors += 1
-            self.last_error = str(exc)
             if self._on_error is not None:
                 self._on_error(list(batch))
             log.warning("local etcd write of %d keys failed (attempt %d): %s",
@@ -345,8 +321,6 @@ class SyncWriter:
             raise
         else:
             self._failures = 0
-            self.txns += 1
-            self.committed_ops += len(batch)
             if self._on_commit is not None:
                 now = time.monotonic()
                 self._on_commit([(k, now - t) for k, (_, _, t) in batch.items() if t is not None])

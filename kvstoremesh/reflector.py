@@ -84,8 +84,6 @@ class Reflector:
         self.validate = validate  # (key below the prefix, value) -> reason to reject
         self.rejections = rejections
         self.observe = observe  # (cache key, value or None when removed): e.g. pod CIDRs
-        # The local etcd's request limit: an entry whose put alone exceeds it can never be
-        # written, and retrying it would stall the writer (0: no limit).
         self.listed = False  # the initial remote list has been read
         self.synced = asyncio.Event()  # ... and written, canary included
         self.relists = 0
@@ -199,6 +197,8 @@ class Reflector:
         self._digests = digests
 
     def _upsert(self, key: bytes, value: bytes, observed: float | None = None) -> None:
+        # An entry whose put alone exceeds the local etcd's request limit can never be
+        # written, and retrying it would stall the writer: rejected like an invalid one.
         too_large = not self.writer.fits(key, value)
         if self.validate is not None or too_large:
             suffix = key[len(self.target_prefix):].decode(errors="replace")

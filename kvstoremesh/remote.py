@@ -37,7 +37,7 @@ from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.controllers import GROUP_REMOTE_CLUSTER
 from clustermesh.etcd.client import EtcdClient, prefix_range_end
 from clustermesh.etcd.config import EtcdConfigError, load_etcd_config
-from clustermesh.etcd.errors import EtcdCompacted, EtcdError
+from clustermesh.etcd.errors import EtcdCompacted, EtcdError, EtcdPermissionDenied
 from clustermesh.etcd.watch import PUT
 from clustermesh.keys import (
     CLUSTER_CONFIG_PREFIX,
@@ -140,7 +140,6 @@ class RemoteCluster:
         self.state = RemoteStatus()
         self.reflectors: dict[str, Reflector] = {}
         self.rejections = Rejections(name)
-        self.enabled_resources: set[str] = set()
         self._remote_client: EtcdClient | None = None
 
     # ------------------------------------------------------------------ status
@@ -345,9 +344,18 @@ class RemoteCluster:
             delay = min(delay * 2, 10.0)
 
     async def _published_config_names(self, remote: EtcdClient) -> list[str]:
+        """Which cluster-configs the remote publishes (a diagnostic for a misnamed file).
+
+        Cilium's ``remote`` role may read only its own cluster's key: a permission error
+        here means "cannot tell", not a failed connection (a remote whose apiserver is
+        still starting must be waited for without counting a failure, as upstream does).
+        """
         prefix = CLUSTER_CONFIG_PREFIX + "/"
-        resp = await remote.range(prefix.encode(), prefix_range_end(prefix.encode()),
-                                  keys_only=True, limit=10)
+        try:
+            resp = await remote.range(prefix.encode(), prefix_range_end(prefix.encode()),
+                                      keys_only=True, limit=10)
+        except EtcdPermissionDenied:
+            return []
         return [kv.key.decode(errors="replace")[len(prefix):] for kv in resp.kvs]
 
     async def _watch_config_change(self, remote: EtcdClient, config: CiliumClusterConfig,

@@ -95,6 +95,10 @@ def _rfc3339_millis(unix: float) -> str:
 # (or its config is not known yet), as Cilium's nullable "service-exports"; the others
 # are plain booleans in Cilium's model: true once their cache canary is written.
 _NULLABLE_SYNCED = (SERVICE_EXPORTS, ENDPOINT_SLICES)
+# The keys of the model's "synced" object, in Cilium's order.
+_SYNCED_KEYS: dict[Resource, str] = {
+    NODES: "nodes", SERVICES: "services", SERVICE_EXPORTS: "service-exports",
+    IDENTITIES: "identities", ENDPOINTS: "endpoints", ENDPOINT_SLICES: "endpointslices"}
 
 
 def _synced(remote: RemoteCluster, resource: Resource) -> bool | None:
@@ -121,9 +125,7 @@ def remote_cluster_model(remote: RemoteCluster) -> dict[str, Any]:
         "num-endpoints": counts.get(ENDPOINTS.name, 0),
         "num-endpointslices": counts.get(ENDPOINT_SLICES.name, 0),
         "num-failures": s.failures,
-        "synced": {r.status_name: _synced(remote, r)
-                   for r in (NODES, SERVICES, SERVICE_EXPORTS, IDENTITIES, ENDPOINTS,
-                             ENDPOINT_SLICES)},
+        "synced": {key: _synced(remote, r) for r, key in _SYNCED_KEYS.items()},
         "config": {
             "required": True,
             "retrieved": s.config_retrieved,

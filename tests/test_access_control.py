@@ -31,6 +31,7 @@ from harness import (
     EtcdFactory,
     EtcdServer,
     Pki,
+    assume_auth,
     enable_auth,
     make_other_ca,
     write_client_config,
@@ -40,6 +41,7 @@ from harness.convergence import wait_converged
 from harness.mesh import LOCAL_NAME, MeshEnv, sample_state
 
 from apiserver.etcdinit import etcdinit
+from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import (
@@ -80,7 +82,7 @@ async def initialise(server: EtcdServer, root: ClientCert, path: Path, cluster: 
     """``clustermesh-apiserver etcdinit`` on ``server`` as root: users, roles, auth on."""
     async with await client_with(server, path, root) as client:
         await etcdinit(client, cluster_name=cluster)
-    server._auth.root_password = "unused"  # harness etcdctl calls: auth is on now
+    assume_auth(server, root_password="unused")  # harness etcdctl calls: auth is on now
 
 
 @pytest.fixture
@@ -288,3 +290,25 @@ async def test_write_attempts_do_not_disturb_the_sync(secured: Secured) -> None:
         assert denied == 50
     await s.env.remotes[REMOTE].publish({NODES: sample_state(REMOTE, 1)[NODES]})
     await wait_converged(s.env)
+
+
+async def test_remote_whose_config_is_not_published_yet_is_waited_for(
+        secured: Secured, etcd_factory: EtcdFactory) -> None:
+    """A remote apiserver still starting (no cluster-config yet), read as Cilium's `remote`
+    user, which may not list other clusters' configs: we wait without counting a failure."""
+    s = secured
+    root = s.pki.client("root")
+    server = etcd_factory(name="remote-c3", tls=s.pki.server, client_cert_auth=True)
+    await initialise(server, root, s.dir / "init-c3.yaml", "c3")
+    write_daemon_config(s.env, "c3", server, client=s.pki.client("remote"))
+    async with asyncio.timeout(15):
+        while not ((remote := s.mesh.remotes.get("c3")) is not None
+                   and "waiting for the remote cluster configuration" in remote.state.status):
+            await asyncio.sleep(0.05)
+    async with await client_with(server, s.dir / "root-c3.yaml", root) as client:
+        await client.put(b"cilium/cluster-config/c3",
+                         CiliumClusterConfig(id=3, max_connected_clusters=255).to_json())
+    async with asyncio.timeout(30):
+        while not remote.ready:
+            await asyncio.sleep(0.05)
+    assert remote.state.failures == 0, remote.state.status

@@ -1,4 +1,4 @@
-"""``clustermesh enable`` and ``connect``: validation, generated certificates, files."""
+"""``clustermesh enable``, ``connect`` and ``disconnect``: validation, certificates, files."""
 
 from __future__ import annotations
 
@@ -472,3 +472,49 @@ def test_cluster_yaml_with_a_bad_auth_mode_names_the_file(tmp_path: Path) -> Non
     # Written before auth modes existed: legacy (no users.yaml was ever generated).
     file.write_text(file.read_text().replace("authMode: open\n", ""))
     assert ClusterDir.load(d.path).auth_mode == "legacy"
+
+
+def test_disconnect_undoes_connect_both_directions(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    ca = tmp_path / "ca"
+    a = enable(tmp_path / "a", name="a", cluster_id=1, ca_dir=ca, auth_mode="cluster")
+    b = enable(tmp_path / "b", name="b", cluster_id=2, ca_dir=ca, auth_mode="cluster")
+    c = enable(tmp_path / "c", name="c", cluster_id=3, auth_mode="cluster")  # its own CA
+    for x, y in ((a, b), (a, c), (b, c)):
+        connect(ClusterDir.load(x.path), ClusterDir.load(y.path))
+    untouched = {p.name: p.read_bytes() for p in b.path.rglob("*") if p.is_file()}
+    for x, y in ((a, c), (c, a)):  # the other CA's certificate, both ways
+        assert (x.config_dir / f"{y.name}.etcd-client.crt").exists()
+
+    code, out, err = _run(capsys, "disconnect", "--source", str(a.path),
+                          "--destination", str(c.path))
+    assert code == 0, err
+    assert out == (f"disconnected a <-> c: {a.config_dir / 'c'} and {c.config_dir / 'a'} "
+                   "removed, values.yaml, users.yaml and secrets.yaml of both updated\n")
+    a, c = ClusterDir.load(a.path), ClusterDir.load(c.path)
+    assert [r.name for r in a.remotes] == ["b"]
+    assert [r.name for r in c.remotes] == ["b"]
+    # Only b's config file (and the common certificate) is left in a's config directory.
+    assert sorted(p.name for p in a.config_dir.iterdir()) == [
+        "b", "common-etcd-client-ca.crt", "common-etcd-client.crt", "common-etcd-client.key"]
+    assert sorted(p.name for p in c.config_dir.iterdir()) == [
+        "b", "b.etcd-client-ca.crt", "b.etcd-client.crt", "b.etcd-client.key",
+        "common-etcd-client-ca.crt", "common-etcd-client.crt", "common-etcd-client.key"]
+    assert _users(a) == ["remote-a", "remote-b"]
+    assert _users(c) == ["remote-c", "remote-b"]
+    for d, peer in ((a, "b"), (c, "b")):
+        values = yaml.safe_load((d.path / "values.yaml").read_text())
+        assert [e["name"] for e in values["clustermesh"]["config"]["clusters"]] == [peer]
+    # b, connected to both, is not touched.
+    assert {p.name: p.read_bytes() for p in b.path.rglob("*") if p.is_file()} == untouched
+
+    code, out, err = _run(capsys, "disconnect", "--source", str(c.path),
+                          "--destination", str(a.path))
+    assert (code, out, err) == (0, "c and a are not connected: nothing to do\n", "")
+    code, _, err = _run(capsys, "disconnect", "--source", str(a.path),
+                        "--destination", str(a.path))
+    assert code == 1
+    assert "a cluster is never connected to itself" in err
+    # Connecting again works as the first time.
+    connect(a, c)
+    assert [r.name for r in ClusterDir.load(c.path).remotes] == ["a", "b"]

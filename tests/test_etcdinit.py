@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from apiserver.etcdinit import (
     etcdinit,
     main,
 )
+from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError, EtcdPermissionDenied, EtcdUnavailable
@@ -114,10 +116,10 @@ async def connect(server: EtcdServer, tmp_path: Path,
 
 
 async def dump(client: EtcdClient) -> Dump:
-    users = {u: sorted(await client.user_get(u)) for u in await client.user_list()}
+    users = {u: sorted(await auth.user_get(client, u)) for u in await auth.user_list(client)}
     roles = {
-        r: sorted((p.key, p.range_end, p.perm) for p in await client.role_get(r))
-        for r in await client.role_list()
+        r: sorted((p.key, p.range_end, p.perm) for p in await auth.role_get(client, r))
+        for r in await auth.role_list(client)
     }
     return users, roles
 
@@ -190,7 +192,7 @@ async def test_fresh_etcd_then_idempotent(server: EtcdServer, pki: Pki,
                                           tmp_path: Path) -> None:
     assert not auth_on_per_etcdctl(server, pki)
     async with connect(server, tmp_path, pki.client("root")) as client:
-        assert not await client.auth_status()
+        assert not await auth.auth_status(client)
         reported: list[str] = []
         actions = await etcdinit(client, cluster_name=CLUSTER, on_action=reported.append)
         assert reported == actions
@@ -198,7 +200,7 @@ async def test_fresh_etcd_then_idempotent(server: EtcdServer, pki: Pki,
         assert "added user admin-c1 (no password: it authenticates by client certificate)" \
             in actions
         assert "granted role remote read on key cilium/cluster-config/c1" in actions
-        assert await client.auth_status()
+        assert await auth.auth_status(client)
         before = await dump(client)
         assert before == (EXPECTED_USERS, EXPECTED_ROLES)
     assert auth_on_per_etcdctl(server, pki)
@@ -251,17 +253,17 @@ async def test_etcd_initialised_by_cilium_is_accepted(server: EtcdServer, pki: P
     (no "root" role: etcd grants it by name), then auth on: only the root role is added."""
     async with connect(server, tmp_path, pki.client("root")) as client:
         for user, role in [("root", "root"), ("admin-c1", "root")]:
-            await client.user_add(user)
-            await client.user_grant_role(user, role)
+            await auth.user_add(client, user)
+            await auth.user_grant_role(client, user, role)
         for user, role in [("externalworkload", "externalworkload"), ("local-c1", "local"),
                            ("remote", "remote")]:
-            await client.user_add(user)
-            await client.role_add(role)
-            await client.user_grant_role(user, role)
+            await auth.user_add(client, user)
+            await auth.role_add(client, role)
+            await auth.user_grant_role(client, user, role)
             for key, end, perm in EXPECTED_ROLES[role]:
-                await client.role_grant_permission(role, key=key, range_end=end, perm=perm)
-        await client.auth_enable()
-        assert await client.auth_status()
+                await auth.role_grant_permission(client, role, key=key, range_end=end, perm=perm)
+        await auth.auth_enable(client)
+        assert await auth.auth_status(client)
         assert await etcdinit(client, cluster_name=CLUSTER) == ["added role root"]
         assert await dump(client) == (EXPECTED_USERS, EXPECTED_ROLES)
         assert await etcdinit(client, cluster_name=CLUSTER) == []
@@ -280,7 +282,7 @@ async def test_auth_already_enabled_is_corrected_and_extra_users(
 
     extra = {"cluster2": "remote", "remote": "remote"}
     async with connect(server, tmp_path, pki.client("root")) as client:
-        assert await client.auth_status()
+        assert await auth.auth_status(client)
         actions = await etcdinit(client, cluster_name=CLUSTER, extra_users=extra)
         assert "enabled authentication" not in actions
         assert any(a.startswith("recreated role remote") for a in actions)
@@ -318,7 +320,7 @@ async def test_extra_users_are_validated(etcd_tls_default: EtcdServer, pki: Pki,
             await etcdinit(client, cluster_name=CLUSTER, extra_users={"remote": "root"})
         with pytest.raises(ValueError, match="non-empty"):
             await etcdinit(client, cluster_name=CLUSTER, extra_users={"": "remote"})
-        assert await client.user_list() == []  # validated before anything is written
+        assert await auth.user_list(client) == []  # validated before anything is written
 
 
 async def test_non_root_client_cannot_initialise(etcd_tls_default: EtcdServer, pki: Pki,
@@ -422,7 +424,7 @@ async def test_permissions_by_client_certificate(server: EtcdServer, pki: Pki,
                 with pytest.raises(EtcdPermissionDenied):
                     await client.delete(b"cilium/", prefix=True)
                 with pytest.raises(EtcdPermissionDenied):
-                    await client.user_list()
+                    await auth.user_list(client)
     assert failures == []
 
     # A certificate whose CN is no etcd user may do nothing.
@@ -444,6 +446,22 @@ async def test_permissions_by_client_certificate(server: EtcdServer, pki: Pki,
 CLI_CODE = "import sys; from apiserver.etcdinit import main; sys.exit(main(sys.argv[1:]))"
 #: Without the CILIUM_* variables of whoever runs the tests: etcdinit reads them as flags.
 CLI_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CILIUM_")}
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, *, timeout: float) -> str:
+    """The stderr of ``proc`` up to and including the line with ``marker`` (read from the
+    pipe's descriptor, so ``communicate()`` still gets the rest); fails at EOF or after
+    ``timeout`` seconds without it."""
+    assert proc.stderr is not None
+    fd, seen = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while marker.encode() not in seen or not seen.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, remaining))
+        chunk = os.read(fd, 65536) if ready else b""
+        assert chunk, f"no {marker!r} on stderr (exit status {proc.poll()}): {seen!r}"
+        seen += chunk
+    return seen.decode()
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -486,10 +504,12 @@ def test_cli_waits_for_etcd_starting_in_parallel(etcd_factory: EtcdFactory, pki:
         cwd=REPO, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL)
     try:
-        time.sleep(2.0)
+        # The sentinel: the CLI tried, failed and says it retries, i.e. it is waiting.
+        seen = read_until(proc, "retrying", timeout=30)
         assert proc.poll() is None, proc.communicate()
         server.start()
         out, err = proc.communicate(timeout=60)
+        err = seen + err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from clustermesh.cli.clusterdir import ClusterDir
+from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.localmesh import procs
 from clustermesh.localmesh.binaries import EtcdNotFound, find_etcd_binary
@@ -100,6 +101,17 @@ def test_up_starts_three_ready_clusters(mesh_dir: Path) -> None:
             assert remote["num-shared-services"] == 1
     r = cm("local", "status", "--dir", mesh_dir)
     assert "6/6 KVStoreMesh connections ready" in r.stdout, _out(r)
+    _assert_no_failures(statuses, r.stdout)
+
+
+def _assert_no_failures(statuses: list[dict], text: str) -> None:
+    """Right after `up`: KVStoreMesh started only once every etcd had its users and
+    cluster-config, so no connection of any remote failed (upstream's
+    remote_cluster_failures, "N failures" in the text)."""
+    failures = {(s["name"], remote["name"]): remote["num-failures"]
+                for s in statuses for remote in s["remotes"]}
+    assert failures and set(failures.values()) == {0}, failures
+    assert text.count(" 0 failures") == len(failures), text
 
 
 def test_check_passes(mesh_dir: Path) -> None:
@@ -142,7 +154,7 @@ async def _managed_users(d: ClusterDir, expected: dict[str, list[str]],
     async with EtcdClient(d.etcd_config("admin"), tls_reload_interval=0) as admin:
         deadline = time.monotonic() + timeout
         while True:
-            users = {u: sorted(await admin.user_get(u)) for u in await admin.user_list()
+            users = {u: sorted(await auth.user_get(admin, u)) for u in await auth.user_list(admin)
                      if u.startswith("remote-")}
             if users == expected or time.monotonic() > deadline:
                 return users
@@ -263,6 +275,10 @@ async def test_cluster_auth_mode_mesh_converges(tmp_path: Path) -> None:
     try:
         assert r.returncode == 0, _out(r)
         assert "authMode cluster" in r.stdout
+        json_status = cm("local", "status", "--dir", d, "-o", "json")
+        text_status = cm("local", "status", "--dir", d)
+        assert json_status.returncode == 0, _out(json_status)
+        _assert_no_failures(json.loads(json_status.stdout), text_status.stdout)
         for name, peer in (("cluster1", "cluster2"), ("cluster2", "cluster1")):
             cdir = ClusterDir.load(d / name)
             assert cdir.auth_mode == "cluster"

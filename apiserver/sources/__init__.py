@@ -28,19 +28,17 @@ class Kind:
     name: str  # the Kubernetes kind, e.g. "CiliumEndpoint"
     api_version: str  # "group/version" or "v1"
     plural: str
-    namespaced: bool
 
 
-CILIUM_IDENTITY = Kind("CiliumIdentity", "cilium.io/v2", "ciliumidentities", False)
-CILIUM_ENDPOINT = Kind("CiliumEndpoint", "cilium.io/v2", "ciliumendpoints", True)
-CILIUM_NODE = Kind("CiliumNode", "cilium.io/v2", "ciliumnodes", False)
+CILIUM_IDENTITY = Kind("CiliumIdentity", "cilium.io/v2", "ciliumidentities")
+CILIUM_ENDPOINT = Kind("CiliumEndpoint", "cilium.io/v2", "ciliumendpoints")
+CILIUM_NODE = Kind("CiliumNode", "cilium.io/v2", "ciliumnodes")
 # Cluster-scoped: the namespace of the endpoints it packs is its `namespace` field.
-CILIUM_ENDPOINT_SLICE = Kind("CiliumEndpointSlice", "cilium.io/v2alpha1", "ciliumendpointslices",
-                             False)
-SERVICE = Kind("Service", "v1", "services", True)
-ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", True)
-NAMESPACE = Kind("Namespace", "v1", "namespaces", False)
-SERVICE_EXPORT = Kind("ServiceExport", "multicluster.x-k8s.io/v1alpha1", "serviceexports", True)
+CILIUM_ENDPOINT_SLICE = Kind("CiliumEndpointSlice", "cilium.io/v2alpha1", "ciliumendpointslices")
+SERVICE = Kind("Service", "v1", "services")
+ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices")
+NAMESPACE = Kind("Namespace", "v1", "namespaces")
+SERVICE_EXPORT = Kind("ServiceExport", "multicluster.x-k8s.io/v1alpha1", "serviceexports")
 
 KINDS: tuple[Kind, ...] = (CILIUM_IDENTITY, CILIUM_ENDPOINT, CILIUM_ENDPOINT_SLICE, CILIUM_NODE,
                            SERVICE, ENDPOINT_SLICE, NAMESPACE, SERVICE_EXPORT)
@@ -56,8 +54,10 @@ def object_key(obj: Obj) -> tuple[str, str]:
 class ObjectSink(Protocol):
     def upsert(self, kind: Kind, obj: Obj) -> None: ...
     def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
+
     def replace(self, kind: Kind, objects: Sequence[Obj]) -> None:
         """The complete current set of ``kind`` (first list or relist)."""
+
     def synced(self, kind: Kind) -> None:
         """The first complete list of ``kind`` has been delivered."""
 

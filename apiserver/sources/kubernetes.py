@@ -263,8 +263,6 @@ class KindStatus:
     synced: bool = False
     missing: bool = False  # the API server does not serve this kind (CRD not installed)
     resource_version: str | None = None
-    lists: int = 0
-    watches: int = 0
     last_error: str | None = None
 
 
@@ -591,7 +589,6 @@ class _Reflector:
         for item in items:
             item.setdefault("apiVersion", self.kind.api_version)
             item.setdefault("kind", self.kind.name)
-        self.status.lists += 1
         if self.status.missing:
             log.info("kubernetes: %s is now served", self.name)
             self.status.missing = False
@@ -617,7 +614,6 @@ class _Reflector:
                                         sock_read=timeout_s + 30)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self.status.watches += 1
         self.first_watch, self.fresh_list = self.fresh_list, False
         resp = await self._get(query, timeout)
         events = 0

@@ -3,6 +3,7 @@
     clustermesh local up|status|check|troubleshoot|restart|stop|down [--dir DIR]
     clustermesh enable --cluster-name NAME --cluster-id ID --output DIR [--auth-mode MODE] [...]
     clustermesh connect --source DIR --destination DIR [--auth-mode MODE]
+    clustermesh disconnect --source DIR --destination DIR
     clustermesh status [--cluster-dir DIR ... | --kvstoremesh-api [NAME=]HOST:PORT ...]
     clustermesh check --cluster-dir DIR --cluster-dir DIR ...
     clustermesh troubleshoot --cluster-dir DIR ...
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="move both clusters to this tls.authMode first (re-issuing their "
                          "remote certificates if the CN changes); default: each keeps its "
                          "own.  Migrate a mesh to cluster mode via migration")
+    dc = sub.add_parser("disconnect", help="disconnect two clusters (both directions)")
+    dc.add_argument("--source", type=Path, required=True, metavar="DIR")
+    dc.add_argument("--destination", type=Path, required=True, metavar="DIR")
 
     # ---- status / check / troubleshoot on cluster directories
     ss = sub.add_parser("status", help="per cluster: remotes configured, connected, ready")
@@ -216,6 +220,20 @@ def _cmd_connect(args: argparse.Namespace) -> int:
           f"{b.config_dir / a.name} written, values.yaml, users.yaml and secrets.yaml of "
           f"both updated ({a.name}: authMode {a.auth_mode}, authenticates as {a.remote_cn}; "
           f"{b.name}: authMode {b.auth_mode}, as {b.remote_cn})")
+    return 0
+
+
+def _cmd_disconnect(args: argparse.Namespace) -> int:
+    from .clusterdir import ClusterDir
+    from .pairing import disconnect
+
+    a, b = ClusterDir.load(args.source), ClusterDir.load(args.destination)
+    if not disconnect(a, b):
+        print(f"{a.name} and {b.name} are not connected: nothing to do")
+        return 0
+    print(f"disconnected {a.name} <-> {b.name}: {a.config_dir / b.name} and "
+          f"{b.config_dir / a.name} removed, values.yaml, users.yaml and secrets.yaml of "
+          "both updated")
     return 0
 
 

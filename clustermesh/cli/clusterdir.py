@@ -1,8 +1,8 @@
 """The cluster directory: everything ``clustermesh enable`` generates for one cluster.
 
-``enable`` creates it, ``connect`` adds remote clusters to it, ``status``,
-``check`` and ``troubleshoot`` read it, and the local mesh is made of them
-(``local up`` = ``enable`` for each cluster + ``connect`` for each pair + start the
+``enable`` creates it, ``connect`` adds remote clusters to it (``disconnect`` removes
+them), ``status``, ``check`` and ``troubleshoot`` read it, and the local mesh is made of
+them (``local up`` = ``enable`` for each cluster + ``connect`` for each pair + start the
 processes).  Layout::
 
     <dir>/
@@ -189,7 +189,8 @@ class ClusterDir:
 
     def save(self) -> None:
         header = ("# clustermesh cluster directory (written by `clustermesh enable`, updated by\n"
-                  "# `clustermesh connect`); see clustermesh/cli/clusterdir.py for the layout.\n")
+                  "# `clustermesh connect`/`disconnect`); see clustermesh/cli/clusterdir.py for\n"
+                  "# the layout.\n")
         write_atomic(self.path / CLUSTER_FILE,
                      header + yaml.safe_dump(self.to_doc(), sort_keys=False))
         self.write_values()

@@ -5,7 +5,9 @@ Connecting A and B writes B's etcd client config into A's KVStoreMesh config dir
 directories' generated files (values.yaml, users.yaml, secrets.yaml), which list the
 remotes.  It refuses what cannot work, saying why: the same name or ID twice in a mesh,
 different maxConnectedClusters, and a pair of auth modes in which one cluster could not
-authenticate to the other (:mod:`clustermesh.cli.authmode`).
+authenticate to the other (:mod:`clustermesh.cli.authmode`).  Disconnecting undoes it:
+both config files (and certificates issued for them) go, each stops listing the other,
+and the generated files are rewritten (users.yaml without ``remote-<peer>``).
 
 Clusters with the same CA share one client certificate per cluster (``common-etcd-client``,
 its remote certificate).  With different CAs, A needs a certificate issued by B's CA
@@ -32,7 +34,6 @@ __all__ = ["check_connectable", "connect", "disconnect"]
 
 def _fingerprint(path: Path) -> str:
     return hashlib.sha256(path.read_bytes().strip()).hexdigest()
-
 
 
 def check_connectable(a: ClusterDir, b: ClusterDir) -> None:
@@ -163,11 +164,29 @@ def connect(a: ClusterDir, b: ClusterDir, *, auth_mode: str | None = None) -> No
     _connect_one(b, a)
 
 
-def disconnect(a: ClusterDir, b: ClusterDir) -> None:
+def disconnect(a: ClusterDir, b: ClusterDir) -> bool:
+    """Undo :func:`connect`, both directions: each cluster's KVStoreMesh config file for
+    the other (and the client certificate issued for it by the other's CA) is removed,
+    the other is no longer one of its remotes, and values.yaml, users.yaml and
+    secrets.yaml are rewritten without it.  The auth modes stay as they are.
+
+    Returns whether anything was connected (False: neither lists the other and no
+    config file is left, nothing was changed).
+    """
+    if a.name == b.name:
+        raise ClusterDirError(f"both directories are cluster {a.name!r} ({a.path}, "
+                              f"{b.path}): a cluster is never connected to itself")
+    connected = False
     for src, dst in ((a, b), (b, a)):
-        (src.config_dir / dst.name).unlink(missing_ok=True)
-        for suffix in (".etcd-client.crt", ".etcd-client.key", ".etcd-client-ca.crt"):
-            (src.config_dir / f"{dst.name}{suffix}").unlink(missing_ok=True)
+        stem = f"{dst.name}.etcd-client"
+        files = [src.config_dir / dst.name,
+                 *(src.config_dir / f"{stem}{suffix}" for suffix in (".crt", ".key", "-ca.crt"))]
+        listed = any(r.name == dst.name for r in src.remotes)
+        if not listed and not any(f.exists() for f in files):
+            continue
+        connected = True
+        for f in files:
+            f.unlink(missing_ok=True)
         src.remotes = [r for r in src.remotes if r.name != dst.name]
         src.save()
-
+    return connected

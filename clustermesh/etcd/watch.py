@@ -58,10 +58,6 @@ class WatchBatch:
     events: Sequence[kv_pb2.Event]
     revision: int
 
-    @property
-    def is_progress(self) -> bool:
-        return not self.events
-
 
 class Watch:
     """Iterate with ``async for batch in watch`` inside ``async with watch``."""

@@ -12,8 +12,9 @@ loopback port), ``clustermesh connect`` for each pair, then the processes:
    ``remote-<peer>`` user per other cluster;
 3. every KVStoreMesh (unless ``kvstoremesh=False``), each with one config file per
    other cluster using the cluster's remote client certificate: CN ``remote``, or
-   ``remote-<its cluster>`` in ``cluster`` mode (which the peers' users management
-   must have created before the connection is allowed; KVStoreMesh retries until then);
+   ``remote-<its cluster>`` in ``cluster`` mode.  They start only once every etcd holds
+   the users and cluster-config a KVStoreMesh reads (:mod:`.startup`), so no
+   connection fails on the way up;
 
 and waits until every apiserver is ready and every KVStoreMesh reports every
 remote ready.  The processes run detached (own session, logs in
@@ -51,23 +52,20 @@ from clustermesh.cli.authmode import DEFAULT_AUTH_MODE, check_mode
 from clustermesh.cli.clusterdir import ClusterDir, enable, write_atomic
 from clustermesh.cli.pairing import connect
 from clustermesh.clusterconfig import validate_cluster_name
-from clustermesh.etcd.client import EtcdClient
 from clustermesh.pki import CertificateAuthority
 
 from . import procs
 from .binaries import find_etcd_binary
+from .errors import LocalMeshError
 from .probes import fetch_status, http_ok, log_tail
 from .procs import ProcRecord
+from .startup import init_etcds, wait_remote_access
 
 STATE_FILE = "state.json"
 COMPONENTS = ("etcd", "apiserver", "kvstoremesh")
 LOOPBACK = "127.0.0.1"
 
 Say = Callable[[str], None]
-
-
-class LocalMeshError(Exception):
-    """A failure to report to the user (the message says what to do)."""
 
 
 def default_dir() -> Path:
@@ -261,14 +259,18 @@ class LocalMesh:
             for c in self.clusters:
                 self._spawn(f"{c.name}/etcd")
             self.save()
-            asyncio.run(self._init_etcds(timeout=min(timeout, 60.0)))
+            asyncio.run(init_etcds(self.clusters, self.processes, timeout=min(timeout, 60.0)))
             say("etcd: " + ", ".join(f"{c.name} https://{LOOPBACK}:{c.etcd_port}"
                                      for c in self.clusters) + " (users initialised, auth on)")
             for c in self.clusters:
                 self._spawn(f"{c.name}/apiserver")
-                if kvstoremesh:
-                    self._spawn(f"{c.name}/kvstoremesh")
             self.save()
+            if kvstoremesh:
+                asyncio.run(wait_remote_access(self.clusters, self.processes,
+                                               timeout=min(timeout, 60.0)))
+                for c in self.clusters:
+                    self._spawn(f"{c.name}/kvstoremesh")
+                self.save()
             self.wait_ready(timeout=timeout, say=say)
         except BaseException:
             say("start-up failed; stopping what was started (logs kept in "
@@ -325,33 +327,6 @@ class LocalMesh:
         rec = self.processes[key]
         cluster = key.split("/")[0]
         procs.spawn(rec, cwd=self.dir / cluster)
-
-    async def _init_etcds(self, *, timeout: float) -> None:
-        from apiserver.etcdinit import etcdinit
-
-        async def one(c: LocalCluster) -> None:
-            cdir = c.cluster_dir
-            deadline = time.monotonic() + timeout
-            rec = self.processes[f"{c.name}/etcd"]
-            last: Exception | None = None
-            while True:
-                if procs.exited_early(rec):
-                    raise LocalMeshError(f"etcd of {c.name} exited during start-up:\n"
-                                         f"{log_tail(Path(rec.log))}")
-                try:
-                    async with EtcdClient(cdir.etcd_config("admin"), name=f"{c.name} init",
-                                          dial_timeout=2.0, request_timeout=10.0,
-                                          tls_reload_interval=0) as client:
-                        await etcdinit(client, cluster_name=c.name, on_action=lambda _: None)
-                        return
-                except Exception as exc:  # etcd not up yet
-                    last = exc
-                if time.monotonic() > deadline:
-                    raise LocalMeshError(f"etcd of {c.name} not ready after {timeout:g}s "
-                                         f"({last}):\n{log_tail(Path(rec.log))}")
-                await asyncio.sleep(0.2)
-
-        await asyncio.gather(*(one(c) for c in self.clusters))
 
     def wait_ready(self, *, timeout: float, say: Say = print) -> None:
         """Wait until every apiserver is ready and every KVStoreMesh has every remote ready."""
