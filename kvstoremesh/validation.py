@@ -150,7 +150,9 @@ def _check_service_export(key: str, doc: dict[str, Any], cluster: str, _id: int,
 
 def check_identity(key: str, value: bytes, cluster: str, cluster_id: int,
                    max_connected_clusters: int) -> str | None:
-    if not key.isdigit():
+    # ASCII digits only, as Go's ParseUint (str.isdigit also takes "²" and other scripts,
+    # which int() then refuses or reads as a number the agents would not).
+    if not (key.isascii() and key.isdigit()):
         return "invalid-id"
     low, high = identity_range(cluster_id, max_connected_clusters)
     if not low <= int(key) <= high:

@@ -138,9 +138,23 @@ async def test_follows_manifest_changes(apiserver_env: dict) -> None:
     assert not any(k.startswith(b"cilium/state/services/") for k in state)
 
     # A broken file keeps what it published; a namespace turning non-global withdraws.
-    (apiserver_env["dir"] / "workload.yaml").write_text("kind: [unclosed")
-    await asyncio.sleep(0.3)
-    assert await read_tree(client, b"cilium/state/") == state
+    broken = apiserver_env["dir"] / "workload.yaml"
+    tmp = broken.with_name(".workload.yaml.tmp")
+    tmp.write_text("kind: [unclosed")
+    tmp.replace(broken)
+    # The sentinel: a new object in a later file. A scan that sees it has read the broken
+    # file too (one scan reads every file), so once its key is published, the broken
+    # file's effect (none) is in the state as well.
+    sentinel = {"apiVersion": "cilium.io/v2", "kind": "CiliumNode",
+                "metadata": {"name": "sentinel"}, "spec": {}}
+    write_manifests(apiserver_env["dir"], "zz-sentinel.yaml", [sentinel])
+    with_sentinel = expected_state([*changed, sentinel], cluster="cluster1", cluster_id=1)
+    (sentinel_key,) = with_sentinel.keys() - state.keys()
+    async with asyncio.timeout(10):
+        while sentinel_key not in (now := await read_tree(client, b"cilium/state/")):
+            await asyncio.sleep(0.05)
+    assert now == {**state, sentinel_key: with_sentinel[sentinel_key]}
+    state = now
     for obj in changed:
         if obj["kind"] == "Namespace":
             obj["metadata"]["annotations"] = {"clustermesh.cilium.io/global": "false"}

@@ -2,14 +2,16 @@
 
 They prove the fixtures other tests build on: a server starts, survives kill/restart with
 its data and URLs, a 3-member cluster elects a new leader when the leader dies, TLS with
-``--client-cert-auth`` refuses clients without (or with a wrongly signed) certificate, and
-auth refuses wrong passwords while the harness keeps working as root.
+``--client-cert-auth`` refuses clients without (or with a wrongly signed) certificate,
+auth refuses wrong passwords while the harness keeps working as root, and no signal ever
+reaches a process the harness already reaped (whose pid may be someone else's).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -36,6 +38,7 @@ from harness import (
     make_other_ca,
     read_not_after,
 )
+from harness.procs import Child
 
 # For calls that are expected to fail at the TLS/connection level: etcdctl keeps redialling
 # until its command timeout (5 s by default), so cap it.
@@ -109,11 +112,16 @@ def test_wipe_creates_a_new_cluster(etcd: EtcdServer) -> None:
 def test_context_manager_and_start_failure(tmp_path: Path) -> None:
     with EtcdServer(name="ctx", data_dir=tmp_path / "ctx") as server:
         proc_pid = server.pid
+        assert proc_pid is not None
+        # A pidfd names this very process: a recycled pid cannot fool the check below.
+        pidfd = os.pidfd_open(proc_pid)
         assert server.is_healthy()
     assert not server.is_running
-    assert proc_pid is not None
-    with pytest.raises(ProcessLookupError):
-        os.kill(proc_pid, 0)
+    try:
+        with pytest.raises(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, 0)
+    finally:
+        os.close(pidfd)
     # A bad flag makes etcd exit at once; the error carries the log tail.
     bad = EtcdServer(name="bad", data_dir=tmp_path / "bad", extra_args=["--no-such-flag"])
     with pytest.raises(EtcdStartError, match="no-such-flag"):
@@ -257,10 +265,115 @@ def test_atexit_safety_net(etcd_factory: EtcdFactory) -> None:
     server = etcd_factory(name="orphan")
     pid = server.pid
     assert pid is not None
+    pidfd = os.pidfd_open(pid)
     kill_all()
     assert not server.is_running
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    try:
+        with pytest.raises(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, 0)
+    finally:
+        os.close(pidfd)
+
+
+# ------------------------------------------------- signals reach only processes we hold
+
+#: Echoes every line of stdin; no signal handlers, so SIGTERM/SIGKILL end it at once.
+_ECHO = "import sys\nfor line in sys.stdin:\n    print(line.strip(), flush=True)\n"
+
+
+def _decoy() -> Child:
+    """A stranger in a session of its own (pgid == pid), standing in for whatever process
+    the kernel gave a recycled pid to."""
+    return Child.spawn([sys.executable, "-u", "-c", _ECHO], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _answers(decoy: Child, marker: str, timeout: float = 10.0) -> bool:
+    """The sentinel: the decoy echoes ``marker`` back. Whatever signal reached it before
+    we wrote the marker has been acted upon by then: a fatal one (no handler) kills the
+    process as it is sent, so a dead or stopped decoy never answers."""
+    stdin, stdout = decoy.popen.stdin, decoy.popen.stdout
+    assert stdin is not None and stdout is not None
+    try:
+        stdin.write(marker + "\n")
+        stdin.flush()
+    except BrokenPipeError:
+        return False
+    ready, _, _ = select.select([stdout], [], [], timeout)
+    return bool(ready) and stdout.readline().strip() == marker
+
+
+def _finish(decoy: Child) -> None:
+    decoy.signal_group(signal.SIGKILL)
+    decoy.wait(10)
+    for pipe in (decoy.popen.stdin, decoy.popen.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+def test_child_signals_nothing_once_reaped() -> None:
+    """A reaped child's pid may be anyone's: its handle refuses to signal, even when the
+    number (and the group ID it led) now belongs to another process."""
+    old = Child.spawn([sys.executable, "-c", "pass"], start_new_session=True)
+    assert old.wait(30) == 0
+    decoy = _decoy()
+    try:
+        assert _answers(decoy, "before")
+        old.pid = decoy.pid  # fake the reuse: the old number is the decoy's pid and pgid now
+        for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+            assert not old.signal(sig)
+            assert not old.signal_group(sig)
+        assert _answers(decoy, "after"), "a signal for the reaped child hit the decoy"
+        assert decoy.held
+        # The decoy's own handle does reach it (the refusal above is not a broken Child).
+        assert decoy.signal_group(signal.SIGTERM)
+        assert decoy.wait(10) == -signal.SIGTERM
+        assert not decoy.signal(signal.SIGTERM)
+    finally:
+        _finish(decoy)
+
+
+def test_reaped_etcd_is_never_signalled(etcd_factory: EtcdFactory,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An etcd that died and was reaped (here by ``is_running``) is signalled neither by
+    its server's methods nor by ``kill_all()``, and its pid, were it reused, is left alone."""
+    server = etcd_factory(name="gone")
+    process = server.process
+    assert process is not None and server.pid is not None
+    assert process.signal(signal.SIGKILL)  # a crash from outside the harness
+    deadline = time.monotonic() + 10
+    while server.is_running:  # looking reaps it
+        assert time.monotonic() < deadline, "etcd survived SIGKILL"
+        time.sleep(0.01)
+    assert process.returncode == -signal.SIGKILL
+
+    sent: list[tuple[str, int, int]] = []
+    real_kill, real_killpg = os.kill, os.killpg
+
+    def record(name: str, real):  # type: ignore[no-untyped-def]
+        def call(target: int, sig: int) -> None:
+            sent.append((name, target, sig))
+            real(target, sig)
+        return call
+
+    decoy = _decoy()
+    try:
+        process.pid = decoy.pid  # fake the reuse of the reaped etcd's pid and group ID
+        monkeypatch.setattr(os, "kill", record("kill", real_kill))
+        monkeypatch.setattr(os, "killpg", record("killpg", real_killpg))
+        kill_all()  # first: the registry must have dropped the reaped process
+        server.pause()
+        server.resume()
+        server.stop(timeout=1)
+        server.kill()
+        server.close()
+        kill_all()
+        monkeypatch.undo()
+        assert [s for s in sent if s[1] == decoy.pid] == []
+        assert _answers(decoy, "still here"), "the reaped etcd's pid was signalled"
+    finally:
+        _finish(decoy)
+    assert not server.is_running
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux setpriv not installed")

@@ -25,7 +25,6 @@ tests skip with the reason when there is none.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
@@ -43,6 +42,7 @@ import pytest
 import yaml
 from harness import EtcdNotFound, find_etcd_binary, free_port, make_pki
 from harness.helm import HelmNotFound, cache_dir, find_helm
+from harness.procs import Child
 
 from clustermesh.etcd.config import is_cluster_config_file, load_etcd_config, load_tls_files
 
@@ -731,7 +731,7 @@ class LocalPod:
         self.pod = find(docs, "Deployment")["spec"]["template"]["spec"]
         self.secrets = secrets
         self.etcd_binary = etcd_binary
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Child] = []
         self.volumes = {v["name"]: self._volume(v) for v in self.pod["volumes"]}
         self.mounts: dict[str, Path] = {}
         for c in containers(docs).values():
@@ -800,10 +800,10 @@ class LocalPod:
             return [str(self.etcd_binary), *command[1:]]
         return [sys.executable, "-m", self.MODULES[command[0]], *command[1:]]
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str) -> Child:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 (closed with the pod)
-        proc = subprocess.Popen(self.argv(name), cwd=REPO, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = Child.spawn(self.argv(name), cwd=REPO, stdout=log, stderr=log,
+                           start_new_session=True)
         log.close()
         self.procs.append(proc)
         return proc
@@ -817,18 +817,19 @@ class LocalPod:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL, each process group whose leader is not reaped yet
+        (a reaped one's pid may be someone else's by now)."""
         for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            proc.signal_group(signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.signal_group(signal.SIGKILL)
                 proc.wait()
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+def wait_http(url: str, proc: Child, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:

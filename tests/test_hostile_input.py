@@ -32,6 +32,7 @@ from harness import EtcdFactory, Pki
 from harness.churn import run_heartbeats
 from harness.convergence import WriteAudit, convergence_report, wait_converged
 from harness.mesh import MeshEnv, Remote, sample_state
+from harness.oracle import identity_bounds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +40,6 @@ from clustermesh.etcd.batch import Put as PutOp
 from clustermesh.etcd.batch import op_size
 from clustermesh.etcd.client import delete_op, put_op
 from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, RESOURCES, SERVICES, Resource
-from kvstoremesh.validation import identity_range
 
 EXAMPLES = settings(max_examples=20, deadline=None, derandomize=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -132,7 +132,7 @@ async def check(h: Hostile, timeout: float = 20.0) -> None:
     await good_still_syncs(h)
     report = await wait_converged(h.env, timeout=timeout, unstorable=unstorable)
     assert report.per_cluster.get("good", 0) > 5, report.summary()
-    assert h.audit._task is not None and not h.audit._task.done(), "the audit stopped"
+    assert h.audit.running, "the audit stopped"
     assert not h.audit.violations, h.audit.violations[:10]
 
 
@@ -156,7 +156,7 @@ def _valid_value(resource: Resource, cluster: str, cluster_id: int, suffix: str)
     if resource is IDENTITIES:
         return f"k8s:app=x;k8s:io.cilium.k8s.policy.cluster={cluster};".encode()
     if resource is ENDPOINTS:
-        low, _ = identity_range(cluster_id, 255)
+        low, _ = identity_bounds(cluster_id, 255)
         return json.dumps({"IP": suffix, "ID": low + 1}).encode()
     namespace, _, name = suffix.partition("/")
     doc: dict[str, Any] = {"cluster": cluster, "namespace": namespace, "name": name}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -170,9 +171,10 @@ async def test_config_dir_add_change_remove_while_running(mesh_env: MeshEnv) -> 
         assert stale not in local, stale
     assert b"cilium/cache/serviceexports/v1/cluster1/default/svc-0" in local
     assert mesh.remotes["cluster1"].state.etcd_cluster_id == other.cluster_id()
-    # The old etcd is no longer followed.
-    await old.put(NODES, "ghost", b"{}")
-    await asyncio.sleep(0.3)
+    # The old etcd is no longer followed: a node put there is not cached by the time a
+    # later one put on the new etcd is (the sentinel, through the same reflector path).
+    await old.put(NODES, "ghost", b'{"Name":"ghost","Cluster":"cluster1","ClusterID":1}')
+    await mesh_env.mirror_sentinel(new, "after-ghost")
     assert b"cilium/cache/nodes/v1/cluster1/ghost" not in await mesh_env.local_tree()
     await old.client.close()
 
@@ -182,9 +184,11 @@ async def test_config_dir_add_change_remove_while_running(mesh_env: MeshEnv) -> 
     await mesh_env.assert_converged()
     assert not cluster_part(await read_tree(mesh_env.local), "cluster2")
     assert "cluster2" not in mesh.remotes
-    # ... and stays gone: nothing of it is written any more.
-    await c2.put(NODES, "node-late", b"{}")
-    await asyncio.sleep(0.3)
+    # ... and stays gone: nothing of it is written any more (checked once a later put on
+    # a remote still configured has been mirrored: the sentinel).
+    await c2.put(NODES, "node-late", b'{"Name":"node-late","Cluster":"cluster2","ClusterID":2}')
+    await mesh_env.mirror_sentinel(new, "after-node-late")
+    assert not cluster_part(await read_tree(mesh_env.local), "cluster2")
     await c2.client.close()
     await mesh_env.assert_converged()
 
@@ -279,9 +283,11 @@ async def test_readded_during_removal_starts_after_cleanup(mesh_env: MeshEnv) ->
     assert sum(1 for t in asyncio.all_tasks() if t.get_name() == "remote-cluster2") == 1
 
 
-async def test_file_changed_twice_during_removal_runs_one_remote(mesh_env: MeshEnv) -> None:
+async def test_file_changed_twice_during_removal_runs_one_remote(
+        mesh_env: MeshEnv, caplog: pytest.LogCaptureFixture) -> None:
     """Re-added, then changed again while the removal still waits: the first pending
     start must be replaced, not leaked next to the second one."""
+    caplog.set_level(logging.INFO, logger="kvstoremesh.mesh")
     grace = 1.0
     await add_published(mesh_env, "cluster1", 1)
     await add_published(mesh_env, "cluster2", 2)
@@ -298,7 +304,8 @@ async def test_file_changed_twice_during_removal_runs_one_remote(mesh_env: MeshE
     await wait_until(config_gone, "the removal of cluster2 to start", timeout=5)
     mesh_env.remotes["cluster2"] = c2
     mesh_env.write_remote_file(c2)
-    await asyncio.sleep(0.2)  # seen by the config directory (polled every 50 ms)
+    await wait_until(lambda: "cluster cluster2: re-added while being removed" in caplog.text,
+                     "the daemon to see the file come back", timeout=5)
     # Same endpoints, different bytes: a config change while the removal still waits.
     text = c2.config_file.read_text()
     write_atomically(c2.config_file, text + "# rotated\n")
@@ -307,10 +314,16 @@ async def test_file_changed_twice_during_removal_runs_one_remote(mesh_env: MeshE
     sessions = [t for t in asyncio.all_tasks() if t.get_name() == "remote-cluster2"]
     assert len(sessions) == 1, f"{len(sessions)} sessions of cluster2 run"
 
-    # Removed for good: nothing of cluster2 may come back.
+    # Removed for good: nothing of cluster2 may come back. assert_converged() returns once
+    # the removal drained the cache, i.e. after the grace; the sentinel (a put on cluster1
+    # mirrored) then shows the daemon went on working after it, without cluster2.
     mesh_env.remove_remote_file("cluster2")
     await mesh_env.assert_converged()
-    await asyncio.sleep(grace + 0.5)
+    await c2.put(NODES, "node-late", b'{"Name":"node-late","Cluster":"cluster2","ClusterID":2}')
+    await mesh_env.mirror_sentinel(mesh_env.remotes["cluster1"])
+    assert not cluster_part(await read_tree(mesh_env.local), "cluster2")
+    assert mesh_env.mesh is not None and "cluster2" not in mesh_env.mesh.remotes
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "remote-cluster2"]
     await mesh_env.assert_converged(timeout=0)
     await c2.client.close()
 
@@ -403,7 +416,11 @@ async def test_stale_heartbeat_reconnects(mesh_env: MeshEnv) -> None:
         beating["cluster1"] = asyncio.create_task(beat(stale))
         failures = state.failures
         await mesh_env.wait_ready()
-        await asyncio.sleep(1.5)  # longer than heartbeat_timeout
+        # The sentinel: the session received a heartbeat written longer than the timeout
+        # after it was ready (its heartbeat checks ran every timeout/4 meanwhile).
+        up = time.monotonic()
+        await wait_until(lambda: (state.last_heartbeat or 0.0) > up + 1.5,
+                         "heartbeats received for longer than heartbeat_timeout")
         assert state.failures == failures, state.status
         assert mesh.remotes["cluster1"].ready
         assert mesh.remotes["cluster2"].state.failures == 0

@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 from harness import EtcdFactory, enable_auth, free_port, write_client_config
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state
-from harness.oracle import MIRROR, NOTHING, endpointslice_accepted, expected_reflection
+from harness.oracle import MIRROR, NOTHING, entry_accepted, expected_reflection
 from harness.prometheus import PrometheusNotFound, PrometheusServer, find_prometheus_binary
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,7 +48,6 @@ from clustermesh.keys import (
     SERVICES,
 )
 from kvstoremesh.mesh import KVStoreMesh
-from kvstoremesh.validation import check_entry
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "cilium_kvstoremesh"
@@ -160,27 +159,23 @@ async def readyz_timeline(mesh: KVStoreMesh, timeout: float) -> list[Observation
 
 
 async def expected_counts(remote: Remote) -> dict[str, int]:
-    """Keys of each resource the remote publishes for this cluster name that pass
-    validation (what the daemon must cache: clusters sharing an etcd share the
+    """Keys of each resource the remote publishes for this cluster name that pass the
+    agents' rules (what the daemon must cache: clusters sharing an etcd share the
     identities and ipcache prefixes, and each caches only its own); none for a resource
-    the remote's config says it does not export (harness.oracle)."""
+    the remote's config says it does not export (both from harness.oracle, not from the
+    daemon's own validation)."""
     counts: dict[str, int] = {}
     for resource in RESOURCES:
         prefix = remote.prefix(resource).encode()
         keys = await read_tree(remote.client, prefix)
         if expected_reflection(resource, remote.config) != MIRROR:
             counts[resource.name] = 0
-        elif resource is ENDPOINT_SLICES:
-            counts[resource.name] = sum(
-                1 for key, value in keys.items()
-                if endpointslice_accepted(key[len(prefix):].decode(), value,
-                                          cluster=remote.name, cluster_id=remote.config.id))
         else:
             counts[resource.name] = sum(
                 1 for key, value in keys.items()
-                if check_entry(resource, key[len(prefix):].decode(), value,
-                               cluster=remote.name, cluster_id=remote.config.id,
-                               max_connected_clusters=255) is None)
+                if entry_accepted(resource, key[len(prefix):].decode(), value,
+                                  cluster=remote.name, cluster_id=remote.config.id,
+                                  max_connected_clusters=255))
     return counts
 
 
@@ -211,10 +206,22 @@ async def test_readyz_waits_for_the_remote_canaries_then_reports_ready(
     # Liveness never depends on remotes.
     assert await http_get(mesh, "health", "/healthz") == (200, "OK\n")
 
-    # Nothing changes while the canaries are missing.
-    await asyncio.sleep(0.5)
-    status, text = await http_get(mesh, "health", "/readyz?verbose")
-    assert status == 500 and "cluster1: waiting for" in text, text
+    # Nothing turns ready while canaries are missing. The sentinel: one canary (nodes)
+    # appears, and once readiness has taken it in (nodes is no longer waited for), it
+    # still waits for the others.
+    await c1.write_canaries((NODES,))
+
+    def waiting_for(text: str) -> set[str]:
+        line = next((ln for ln in text.splitlines() if ln.startswith("cluster1: waiting")), "")
+        return set(line.removeprefix("cluster1: waiting for ").removesuffix(" to sync")
+                   .split(", ")) if line else set()
+
+    status, text = await wait_until(
+        lambda: _readyz_if(mesh, lambda t: NODES.name not in waiting_for(t)),
+        "/readyz to stop waiting for nodes")
+    assert status == 500, text
+    assert {SERVICES.name, IDENTITIES.name, ENDPOINTS.name} <= waiting_for(text), text
+    assert not mesh.remotes["cluster1"].ready
 
     await c1.write_canaries()
     await wait_until(lambda: _readyz_if(mesh, lambda t: t.startswith("Ready")),

@@ -144,14 +144,22 @@ async def test_stale_keys_removed_after_disconnect(mesh_env: MeshEnv) -> None:
     c1 = await mesh_env.add_remote("cluster1", 1)
     await c1.publish(sample_state("cluster1", 1, endpoints=50))
     await c1.write_canaries()
-    await mesh_env.start_mesh()
+    await mesh_env.start_mesh(status_check_interval=0.2)  # a dead remote is seen quickly
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
 
+    cached = {k: v for k, v in (await mesh_env.local_tree()).items()
+              if k.startswith(b"cilium/cache/")}
+    assert b"cilium/cache/ip/v1/cluster1/10.1.0.5" in cached
     c1.server.stop()
-    # Remote down: the cache keeps serving what it had.
-    await asyncio.sleep(0.5)
-    assert b"cilium/cache/ip/v1/cluster1/10.1.0.5" in await mesh_env.local_tree()
+    # Remote down: once the daemon has seen it fail (the sentinel: its session ended),
+    # the cache still serves what it had.
+    remote = mesh_env.mesh.remotes["cluster1"]
+    async with asyncio.timeout(15):
+        while remote.state.connected or remote.state.failures == 0:
+            await asyncio.sleep(0.05)
+    assert {k: v for k, v in (await mesh_env.local_tree()).items()
+            if k.startswith(b"cilium/cache/")} == cached
     c1.server.start()
     for i in range(20):
         await c1.delete(ENDPOINTS, f"10.1.0.{i + 5}")

@@ -111,7 +111,9 @@ def test_everything_the_converters_publish_is_valid(cluster_id: int) -> None:
             raise AssertionError(f"unexpected key {key}")
 
 
-@pytest.mark.parametrize(("resource", "key", "value", "reason"), [
+#: (resource, key, value, reason) of entries the rules reject (also judged by the
+#: convergence checker's oracle in test_oracle).
+INVALID: list[tuple[Resource, str, bytes | dict, str]] = [
     (NODES, "node-a", b"{not json", "invalid-json"),
     (NODES, "node-a", b"[1,2]", "invalid-json"),
     (NODES, "node-b", NODE, "name-mismatch"),
@@ -146,7 +148,10 @@ def test_everything_the_converters_publish_is_valid(cluster_id: int) -> None:
      "key-mismatch"),
     (ENDPOINTS, "10.244.2.74", {**ENDPOINT, "ID": 65537}, "id-out-of-range"),
     (ENDPOINTS, "10.244.2.74", {**ENDPOINT, "ID": "199475"}, "invalid-id"),
-])
+]
+
+
+@pytest.mark.parametrize(("resource", "key", "value", "reason"), INVALID)
 def test_invalid_entries_are_rejected(resource: Resource, key: str, value: bytes | dict,
                                       reason: str) -> None:
     assert check(resource, key, value) == reason
@@ -170,3 +175,10 @@ def test_511_mode_ranges() -> None:
     assert check(IDENTITIES, "65536", label, cluster="cluster1", cluster_id=1) is None
     assert check(IDENTITIES, "65536", label, cluster="cluster1", cluster_id=1,
                  max_connected=511) == "id-out-of-range"
+
+
+@pytest.mark.parametrize("key", ["\u00b2", "\u0666\u0665\u0665\u0663\u0667", "65537\u00b9"])
+def test_identity_keys_take_ascii_digits_only(key: str) -> None:
+    # str.isdigit() is true for these; int() raises on some: that once ended the session.
+    assert check_entry(IDENTITIES, key, b"k8s:io.cilium.k8s.policy.cluster=c1;", cluster="c1",
+                       cluster_id=1, max_connected_clusters=255) == "invalid-id"

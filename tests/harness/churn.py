@@ -50,11 +50,11 @@ from clustermesh.keys import (
     SERVICES,
     Resource,
 )
-from kvstoremesh.validation import identity_range
 
 from .certs import ClientCert
 from .etcd import EtcdCluster, EtcdServer, free_port
 from .mesh import MeshEnv, Remote, sample_state
+from .oracle import identity_bounds
 from .tcpproxy import TcpProxy
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _value(rng: random.Random, remote: Remote, resource: Resource, suffix: str,
         (value,) = endpointslice_entries(slice_, cluster=cluster, cluster_id=cluster_id).values()
         return value
     if resource is ENDPOINTS:
-        low, _ = identity_range(cluster_id, 255)
+        low, _ = identity_bounds(cluster_id, 255)
         doc: dict[str, object] = {"IP": suffix, "ID": low + generation % 1000, "Key": 0,
                                   "Metadata": pad, "K8sNamespace": "churn"}
     elif resource is NODES:
@@ -135,7 +135,7 @@ def _suffix(remote: Remote, resource: Resource, n: int, *, base: int) -> str:
         m = base + n
         return f"10.{m // 65536 % 256}.{m // 256 % 256}.{m % 256}"
     if resource is IDENTITIES:
-        low, _ = identity_range(remote.config.id, 255)
+        low, _ = identity_bounds(remote.config.id, 255)
         return str(low + 1000 + (base + n) % 60000)
     if resource is NODES:
         return f"node-{base + n}"

@@ -39,9 +39,12 @@ Design
   SIGKILLs the leader, because a gracefully stopping leader may wait 6 s trying to hand
   leadership to a follower that is already gone. Fixture teardown SIGKILLs clusters.
 * **Process hygiene.** etcd runs in its own session/process group (``start_new_session``)
-  so signals aimed at it never hit pytest, and it is always signalled as a group. Every
-  live process is tracked in a module registry; an ``atexit`` hook SIGKILLs whatever is still
-  running, and when spawned from the main thread the process additionally gets
+  so signals aimed at it never hit pytest, and it is signalled as a group — but only
+  while its leader is not reaped yet, so that no signal can reach a process that got a
+  recycled pid or group ID (:class:`harness.procs.Child`: a pidfd held from spawn time,
+  group kills only under the lock every reap takes). Every live process is tracked in a
+  module registry, dropped from it once reaped; an ``atexit`` hook SIGKILLs whatever is
+  still ours, and when spawned from the main thread the process additionally gets
   ``PR_SET_PDEATHSIG=SIGKILL`` via util-linux ``setpriv`` so even a SIGKILLed pytest leaves
   no orphan etcd behind. (Not from other threads: the death signal fires when the spawning
   *thread* exits, which would kill etcd under a test that started it from a worker thread.)
@@ -82,6 +85,7 @@ from typing import Any, Self
 import yaml
 
 from .certs import ClientCert, TlsMaterial
+from .procs import Child
 
 __all__ = [
     "CLUSTER_TIMING",
@@ -98,6 +102,7 @@ __all__ = [
     "EtcdStartError",
     "EtcdctlError",
     "Permission",
+    "assume_auth",
     "binary_version",
     "disable_auth",
     "enable_auth",
@@ -303,29 +308,25 @@ def free_port(host: str = LOOPBACK) -> int:
 # --------------------------------------------------------------------------- processes
 
 _live_lock = threading.Lock()
-_live: dict[int, subprocess.Popen[bytes]] = {}
+_live: dict[int, Child] = {}  # id(child) -> child, until it is reaped
 _SETPRIV = shutil.which("setpriv")
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    # The process leads its own group (start_new_session), so pgid == pid.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
 def kill_all() -> None:
-    """SIGKILL every etcd process this harness started that is still running.
+    """SIGKILL every etcd process this harness started and has not reaped yet.
 
     Registered with :mod:`atexit`; also usable from a test session's last-resort cleanup.
+    Processes that already exited are reaped, never signalled (their pid may belong to
+    someone else by now).
     """
     with _live_lock:
-        procs = list(_live.values())
+        children = list(_live.values())
         _live.clear()
-    for proc in procs:
-        _signal_group(proc, signal.SIGKILL)
-    for proc in procs:
+    for child in children:
+        child.signal_group(signal.SIGKILL)  # no-op for a child already reaped
+    for child in children:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+            child.wait(timeout=5)
 
 
 atexit.register(kill_all)
@@ -568,7 +569,7 @@ class EtcdServer(_EtcdctlClient):
         self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self.cluster_token = cluster_token or f"{name}-{uuid.uuid4().hex[:12]}"
         self._auth = _auth or _AuthState()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | None = None
         self._log_offset = 0
         self._paused = False
         self._starts = 0
@@ -635,11 +636,19 @@ class EtcdServer(_EtcdctlClient):
 
     @property
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        running = self._proc is not None and self._proc.poll() is None
+        if not running:
+            self._reap()
+        return running
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self.is_running and self._proc else None
+
+    @property
+    def process(self) -> Child | None:
+        """The current (or last) etcd process, as the harness holds it."""
+        return self._proc
 
     def _spawn(self) -> None:
         if self.is_running:
@@ -657,7 +666,7 @@ class EtcdServer(_EtcdctlClient):
             log.flush()
             self._log_offset = log.tell()
             # setpriv execs etcd, so the pid (and process group) is etcd's own.
-            proc = subprocess.Popen(
+            proc = Child.spawn(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -666,14 +675,15 @@ class EtcdServer(_EtcdctlClient):
                 env=_clean_env("ETCD"),
             )
         with _live_lock:
-            _live[proc.pid] = proc
+            _live[id(proc)] = proc
         self._proc = proc
         self._paused = False
 
     def _reap(self) -> None:
+        """Forget the process in the registry once it is reaped (never signalled again)."""
         if self._proc is not None and self._proc.poll() is not None:
             with _live_lock:
-                _live.pop(self._proc.pid, None)
+                _live.pop(id(self._proc), None)
 
     def health(self, timeout: float = 1.0) -> tuple[bool, str]:
         """``GET /health`` → ``(healthy, detail)``; never raises."""
@@ -785,11 +795,9 @@ class EtcdServer(_EtcdctlClient):
     def _terminate(self) -> None:
         """Send SIGTERM (and SIGCONT to a paused process) without waiting."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
-            if self._paused:
-                # A stopped process only acts on SIGTERM once it is continued.
-                _signal_group(proc, signal.SIGCONT)
+        if proc is not None and proc.signal_group(signal.SIGTERM) and self._paused:
+            # A stopped process only acts on SIGTERM once it is continued.
+            proc.signal_group(signal.SIGCONT)
 
     def _await_exit(self, timeout: float) -> None:
         """Wait for the process to exit; SIGKILL it after ``timeout``."""
@@ -799,7 +807,7 @@ class EtcdServer(_EtcdctlClient):
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
+            proc.signal_group(signal.SIGKILL)
             proc.wait(timeout=10)
         self._paused = False
         self._reap()
@@ -814,8 +822,7 @@ class EtcdServer(_EtcdctlClient):
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGKILL)
+        if proc.signal_group(signal.SIGKILL):
             proc.wait(timeout=10)
         self._paused = False
         self._reap()
@@ -832,13 +839,11 @@ class EtcdServer(_EtcdctlClient):
     def pause(self) -> None:
         """SIGSTOP: the process stays alive with open sockets but answers nothing (a hung
         server, as opposed to a dead one). :meth:`resume` continues it."""
-        if self._proc is not None and self.is_running:
-            _signal_group(self._proc, signal.SIGSTOP)
+        if self._proc is not None and self._proc.signal_group(signal.SIGSTOP):
             self._paused = True
 
     def resume(self) -> None:
-        if self._proc is not None and self.is_running:
-            _signal_group(self._proc, signal.SIGCONT)
+        if self._proc is not None and self._proc.signal_group(signal.SIGCONT):
             self._paused = False
 
     def wipe(self) -> None:
@@ -1268,6 +1273,12 @@ def enable_auth(
         for role in user_roles:
             ctl("user", "grant-role", user, role)
     ctl("auth", "enable")
+    target._auth.root_password = root_password
+
+
+def assume_auth(target: EtcdServer | EtcdCluster, *, root_password: str) -> None:
+    """Auth was turned on by someone else (etcdinit, the code under test): from now on the
+    harness's own etcdctl calls on ``target`` log in as root with ``root_password``."""
     target._auth.root_password = root_password
 
 

@@ -98,7 +98,6 @@ def expected_state(objects: list[dict[str, Any]], *, cluster: str, cluster_id: i
         for resource, kind in exports.owner_kind.items():
             if kind.name == obj["kind"]:
                 meta = obj["metadata"]
-                owner = (resource, meta.get("namespace", "") if kind.namespaced else "",
-                         meta["name"])
+                owner = (resource, meta.get("namespace") or "", meta["name"])
                 out |= {k.encode(): v for k, v in exports.desired(owner)[0].items()}
     return out

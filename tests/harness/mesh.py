@@ -11,14 +11,17 @@ local ``cilium/`` tree a correct KVStoreMesh must converge to (cache keys with
 byte-identical values, one canary per resource the remote's cluster-config calls
 for, the cached cluster-config), and :meth:`MeshEnv.assert_converged` waits for it
 and reports missing, extra and different keys otherwise.  Which resources are
-mirrored, and which EndpointSlice values are acceptable, comes from
-:mod:`harness.oracle`, written from the spec rather than from the daemon's code.
+mirrored, and which entries the agents' rules accept (every resource, EndpointSlices
+included), comes from :mod:`harness.oracle`, written from the spec rather than from
+the daemon's code: the daemon's own validation (:mod:`kvstoremesh.validation`) is
+never asked what to expect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -42,10 +45,16 @@ from clustermesh.keys import (
 )
 from kvstoremesh.mesh import KVStoreMesh
 from kvstoremesh.options import MeshOptions
-from kvstoremesh.validation import check_entry
 
 from .etcd import EtcdCluster, EtcdFactory, EtcdServer
-from .oracle import CANARY_ONLY, MIRROR, NOTHING, endpointslice_accepted, expected_reflection
+from .oracle import (
+    CANARY_ONLY,
+    MIRROR,
+    NOTHING,
+    cached_cluster_config,
+    entry_accepted,
+    expected_reflection,
+)
 
 CANARY = b"<rfc3339>"  # placeholder in expected trees: any RFC3339 UTC timestamp
 _RFC3339 = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -271,6 +280,12 @@ class MeshEnv:
         finally:
             self._task = None
 
+    def check_running(self) -> None:
+        """Raise if the in-process daemon ended: its error, or AssertionError."""
+        if self._task is not None and self._task.done():
+            self._task.result()
+            raise AssertionError("the KVStoreMesh task ended")
+
     async def wait_ready(self, timeout: float = 15.0) -> None:
         async with asyncio.timeout(timeout):
             while True:
@@ -287,15 +302,16 @@ class MeshEnv:
         """The exact local tree a correct KVStoreMesh holds for the current remotes.
 
         With validation on (the default), entries the agents' rules reject are not
-        expected in the cache (the rules themselves are tested in test_validation;
-        EndpointSlices are judged by :func:`harness.oracle.endpointslice_accepted`).
+        expected in the cache; the rules are :func:`harness.oracle.entry_accepted`'s
+        (the daemon's own are tested in test_validation, and compared with the
+        oracle's in test_oracle).
         """
         validate = self.mesh is None or self.mesh.options.validate_remote_data
         max_connected = self.mesh.options.max_connected_clusters if self.mesh else 255
         tree: dict[bytes, bytes] = {}
         for remote in self.remotes.values():
             name = remote.name
-            tree[cluster_config_key(name).encode()] = remote.config.as_cached().to_json()
+            tree[cluster_config_key(name).encode()] = cached_cluster_config(remote.config)
             for resource in RESOURCES:
                 reflection = expected_reflection(resource, remote.config)
                 if reflection == NOTHING:
@@ -307,22 +323,33 @@ class MeshEnv:
                 target = resource.cache_prefix(name).encode()
                 for key, value in (await read_tree(remote.client, source)).items():
                     suffix = key[len(source):]
-                    if validate and not self._accepted(
-                            resource, suffix.decode(errors="replace"), value, remote,
-                            max_connected):
+                    if validate and not entry_accepted(
+                            resource, suffix.decode(errors="replace"), value,
+                            cluster=name, cluster_id=remote.config.id,
+                            max_connected_clusters=max_connected):
                         continue
                     tree[target + suffix] = value
         return tree
 
-    @staticmethod
-    def _accepted(resource: Resource, key: str, value: bytes, remote: Remote,
-                  max_connected: int) -> bool:
-        if resource is ENDPOINT_SLICES:
-            return endpointslice_accepted(key, value, cluster=remote.name,
-                                          cluster_id=remote.config.id)
-        return check_entry(resource, key, value, cluster=remote.name,
-                           cluster_id=remote.config.id,
-                           max_connected_clusters=max_connected) is None
+    async def mirror_sentinel(self, remote: Remote, name: str = "sentinel",
+                              timeout: float = 10.0) -> bytes:
+        """Put a new node on ``remote`` and wait until the daemon has cached it; returns
+        its cache key.  The marker for a negative check: events the daemon received
+        before it (on this remote's session) have gone through the reflector and the
+        writer by then, so "X was not cached" can be asserted without a fixed sleep."""
+        value = json.dumps({"Name": name, "Cluster": remote.name,
+                            "ClusterID": remote.config.id}).encode()
+        await remote.put(NODES, name, value)
+        key = NODES.cache_prefix(remote.name).encode() + name.encode()
+        try:
+            async with asyncio.timeout(timeout):
+                while (kv := await self.local.get(key)) is None or kv.value != value:
+                    self.check_running()
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            raise AssertionError(f"sentinel {name} of {remote.name} not cached within "
+                                 f"{timeout}s") from None
+        return key
 
     async def local_tree(self) -> dict[bytes, bytes]:
         """The local ``cilium/`` tree minus the local cluster's own keys."""
@@ -335,7 +362,7 @@ class MeshEnv:
         expected = await self.expected()
         actual = await self.local_tree()
         different = [k for k in expected.keys() & actual.keys()
-                     if not _value_matches(expected[k], actual[k])]
+                     if not value_matches(expected[k], actual[k])]
         return {"missing": sorted(expected.keys() - actual.keys()),
                 "extra": sorted(actual.keys() - expected.keys()),
                 "different": sorted(different)}
@@ -362,7 +389,7 @@ class MeshEnv:
         await self.local.close()
 
 
-def _value_matches(expected: bytes, actual: bytes) -> bool:
+def value_matches(expected: bytes, actual: bytes) -> bool:
     if expected == CANARY:
         return _RFC3339.match(actual) is not None
     return expected == actual

@@ -74,11 +74,12 @@ Talking into the pod
     (the container's ``readinessProbe``, on the pod IP) are built on it.
     :meth:`PodRunner.spawn` starts other processes in the pod (a remote cluster's etcd).
 
-Teardown (:meth:`PodRunner.close`) signals only processes this runner started and still
-knows to be alive (``Popen.poll() is None``, by pid): SIGTERM, a grace period, SIGKILL,
-the namespace helper last.  Not modelled: restarts (``restartPolicy``), probes other than
-HTTP readiness on demand, resource limits, ``subPath``, hostPath and other volume types,
-``envFrom``, lifecycle hooks (all refused or ignored as documented at their use).
+Teardown (:meth:`PodRunner.close`) signals only processes this runner started and has
+not reaped (:class:`harness.procs.Child`: through a pidfd held from spawn time, so a
+recycled pid is never hit): SIGTERM, a grace period, SIGKILL, the namespace helper last.
+Not modelled: restarts (``restartPolicy``), probes other than HTTP readiness on demand,
+resource limits, ``subPath``, hostPath and other volume types, ``envFrom``, lifecycle
+hooks (all refused or ignored as documented at their use).
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+
+if __package__:  # imported as harness.podrunner; the in-pod script (run as a file) needs none
+    from .procs import Child
 
 ENTRY = Path(__file__).resolve()
 TESTS_DIR = ENTRY.parent.parent
@@ -304,7 +308,7 @@ class Process:
     a spawned helper or the Kubernetes stand-in."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    child: Child
     log_path: Path
     pid_file: Path
     #: the launch description (argv, env, uid, ...) as the in-namespace entry got it
@@ -312,30 +316,31 @@ class Process:
     _log: IO[bytes] | None = field(repr=False, default=None)
 
     @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        return self.child.popen
+
+    @property
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.child.poll() is None
 
     @property
     def returncode(self) -> int | None:
         """The exit status as the kubelet reports it (128+N when killed by signal N)."""
-        code = self.popen.poll()
+        code = self.child.poll()
         return 128 - code if code is not None and code < 0 else code
 
     def wait(self, timeout: float) -> int | None:
         """The exit status, or None if still running after ``timeout`` seconds."""
         try:
-            self.popen.wait(timeout)
+            self.child.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
         return self.returncode
 
     def signal(self, sig: int) -> bool:
-        """Send ``sig`` (relayed to the container) if the process is still ours and
-        alive; False otherwise."""
-        if self.popen.poll() is not None:
-            return False
-        self.popen.send_signal(sig)
-        return True
+        """Send ``sig`` (relayed to the container) if the process is still ours (not
+        reaped); False otherwise."""
+        return self.child.signal(sig)
 
     def pid1(self, timeout: float = 5.0) -> int:
         """The host pid of the container's PID 1 (for nsenter)."""
@@ -415,7 +420,7 @@ class PodRunner:
         #: exit status of each init container that ran
         self.init_status: dict[str, int] = {}
         self.processes: dict[str, Process] = {}
-        self._helper: subprocess.Popen[bytes] | None = None
+        self._helper: Child | None = None
         self._kube_pki: tuple[Path, Path, Path] | None = None
         for sub in ("volumes", "run", "logs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -444,14 +449,15 @@ class PodRunner:
         setup_file = self.workdir / "run" / "pod.json"
         setup_file.write_text(json.dumps(setup))
         with open(self.workdir / "logs" / "pod-helper.log", "wb") as log:
-            self._helper = subprocess.Popen(
+            self._helper = Child.spawn(
                 ["unshare", "--mount", "--net", "--propagation", "private", "--",
                  sys.executable, "-I", str(ENTRY), "pod", str(setup_file)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 start_new_session=True)
-        assert self._helper.stdout is not None
-        ready, _, _ = select.select([self._helper.stdout], [], [], timeout)
-        line = self._helper.stdout.readline() if ready else b""
+        stdout = self._helper.popen.stdout
+        assert stdout is not None
+        ready, _, _ = select.select([stdout], [], [], timeout)
+        line = stdout.readline() if ready else b""
         if line.strip() != b"ready":
             text = (self.workdir / "logs" / "pod-helper.log").read_text(errors="replace")
             raise PodFailed(f"the pod's namespace helper did not come up: {text.strip()}")
@@ -506,16 +512,15 @@ class PodRunner:
             proc.close_log()
         helper, self._helper = self._helper, None
         if helper is not None:
-            if helper.poll() is None and helper.stdin is not None:
-                helper.stdin.close()  # the helper exits at EOF
+            if helper.poll() is None and helper.popen.stdin is not None:
+                helper.popen.stdin.close()  # the helper exits at EOF
             try:
                 helper.wait(5)
             except subprocess.TimeoutExpired:
-                if helper.poll() is None:
-                    helper.kill()
+                helper.signal(signal.SIGKILL)  # a no-op once it is reaped
                 helper.wait(5)
-            if helper.stdout is not None:
-                helper.stdout.close()
+            if helper.popen.stdout is not None:
+                helper.popen.stdout.close()
 
     # -- observing -----------------------------------------------------------------------
 
@@ -552,7 +557,8 @@ class PodRunner:
                     "gid": base["gid"] if gid is None else gid,
                     "groups": base["groups"] if uid is None else []}
         else:
-            if self._helper is None:
+            if self._helper is None or not self._helper.held:
+                # A reaped helper's pid may be someone else's: never nsenter into it.
                 raise PodFailed("the pod is not open")
             target = self._helper.pid
             spec = {"env": {**self.image.env, **(env or {})}, "cwd": "/", "uid": uid or 0,
@@ -844,7 +850,7 @@ class PodRunner:
     def _launch(self, name: str, spec: dict[str, Any]) -> Process:
         if name in self.processes:
             raise PodFailed(f"a process named {name} was already started")
-        if self._helper is None or self._helper.poll() is not None:
+        if self._helper is None or not self._helper.held:
             raise PodFailed("the pod's namespace helper is not running")
         pid_file = self.workdir / "run" / f"{name}.pid"
         pid_file.unlink(missing_ok=True)
@@ -854,12 +860,12 @@ class PodRunner:
         spec_file.write_text(json.dumps(spec, indent=1))
         log_path = self.workdir / "logs" / f"{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - kept open for the process's lifetime
-        popen = subprocess.Popen(
+        child = Child.spawn(
             ["nsenter", "--target", str(self._helper.pid), "--net", "--mount", "--",
              sys.executable, "-I", str(ENTRY), "container", str(spec_file)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
-        proc = Process(name=name, popen=popen, log_path=log_path, pid_file=pid_file,
+        proc = Process(name=name, child=child, log_path=log_path, pid_file=pid_file,
                        spec=spec, _log=log)
         self.processes[name] = proc
         return proc

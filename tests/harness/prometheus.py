@@ -5,7 +5,8 @@ scrape interval), starts the ``prometheus`` binary on a free loopback port with 
 TSDB in a test directory, waits for ``/-/ready`` and answers instant queries through
 the HTTP API.  :meth:`PrometheusServer.stop` (also the context manager's exit) sends
 SIGTERM to its process group and SIGKILLs it if it lingers, so nothing outlives the
-test.
+test — only while the process is not reaped (:class:`harness.procs.Child`), so a
+recycled pid is never signalled.
 
 The binary is ``$PROMETHEUS_BIN`` or ``prometheus`` on ``PATH`` (Debian package
 ``prometheus``); :func:`find_prometheus_binary` raises :class:`PrometheusNotFound`
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from .etcd import LOOPBACK, free_port
+from .procs import Child
 
 PROMETHEUS_BIN_ENV = "PROMETHEUS_BIN"
 
@@ -70,7 +72,7 @@ class PrometheusServer:
         self.config_file = self.dir / "prometheus.yml"
         self.storage = self.dir / "data"
         self.log_file = self.dir / "prometheus.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | None = None
 
     @property
     def url(self) -> str:
@@ -99,9 +101,9 @@ class PrometheusServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         with self.log_file.open("ab") as log:
-            self._proc = subprocess.Popen(self.args(), stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=self.dir,
-                                          start_new_session=True)
+            self._proc = Child.spawn(self.args(), stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=self.dir,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
@@ -119,15 +121,12 @@ class PrometheusServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        if proc is None or not proc.signal_group(signal.SIGTERM):
+            return  # never started, or already reaped: nothing of ours to signal
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            proc.signal_group(signal.SIGKILL)
             proc.wait(timeout=10)
 
     @property
