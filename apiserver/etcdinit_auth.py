@@ -350,8 +350,8 @@ async def etcdinit(client: EtcdClient, *, cluster_name: str,
             await run.grant_role(user, role)
         others = sorted(set(held) - {role})
         if others:
-            # Not revoked: there is no UserRevokeRole in our client, and nothing but
-            # our own roles' permissions is ever taken away.  Say so loudly.
+            # Not revoked: etcdinit takes away nothing but our own roles' permissions (a
+            # role someone granted on purpose must survive a re-run).  Say so loudly.
             log.warning("etcdinit: user %s also holds role(s) %s, which etcdinit does not "
                         "grant; revoke them with 'etcdctl user revoke-role' if unintended",
                         user, ", ".join(others))
