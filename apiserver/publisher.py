@@ -35,6 +35,7 @@ import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
+from clustermesh.clock import rfc3339_now
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.keys import Resource
 from clustermesh.syncwriter import SyncWriter
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 
 def _digest(value: bytes) -> bytes:
     return hashlib.blake2b(value, digest_size=16).digest()
-
-
-def rfc3339_now() -> bytes:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
 
 
 class Publisher:

@@ -70,7 +70,8 @@ from types import MappingProxyType
 
 import yaml
 
-from clustermesh.controllers import GROUP_USERS_MANAGEMENT, REAL_CLOCK, Clock, ControllerRuns
+from clustermesh.clock import REAL_CLOCK, Clock
+from clustermesh.controllers import GROUP_USERS_MANAGEMENT, ControllerRuns
 from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdError, EtcdUnavailable

@@ -25,12 +25,9 @@ with a fake one instead of waiting.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -42,17 +39,6 @@ GROUP_REMOTE_CLUSTER = "clustermesh-remote-cluster"  # upstream controller group
 
 ALL = "all"
 NONE = "none"
-
-
-class Clock(NamedTuple):
-    """Time for our periodic loops (a fake one in tests)."""
-
-    monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
-    wall: Callable[[], float] = time.time  # seconds since the epoch, for timestamps we write
-
-
-REAL_CLOCK = Clock()
 
 
 def selected_groups(values: Iterable[str]) -> frozenset[str] | None:

@@ -129,9 +129,12 @@ def go_map(text: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
+        # Unlike pflag, " b=2" is key "b" and "=2" an error: an option silently stored
+        # under a key nobody reads would be a typo nobody sees.
+        key = key.strip()
+        if not sep or not key:
             raise ValueError(f"{pair} must be formatted as key=value")
-        result[key] = value
+        result[key] = value  # a later pair wins
     return result
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
-from .controllers import GROUP_HEARTBEAT, REAL_CLOCK, Clock, ControllerRuns
+from .clock import REAL_CLOCK, Clock, rfc3339
+from .controllers import GROUP_HEARTBEAT, ControllerRuns
 from .etcd.client import EtcdClient
 from .etcd.errors import EtcdError
 from .keys import HEARTBEAT_KEY
@@ -28,11 +28,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 60.0  # upstream HeartbeatWriteInterval
 WRITE_TIMEOUT = 25.0  # upstream LockLeaseTTL, the bound of each write
-
-
-def rfc3339(seconds: float) -> bytes:
-    """``seconds`` since the epoch as Go's ``time.RFC3339`` renders a UTC time."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)).encode()
 
 
 async def write_heartbeats(client: EtcdClient, *, runs: ControllerRuns,

@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .controllers import GROUP_QUORUM_CHECK, REAL_CLOCK, Clock
+from .clock import REAL_CLOCK, Clock
+from .controllers import GROUP_QUORUM_CHECK
 from .etcd.client import EtcdClient
 from .etcd.errors import (
     EtcdAuthError,

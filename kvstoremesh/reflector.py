@@ -29,9 +29,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from clustermesh.clock import rfc3339_now
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdCompacted
 from clustermesh.etcd.watch import PUT
@@ -43,11 +43,6 @@ if TYPE_CHECKING:
     from .rejections import Rejections
 
 log = logging.getLogger(__name__)
-
-
-def rfc3339_now() -> bytes:
-    """Go's ``time.Now().UTC().Format(time.RFC3339)``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
 
 
 # Keys handled between two yields to the event loop while diffing a listed page.

@@ -28,7 +28,8 @@ from apiserver.daemon import ApiServer, ApiserverOptions
 from apiserver.etcdinit import etcdinit
 from apiserver.sources.kubernetes import Backoff
 from apiserver.users import UsersFileError, UsersManager, parse_users_file
-from clustermesh.controllers import Clock, ControllerRuns
+from clustermesh.clock import Clock
+from clustermesh.controllers import ControllerRuns
 from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config

@@ -30,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apiserver.daemon import ApiServer, ApiserverOptions
 from apiserver.sources.manifests import ManifestSource
-from clustermesh.controllers import Clock, ControllerRuns, selected_groups
+from clustermesh.clock import Clock
+from clustermesh.controllers import ControllerRuns, selected_groups
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.heartbeat import write_heartbeats

@@ -27,8 +27,9 @@ from clustermesh.etcd.config import (
     load_etcd_config,
     load_tls_files,
     parse_etcd_config,
-    parse_kvstore_opts,
 )
+from clustermesh.flags import go_map
+from clustermesh.goflags import FlagError, FlagSet
 
 EXAMPLE = """\
 endpoints:
@@ -844,6 +845,14 @@ def test_is_cluster_config_file_unreadable_io_error() -> None:
 # ---------------------------------------------------------------------- --kvstore-opt
 
 
+def parse_kvstore_opts(items: list[str]) -> dict[str, str]:
+    """Repeated ``--kvstore-opt`` values, read by the daemons' own flag parser."""
+    fs = FlagSet(command="test", bind_env=False)
+    fs.string_map("kvstore-opt", help="kvstore options")
+    argv = [a for item in items for a in ("--kvstore-opt", item)]
+    return fs.parse(argv, env={}).kvstore_opt
+
+
 def test_parse_kvstore_opts() -> None:
     assert parse_kvstore_opts([]) == {}
     assert parse_kvstore_opts(["etcd.config=/var/lib/etcd-config/etcd.config"]) == {
@@ -868,20 +877,20 @@ def test_parse_kvstore_opts_pflag_quirks() -> None:
     assert parse_kvstore_opts(["k=a=b"]) == {"k": "a=b"}
     assert parse_kvstore_opts(["a=1, b=2"]) == {"a": "1", "b": "2"}
     assert parse_kvstore_opts(["k="]) == {"k": ""}
-    assert parse_kvstore_opts("k=v") == {"k": "v"}
+    assert go_map("k=v") == {"k": "v"}
 
 
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        ("etcd.config", "--kvstore-opt 'etcd.config': must be formatted as key=value"),
-        ("", "--kvstore-opt '': must be formatted as key=value"),
-        ("=v", "--kvstore-opt '=v': '=v' must be formatted as key=value"),
-        ("a=1,b=2,bad", "--kvstore-opt 'a=1,b=2,bad': 'bad' must be formatted as key=value"),
-        ("a=1,=2", "'=2' must be formatted as key=value"),
+        ("etcd.config", 'for "--kvstore-opt" flag: etcd.config must be formatted as key=value'),
+        ("", 'for "--kvstore-opt" flag:  must be formatted as key=value'),
+        ("=v", 'for "--kvstore-opt" flag: =v must be formatted as key=value'),
+        ("a=1,b=2,bad", 'for "--kvstore-opt" flag: bad must be formatted as key=value'),
+        ("a=1,=2", "=2 must be formatted as key=value"),
     ],
 )
 def test_parse_kvstore_opts_errors(item: str, message: str) -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(FlagError) as info:
         parse_kvstore_opts(["ok=1", item])
     assert message in str(info.value)

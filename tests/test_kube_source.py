@@ -48,12 +48,12 @@ from apiserver.sources import (
 )
 from apiserver.sources.kubernetes import (
     ENDPOINTSLICE_SELECTOR,
-    Clock,
     KubernetesSource,
     TokenBucket,
     default_label_selectors,
     service_proxy_selector,
 )
+from clustermesh.clock import Clock
 
 Key = tuple[str, str]
 

@@ -95,7 +95,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, Configuration
@@ -111,6 +111,7 @@ from apiserver.sources import (
     ObjectSink,
     object_key,
 )
+from clustermesh.clock import REAL_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +164,6 @@ def default_label_selectors(service_proxy_name: str) -> dict[str, str]:
     mirrored from other clusters."""
     return {SERVICE.name: service_proxy_selector(service_proxy_name),
             ENDPOINT_SLICE.name: ENDPOINTSLICE_SELECTOR}
-
-
-class Clock(NamedTuple):
-    """What :class:`TokenBucket` reads time with and waits with (a fake in tests)."""
-
-    monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
-
-
-REAL_CLOCK = Clock()
 
 
 class TokenBucket:
@@ -664,11 +655,9 @@ __all__ = [
     "ENDPOINTSLICE_MANAGED_BY_LABEL",
     "ENDPOINTSLICE_MESH_CONTROLLER",
     "ENDPOINTSLICE_SELECTOR",
-    "REAL_CLOCK",
     "SERVICE_ACCOUNT_DIR",
     "SERVICE_PROXY_NAME_LABEL",
     "Backoff",
-    "Clock",
     "KindStatus",
     "KubernetesSource",
     "TokenBucket",

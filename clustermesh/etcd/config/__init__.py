@@ -15,8 +15,8 @@ This package turns such a file into an immutable :class:`EtcdConfig`, and reads
 the TLS files it names into a :class:`TlsBytes`.  Nothing here opens a
 connection.  Its modules: :mod:`.model` (:class:`EtcdConfig` and its errors),
 :mod:`.endpoint` (endpoint URLs), :mod:`.yamlfile` (reading and parsing the YAML
-file; recognising one in a config directory), :mod:`.tls` (the TLS files) and
-:mod:`.kvstoreopts` (the ``--kvstore-opt`` flag).  Import the public names from
+file; recognising one in a config directory) and :mod:`.tls` (the TLS files); the
+``--kvstore-opt`` flag is parsed by :func:`clustermesh.flags.go_map`.  Import the public names from
 the package itself (``from clustermesh.etcd.config import load_etcd_config``).
 
 Design
@@ -66,7 +66,6 @@ Design
 from __future__ import annotations
 
 from .endpoint import Endpoint
-from .kvstoreopts import parse_kvstore_opts
 from .model import EtcdConfig, EtcdConfigError, EtcdConfigFileMissing
 from .tls import TlsBytes, load_tls_files
 from .yamlfile import is_cluster_config_file, load_etcd_config, parse_etcd_config
@@ -81,5 +80,4 @@ __all__ = [
     "load_etcd_config",
     "load_tls_files",
     "parse_etcd_config",
-    "parse_kvstore_opts",
 ]
