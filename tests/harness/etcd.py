@@ -839,8 +839,17 @@ class EtcdServer(_EtcdctlClient):
     def pause(self) -> None:
         """SIGSTOP: the process stays alive with open sockets but answers nothing (a hung
         server, as opposed to a dead one). :meth:`resume` continues it."""
-        if self._proc is not None and self._proc.signal_group(signal.SIGSTOP):
-            self._paused = True
+        if self._proc is None or not self._proc.signal_group(signal.SIGSTOP):
+            return  # not running (or already reaped): nothing of ours to pause
+        self._paused = True
+        # SIGSTOP is delivered asynchronously: return only once the kernel says it is
+        # stopped, so a request sent next cannot still be answered.
+        stat = Path(f"/proc/{self._proc.pid}/stat")
+        deadline = time.monotonic() + 5.0
+        while stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+            if time.monotonic() > deadline:
+                raise EtcdError(f"{self.name} did not stop within 5s of SIGSTOP")
+            time.sleep(0.005)
 
     def resume(self) -> None:
         if self._proc is not None and self._proc.signal_group(signal.SIGCONT):
