@@ -58,7 +58,7 @@ from clustermesh.keys import (  # noqa: E402
     Resource,
     cluster_config_key,
 )
-from kvstoremesh.gating import Reflection, reflection  # noqa: E402
+from kvstoremesh.resources import Reflection, reflection  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 LOCAL_NAME = "local"

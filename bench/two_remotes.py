@@ -32,7 +32,7 @@ from clustermesh.etcd.batch import BatchWriter, Put
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import parse_etcd_config
 from clustermesh.keys import RESOURCES, cluster_config_key
-from kvstoremesh.gating import Reflection, reflection
+from kvstoremesh.resources import Reflection, reflection
 
 ROOT = Path(__file__).resolve().parent.parent
 

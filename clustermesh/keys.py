@@ -90,7 +90,7 @@ ENDPOINT_SLICES = Resource("endpointslices", "cilium/state/endpointslices/v1", "
                            "{cluster}")
 
 # Cilium's drain order is alphabetical by reflector name; we keep that order.  Not every
-# remote exports every resource: kvstoremesh.gating decides, from its cluster-config.
+# remote exports every resource: kvstoremesh.resources decides, from its cluster-config.
 RESOURCES: tuple[Resource, ...] = (ENDPOINTS, ENDPOINT_SLICES, IDENTITIES, NODES,
                                    SERVICE_EXPORTS, SERVICES)
 

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from clustermesh.keys import RESOURCES, Resource, cluster_of
 from clustermesh.metrics import KVStoreMetrics
 
-from .gating import Reflection, reflection
+from .resources import Reflection, reflection
 
 if TYPE_CHECKING:
     from .mesh import KVStoreMesh

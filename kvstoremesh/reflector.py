@@ -167,14 +167,14 @@ class Reflector:
 
     async def mark_synced_empty(self) -> None:
         """For a resource the remote does not export but readers wait for
-        (:attr:`~kvstoremesh.gating.Reflection.SYNCED_EMPTY`): drain what was cached and
+        (:attr:`~kvstoremesh.resources.Reflection.SYNCED_EMPTY`): drain what was cached and
         count it as synced, canary included."""
         await self.drain()
         await self._write_canary()
 
     async def withdraw(self) -> None:
         """For a resource the remote does not export and no reader waits for
-        (:attr:`~kvstoremesh.gating.Reflection.OFF`): drain what was cached, and delete
+        (:attr:`~kvstoremesh.resources.Reflection.OFF`): drain what was cached, and delete
         the canary a session that did reflect it left behind."""
         await self.drain()
         # Read first: a restart with nothing to withdraw must cost no request to the writer.

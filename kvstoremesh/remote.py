@@ -11,7 +11,7 @@ to the remote etcd and lives until something fails:
 4. start one reflector per resource the remote exports — after the remote's sync
    canary for it appears, if the remote advertises ``syncedCanaries``; for the others
    drain what was cached and write or delete the cache canary, as
-   :mod:`kvstoremesh.gating` decides from the remote's cluster-config;
+   :mod:`kvstoremesh.resources` decides from the remote's cluster-config;
 5. watch the heartbeat and the cluster ID, and the remote config itself.
 
 Any task of the session failing ends the whole session (a TaskGroup); the
@@ -58,10 +58,10 @@ from .diagnostics import (
     expiring_certificates,
     pod_cidrs,
 )
-from .gating import Reflection, reflection
 from .options import MeshOptions
 from .reflector import Reflector
 from .rejections import Rejections
+from .resources import Reflection, reflection
 from .validation import check_entry
 
 if TYPE_CHECKING:

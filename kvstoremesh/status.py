@@ -29,7 +29,7 @@ from clustermesh.keys import (
     Resource,
 )
 
-from .gating import Reflection, reflection
+from .resources import Reflection, reflection
 
 if TYPE_CHECKING:
     from .mesh import KVStoreMesh

@@ -1,7 +1,7 @@
 """KVStoreMesh and "service v2" EndpointSlices, against real etcd.
 
 What is mirrored depends on the remote's ``endpointSlicesExportMode``
-(:mod:`kvstoremesh.gating`): ``services-and-endpointslices`` mirrors both;
+(:mod:`kvstoremesh.resources`): ``services-and-endpointslices`` mirrors both;
 ``endpointslices-only`` drains legacy services but writes their canary; no mode
 (1.18/1.19) leaves EndpointSlices out entirely — no reflector, no readiness wait, no
 canary.  Values are the apiserver's (``apiserver.endpointslices``); hostile ones are

@@ -203,11 +203,16 @@ class EtcdClient(EtcdConnection):
                         rpc_pb2.CompactionRequest(revision=revision, physical=physical))
 
     def watch(self, key: bytes, *, prefix: bool = True, start_revision: int = 0,
-              prev_kv: bool = False, progress_notify: bool = True) -> Watch:
-        """A watch on ``key`` (a prefix by default) from ``start_revision`` (0: now)."""
+              prev_kv: bool = False, progress_notify: bool = True,
+              cluster_id: int = 0) -> Watch:
+        """A watch on ``key`` (a prefix by default) from ``start_revision`` (0: now).
+
+        ``cluster_id``: the etcd cluster ``start_revision`` belongs to (0: whichever the
+        first stream reaches); a stream resumed elsewhere raises ``EtcdClusterChanged``.
+        """
         end = prefix_range_end(key) if prefix else b""
         return Watch(self, key=key, range_end=end, start_revision=start_revision,
-                     prev_kv=prev_kv, progress_notify=progress_notify)
+                     prev_kv=prev_kv, progress_notify=progress_notify, cluster_id=cluster_id)
 
     # --------------------------------------------------------------------- lease
 

@@ -62,6 +62,7 @@ class _Channel:
         self.url = str(endpoint)
         self.channel = channel
         self.tls_fingerprint = tls_fingerprint
+        self.cluster_id = 0  # of the etcd cluster the endpoint belongs to (from the probe)
         self.kv = rpc_pb2_grpc.KVStub(channel)
         self.watch = rpc_pb2_grpc.WatchStub(channel)
         self.lease = rpc_pb2_grpc.LeaseStub(channel)
@@ -172,6 +173,11 @@ class EtcdConnection:
         """URL of the endpoint currently in use."""
         return self._conn.url if self._conn else None
 
+    @property
+    def cluster_id(self) -> int:
+        """ID of the etcd cluster the endpoint in use belongs to (0: not connected)."""
+        return self._conn.cluster_id if self._conn else 0
+
     # ----------------------------------------------------------------- connection
 
     def _channel_options(self) -> list[tuple[str, Any]]:
@@ -210,9 +216,11 @@ class EtcdConnection:
     async def _probe(self, conn: _Channel) -> None:
         """One Status call: proves the endpoint is reachable and the TLS handshake works."""
         try:
-            await conn.maintenance.Status(rpc_pb2.StatusRequest(), timeout=self._dial_timeout)
+            resp = await conn.maintenance.Status(rpc_pb2.StatusRequest(),
+                                                 timeout=self._dial_timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, endpoint=conn.url) from None
+        conn.cluster_id = resp.header.cluster_id
 
     async def _failover(self, failed: _Channel | None) -> _Channel:
         """Replace ``failed`` (or nothing) with a connection to an endpoint that answers."""

@@ -58,6 +58,17 @@ class EtcdCompacted(EtcdError):
         self.compact_revision = compact_revision
 
 
+class EtcdClusterChanged(EtcdError):
+    """A resumed watch reached a different etcd cluster (a restore from backup, endpoints
+    that point elsewhere now): its revisions say nothing about ours; relist."""
+
+    def __init__(self, expected: int, found: int, *, endpoint: str | None = None) -> None:
+        super().__init__(f"etcd cluster ID changed from {expected:x} to {found:x}",
+                         endpoint=endpoint)
+        self.expected = expected
+        self.found = found
+
+
 # gRPC status codes whose failure says nothing about the request itself: the
 # member is down, partitioned, leaderless or shutting down; another may answer.
 _UNAVAILABLE_CODES = {

@@ -9,7 +9,9 @@ exactly once, in order, across reconnects.
 Two things end a watch with an error instead:
 
 * :class:`EtcdCompacted` — the revision we need is gone; the consumer must
-  relist (the reflector's "too old" path) and start a new watch.
+  relist (the reflector's "too old" path) and start a new watch;
+* :class:`EtcdClusterChanged` — the stream was resumed on a different etcd cluster
+  than ``cluster_id`` (or than the first stream's): its revisions are not ours.
 * any non-transient error (permission denied, cancelled by the server for
   another reason).
 
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from .errors import (
+    EtcdClusterChanged,
     EtcdCompacted,
     EtcdError,
     EtcdInvalidToken,
@@ -63,13 +66,15 @@ class Watch:
     """Iterate with ``async for batch in watch`` inside ``async with watch``."""
 
     def __init__(self, client: EtcdClient, *, key: bytes, range_end: bytes,
-                 start_revision: int, prev_kv: bool, progress_notify: bool) -> None:
+                 start_revision: int, prev_kv: bool, progress_notify: bool,
+                 cluster_id: int = 0) -> None:
         self._client = client
         self._key = key
         self._range_end = range_end
         self._next_revision = start_revision
         self._prev_kv = prev_kv
         self._progress_notify = progress_notify
+        self._cluster_id = cluster_id  # 0: pinned by the first stream the server accepts
         self._call: grpc.aio.StreamStreamCall | None = None
         self._closed = False
         self.reconnects = 0
@@ -123,6 +128,11 @@ class Watch:
                     if resp.canceled:
                         raise self._cancel_error(resp, conn.url)
                     if resp.created:
+                        found = resp.header.cluster_id
+                        if not self._cluster_id:
+                            self._cluster_id = found
+                        elif found and found != self._cluster_id:
+                            raise EtcdClusterChanged(self._cluster_id, found, endpoint=conn.url)
                         if self._next_revision == 0:
                             # Watching "from now": pin it so a resume misses nothing.
                             self._next_revision = resp.header.revision + 1

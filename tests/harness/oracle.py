@@ -1,7 +1,7 @@
 """What a correct KVStoreMesh caches, written from the spec, not from its code.
 
 The convergence check must not call the code it checks, or a bug there would be
-expected too.  This module restates, independently of :mod:`kvstoremesh.gating`,
+expected too.  This module restates, independently of :mod:`kvstoremesh.resources`,
 :mod:`kvstoremesh.validation` and :mod:`clustermesh.endpointslice`:
 
 * :func:`expected_reflection` — per resource and remote cluster-config, whether the

@@ -1,0 +1,123 @@
+"""What one producer owns under one prefix of the local etcd, written through the writer.
+
+A :class:`SyncStore` is Cilium's syncstore over our one
+:class:`~clustermesh.syncwriter.SyncWriter`: a KVStoreMesh reflector keeps one per
+remote resource (``cilium/cache/nodes/v1/cluster1/``), the apiserver's publisher one
+per resource of its cluster (``cilium/state/nodes/v1/cluster1/``).  It owns the two
+rules both need:
+
+* **No rewrite churn.**  The store remembers a digest of every value the local
+  etcd holds under its prefix (or will, once the writer commits), loaded once by
+  :meth:`SyncStore.load`.  :meth:`~SyncStore.upsert` of an unchanged value and
+  :meth:`~SyncStore.delete` of an absent key queue nothing, so a restart with
+  nothing changed costs reads and no writes.
+* **The sync canary once the data is in.**  :meth:`~SyncStore.mark_synced` waits
+  until every write queued before it is committed, then writes the canary — only
+  if it is missing: an existing canary (from before a relist or a restart) keeps
+  its timestamp, since agents only check that it exists.
+
+The digest is Python's keyed 64-bit SipHash (``hash``, seeded per process, so a
+remote cannot aim for a collision; digests never leave the process): about 5x
+cheaper than blake2b, and an int costs 17 bytes less per key than a 16-byte digest.
+
+The store is the only writer of its prefix; keys are full etcd keys (bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .clock import REAL_CLOCK, Clock, rfc3339_now
+from .etcd.client import EtcdClient
+from .syncwriter import SyncWriter
+
+
+class SyncStore:
+    def __init__(self, *, writer: SyncWriter, local: EtcdClient, prefix: bytes, canary: bytes,
+                 page_size: int = 5000, clock: Clock = REAL_CLOCK) -> None:
+        self.writer = writer
+        self.local = local
+        self.prefix = prefix
+        self.canary = canary
+        self._page_size = page_size
+        self._clock = clock
+        self._digests: dict[bytes, int] = {}  # key -> hash of the value etcd holds (or will)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._digests
+
+    def keys(self) -> Iterator[bytes]:
+        """A snapshot of the keys the store holds (safe to mutate the store meanwhile)."""
+        return iter(list(self._digests))
+
+    def holds(self, key: bytes, value: bytes) -> bool:
+        """Whether the local etcd holds (or will hold) ``value`` at ``key``."""
+        return self._digests.get(key) == hash(value)
+
+    async def load(self) -> None:
+        """Learn what the local etcd holds under the prefix.
+
+        Writes queued earlier are committed first: a put still queued could otherwise
+        land after this read and be missed by a diff against it.
+        """
+        await self.writer.flush()
+        digests: dict[bytes, int] = {}
+        async for page, _ in self.local.range_pages(self.prefix, page_size=self._page_size):
+            for kv in page:
+                digests[kv.key] = hash(kv.value)
+        self._digests = digests
+
+    def upsert(self, key: bytes, value: bytes, *, observed: float | None = None) -> bool:
+        """Queue ``value`` for ``key`` unless etcd holds it already; True if queued.
+
+        ``observed`` is the writer's: when the change was seen at its source.
+        """
+        digest = hash(value)
+        if self._digests.get(key) == digest:
+            return False
+        self._digests[key] = digest
+        self.writer.put(key, value, observed=observed)
+        return True
+
+    def delete(self, key: bytes, *, observed: float | None = None) -> bool:
+        """Queue the deletion of ``key`` if the store holds it; True if queued."""
+        if self._digests.pop(key, None) is None:
+            return False
+        self.writer.delete(key, observed=observed)
+        return True
+
+    def fits(self, key: bytes, value: bytes) -> bool:
+        """Whether one put of ``key`` can ever be committed (the writer's request limit)."""
+        return self.writer.fits(key, value)
+
+    async def pace(self) -> None:
+        """Let the writer run; wait while its queue is long (see ``SyncWriter.pace``)."""
+        await self.writer.pace()
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.writer.flush()
+
+    async def mark_synced(self) -> None:
+        """Once what was queued is committed, write the canary if it is missing."""
+        await self.writer.flush()
+        if await self.local.get(self.canary) is None:
+            self.writer.put(self.canary, rfc3339_now(self._clock))
+            await self.writer.flush()
+
+    async def drain(self) -> int:
+        """Delete every key of the store (the canary stays); how many were deleted."""
+        count = 0
+        for key in self.keys():
+            count += self.delete(key)
+        await self.writer.flush()
+        return count
+
+    async def delete_canary(self) -> None:
+        """Delete the canary (read first: nothing to delete costs no write)."""
+        if await self.local.get(self.canary) is not None:
+            self.writer.delete(self.canary)
+            await self.writer.flush()

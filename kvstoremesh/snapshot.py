@@ -1,0 +1,64 @@
+"""Frozen snapshots of what a remote cluster and its reflectors are doing.
+
+:meth:`~kvstoremesh.reflector.Reflector.status` and
+:meth:`~kvstoremesh.remote.RemoteCluster.status` return these; readiness, the status
+API, the metrics and the tests read nothing else of a remote (Cilium's ``Status()``
+snapshots).  A snapshot is taken in one go between two awaits, so its fields agree
+with each other, and holding one never keeps a session's objects alive.
+
+Times: ``*_since``, ``last_heartbeat`` and ``last_received`` are the mesh clock's
+monotonic time; ``last_failure`` is wall time (it is shown and exported as a date).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clustermesh.clusterconfig import CiliumClusterConfig
+from clustermesh.keys import Resource
+
+from .diagnostics import Problem
+from .rejections import Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class ReflectorStatus:
+    resource: Resource
+    listed: bool  # the current session has read the remote's initial list
+    synced: bool  # the cache canary is written (stays set across sessions)
+    cached_keys: int
+    relists: int  # relists after a compaction or a changed etcd cluster ID
+    last_received: float  # when data last arrived from the remote (0: never)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStatus:
+    name: str
+    ready: bool  # connected, config retrieved, reflectors registered, all synced
+    connected: bool
+    config_retrieved: bool
+    config: CiliumClusterConfig | None
+    registered: bool  # the reflectors of the current session are started
+    status: str  # upstream's one-line status text
+    failures: int
+    last_failure: float | None  # wall time
+    ever_connected: bool
+    disconnected_since: float | None  # None while connected
+    etcd_cluster_id: int | None
+    last_heartbeat: float | None  # when the heartbeat key last changed
+    ready_after: float | None  # seconds from the remote's start to its first ready
+    problem: Problem | None  # why its configuration is refused
+    certificate_problems: tuple[Problem, ...]
+    # The resources reflected from it (mirrored, or synced empty), in RESOURCES order;
+    # one the remote does not export and nobody waits for is absent.
+    reflectors: tuple[ReflectorStatus, ...]
+    rejected_total: int
+    rejected_latest: tuple[Rejection, ...]
+    pod_cidrs_version: int  # changes whenever the pod CIDRs of its nodes do
+
+    def reflector(self, resource: Resource) -> ReflectorStatus | None:
+        return next((r for r in self.reflectors if r.resource is resource), None)
+
+    def pending(self) -> list[str]:
+        """Names of the reflected resources not synced yet."""
+        return [r.resource.name for r in self.reflectors if not r.synced]
