@@ -100,7 +100,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && python3 -m compileall -q -j 0 \
         "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')" \
         /opt/clustermesh/lib \
- && /opt/clustermesh/bin/python -c 'import kvstoremesh.main, apiserver.main, clustermesh.cli' \
+ && /opt/clustermesh/bin/python -c 'import kvstoremesh.main, apiserver.main, clustermesh_tools.apiserver_binary, clustermesh_tools.cli' \
  && ln -s /opt/clustermesh/bin/clustermesh-apiserver /usr/bin/clustermesh-apiserver \
  && install -d -m 0777 /var/run/cilium \
  && /usr/bin/etcd --version \

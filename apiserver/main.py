@@ -1,37 +1,32 @@
-"""``clustermesh-apiserver``: upstream's one binary, with its subcommands and flags.
+"""``clustermesh-apiserver clustermesh``: the apiserver daemon's command line.
 
-    clustermesh-apiserver clustermesh [flags]        publish this cluster's state into its etcd
-    clustermesh-apiserver kvstoremesh [flags]        the KVStoreMesh daemon (kvstoremesh.main)
-    clustermesh-apiserver etcdinit [flags]           etcd users, roles, auth (apiserver.etcdinit)
-    clustermesh-apiserver kvstoremesh-dbg status|troubleshoot
-    clustermesh-apiserver clustermesh-dbg troubleshoot
-    clustermesh-apiserver version
-
-Cilium's Helm chart execs exactly these (``/usr/bin/clustermesh-apiserver <command>``),
-and cilium-cli's sysdump runs the debug ones, so the tree, the flag names and cobra's
-error text (``Error: unknown command "x" for "clustermesh-apiserver"``) are upstream's;
-:mod:`clustermesh.goflags` supplies the conventions. :func:`build_parser` is the one
-place the ``clustermesh`` flags are declared (facts §10, the chart's args, and ours:
-``--source``, ``--manifests-dir``, ``--clustermesh-service-v2``, ...); defaults come from
-:class:`~apiserver.daemon.ApiserverOptions` and the Kubernetes source.
+Upstream has no binary of the apiserver alone: Cilium's Helm chart execs
+``/usr/bin/clustermesh-apiserver clustermesh [flags]``, one subcommand of the binary
+whose command tree (``kvstoremesh``, ``etcdinit``, the ``*-dbg`` commands, ``version``)
+is :mod:`clustermesh_tools.apiserver_binary`, in the tooling layer because it runs both
+daemons. This module is the daemon's part: :func:`build_parser` is the one place the
+``clustermesh`` flags are declared (facts §10, the chart's args, and ours: ``--source``,
+``--manifests-dir``, ``--clustermesh-service-v2``, ...), parsed by
+:mod:`clustermesh.goflags` with Cilium's conventions (pflag syntax, ``CILIUM_<FLAG>``
+environment variables, cobra's errors); defaults come from
+:class:`~apiserver.daemon.ApiserverOptions` and the Kubernetes source. :func:`run`
+parses, validates and serves until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import platform
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from clustermesh.clusterconfig import validate_local_cluster
 from clustermesh.etcd.config import EtcdConfigError
 from clustermesh.flags import add_daemon_flags, daemon_settings, option_default
-from clustermesh.goflags import Command, FlagSet, Parsed, log_no_effect, run_group
+from clustermesh.goflags import FlagSet, Parsed, log_no_effect
 from clustermesh.logs import setup_logging
 
 from .daemon import ApiServer, ApiserverOptions
@@ -46,13 +41,13 @@ from .sources.kubernetes import (
 
 log = logging.getLogger("clustermesh-apiserver")
 
-ROOT = "clustermesh-apiserver"
+COMMAND = "clustermesh-apiserver clustermesh"
 GOPS_PORT = 9892  # upstream's defaults.GopsPortApiserver
 PPROF_PORT = 6063
 _K8S_CLIENT = "the Kubernetes client keeps its own connection settings"
 
 
-def build_parser(*, command: str = f"{ROOT} clustermesh") -> FlagSet:
+def build_parser(*, command: str = COMMAND) -> FlagSet:
     """Every flag of the ``clustermesh`` subcommand, defaults from ApiserverOptions."""
     def d(name: str) -> Any:
         return option_default(ApiserverOptions, name)
@@ -165,8 +160,9 @@ async def serve(options: ApiserverOptions, source: Source) -> None:
     await ApiServer(options, source).run(stop)
 
 
-def clustermesh_main(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
-    fs = build_parser()
+def run(argv: Sequence[str], *, command: str, env: Mapping[str, str] | None = None) -> int:
+    """Parse, validate, run until SIGTERM/SIGINT; the exit status."""
+    fs = build_parser(command=command)
     args = fs.parse_or_exit(argv, env=env)
     try:
         options, source = options_from_args(args)
@@ -181,69 +177,3 @@ def clustermesh_main(argv: Sequence[str], *, env: Mapping[str, str] | None = Non
         log.error("%s", exc)
         return 1
     return 0
-
-
-def version_line() -> str:
-    """Upstream prints ``<version> <commit> <go version> <os>/<arch>``; ours names itself."""
-    try:
-        version = metadata.version("clustermesh")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return (f"{version} clustermesh (Python implementation of Cilium's clustermesh-apiserver) "
-            f"python {platform.python_version()} {sys.platform}/{platform.machine()}")
-
-
-def _version_main(argv: Sequence[str]) -> int:
-    FlagSet(command=f"{ROOT} version", short="Print version information").parse_or_exit(argv)
-    print(version_line())
-    return 0
-
-
-def _kvstoremesh_main(argv: Sequence[str]) -> int:
-    from kvstoremesh.main import run
-
-    return run(argv, command=f"{ROOT} kvstoremesh")
-
-
-def _etcdinit_main(argv: Sequence[str]) -> int:
-    from .etcdinit import main as etcdinit_main
-
-    return etcdinit_main(list(argv))
-
-
-def _kvstoremesh_dbg_main(argv: Sequence[str]) -> int:
-    from .dbg import kvstoremesh_dbg
-
-    return kvstoremesh_dbg(argv, path=f"{ROOT} kvstoremesh-dbg")
-
-
-def _clustermesh_dbg_main(argv: Sequence[str]) -> int:
-    from .dbg import clustermesh_dbg
-
-    return clustermesh_dbg(argv, path=f"{ROOT} clustermesh-dbg")
-
-
-COMMANDS = (
-    Command(name="clustermesh", short="Run the ClusterMesh apiserver", run=clustermesh_main),
-    Command(name="clustermesh-dbg", short="Troubleshoot the ClusterMesh apiserver",
-            run=_clustermesh_dbg_main),
-    Command(name="etcdinit", short="Initialise the etcd data directory (users, roles, auth)",
-            run=_etcdinit_main),
-    Command(name="kvstoremesh", short="Run KVStoreMesh", run=_kvstoremesh_main),
-    Command(name="kvstoremesh-dbg", short="Inspect and troubleshoot KVStoreMesh",
-            run=_kvstoremesh_dbg_main),
-    Command(name="version", short="Print version information", run=_version_main),
-)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        return run_group(argv, path=ROOT, short="Run the ClusterMesh apiserver components",
-                         commands=COMMANDS)
-    except SystemExit as exc:  # parse_or_exit of a subcommand
-        return exc.code if isinstance(exc.code, int) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,10 @@
 """A small TLS PKI: the CA and the etcd server/client certificates of a mesh.
 
 Used by ``clustermesh enable`` and the local mesh to mint certificates, and by the
-tests to build throw-away PKIs.
+tests to build throw-away PKIs. :func:`certificate_problems` is the other direction,
+checking a certificate someone else issued: ``clustermesh troubleshoot`` runs it on a
+cluster directory's certificates, ``clustermesh-apiserver *-dbg troubleshoot`` on the
+client certificate of an etcd configuration (:mod:`clustermesh.etcdcheck`).
 
 Design
 ------
@@ -44,10 +47,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CA_VALIDITY",
+    "EXPIRY_WARNING",
     "LEAF_VALIDITY",
     "CertificateAuthority",
     "ClientCert",
     "TlsMaterial",
+    "certificate_problems",
+    "load_certificate",
     "read_not_after",
     "write_atomic",
 ]
@@ -56,6 +62,8 @@ __all__ = [
 CA_VALIDITY = dt.timedelta(days=3650)
 #: Default lifetime of generated leaf (server/client) certificates.
 LEAF_VALIDITY = dt.timedelta(days=365)
+#: :func:`certificate_problems` warns about a certificate expiring within this.
+EXPIRY_WARNING = dt.timedelta(days=30)
 # Certificates start one hour in the past so small clock differences between the test
 # process and etcd never make a freshly minted certificate "not yet valid".
 _BACKDATE = dt.timedelta(hours=1)
@@ -140,10 +148,82 @@ def _validity(
     return start, not_after
 
 
+def _builder(*, subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+             start: dt.datetime, end: dt.datetime, ca: bool) -> x509.CertificateBuilder:
+    """What a CA and a leaf certificate have in common; ``ca`` picks the key usages."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                # Irrelevant for ECDSA, but some RSA-minded validators look for it.
+                key_encipherment=not ca,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def load_certificate(cert_file: Path) -> x509.Certificate:
+    """The first certificate of a PEM file (OSError, or ValueError if it holds none)."""
+    return x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+
+
 def read_not_after(cert_file: Path) -> dt.datetime:
     """The (timezone-aware, UTC) expiry of the first certificate in a PEM file."""
-    cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
-    return cert.not_valid_after_utc
+    return load_certificate(cert_file).not_valid_after_utc
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def certificate_problems(cert_file: Path, ca_file: Path, *, now: dt.datetime,
+                         cn: str | None = None) -> list[str]:
+    """What is wrong with ``cert_file`` as a certificate of ``ca_file``'s CA, one line each.
+
+    Not signed by that CA, expired, expiring within :data:`EXPIRY_WARNING`, not valid
+    yet at ``now``, and (with ``cn``) another subject CN, which for an etcd client
+    certificate is another etcd user. Empty when there is nothing to report.
+    """
+    try:
+        cert, ca = load_certificate(cert_file), load_certificate(ca_file)
+    except (OSError, ValueError) as exc:
+        return [f"{cert_file}: unreadable ({exc})"]
+    problems = []
+    try:
+        cert.verify_directly_issued_by(ca)
+    except Exception as exc:  # InvalidSignature (which has no message), ValueError, TypeError
+        problems.append(f"{cert_file.name} is not signed by {ca_file} "
+                        f"({type(exc).__name__} {exc})".rstrip())
+    if cert.not_valid_after_utc < now:
+        problems.append(f"{cert_file.name} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    elif cert.not_valid_after_utc < now + EXPIRY_WARNING:
+        problems.append(f"{cert_file.name} expires on {cert.not_valid_after_utc:%Y-%m-%d} "
+                        "(within 30 days)")
+    if cert.not_valid_before_utc > now:
+        problems.append(f"{cert_file.name} is not valid before "
+                        f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}")
+    if cn is not None and _common_name(cert) != cn:
+        problems.append(f"{cert_file.name} has CN {_common_name(cert)!r}, etcd needs {cn!r} "
+                        "(the CN is the etcd user)")
+    return problems
 
 
 class CertificateAuthority:
@@ -172,33 +252,10 @@ class CertificateAuthority:
             ]
         )
         start, end = _validity(validity, None, None, CA_VALIDITY)
-        public_key = self.private_key.public_key()
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .sign(self.private_key, hashes.SHA256())
-        )
+        self.certificate = _builder(
+            subject=subject, issuer=subject, public_key=self.private_key.public_key(),
+            start=start, end=end, ca=True,
+        ).sign(self.private_key, hashes.SHA256())
         self.ca_file = self.dir / f"{name}.crt"
         self.key_file = self.dir / f"{name}.key"
         write_atomic(self.ca_file, _cert_pem(self.certificate))
@@ -248,41 +305,14 @@ class CertificateAuthority:
     ) -> tuple[Path, Path, dt.datetime]:
         key = ec.generate_private_key(ec.SECP256R1())
         start, end = _validity(validity, not_before, not_after, LEAF_VALIDITY)
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ])
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.organization),
-                        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                    ]
-                )
-            )
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    # Irrelevant for ECDSA, but some RSA-minded validators look for it.
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            _builder(subject=subject, issuer=self.certificate.subject,
+                     public_key=key.public_key(), start=start, end=end, ca=False)
             .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.private_key.public_key()),
                 critical=False,

@@ -24,14 +24,14 @@ import yaml
 from harness import EtcdServer, Pki, free_port
 from harness.mesh import MeshEnv, sample_state
 
-from apiserver import main as apiserver_main
+from clustermesh_tools import apiserver_binary as apiserver_main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "apiserver.main", *args, cwd=REPO,
+        sys.executable, "-m", "clustermesh_tools.apiserver_binary", *args, cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     out, err = await asyncio.wait_for(proc.communicate(), timeout)

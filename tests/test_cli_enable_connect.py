@@ -12,10 +12,10 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from clustermesh.cli import main
-from clustermesh.cli.clusterdir import ClusterDir, ClusterDirError, enable
-from clustermesh.cli.pairing import connect
 from clustermesh.etcd.config import load_etcd_config
+from clustermesh_tools.cli import main
+from clustermesh_tools.cli.clusterdir import ClusterDir, ClusterDirError, enable
+from clustermesh_tools.cli.pairing import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 

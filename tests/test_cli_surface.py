@@ -29,6 +29,7 @@ from harness import EtcdServer, free_port
 from apiserver import etcdinit
 from apiserver import main as apiserver_main
 from clustermesh.goflags import FlagError, FlagSet, log_no_effect, no_effect_flags
+from clustermesh_tools import apiserver_binary
 from kvstoremesh import main as kvstoremesh_main
 from kvstoremesh.statuscmd import fetch
 
@@ -256,7 +257,7 @@ def test_the_charts_arguments_are_accepted() -> None:
     assert (o.qps, o.max_inflight, o.health_port, o.enable_heartbeat, o.cache_ttl) == (
         100.0, 10, 9881, False, 0.0)
     assert kvm["no_effect"] == [] and kvm["args"].positionals == []
-    assert [c.name for c in apiserver_main.COMMANDS] == [
+    assert [c.name for c in apiserver_binary.COMMANDS] == [
         "clustermesh", "clustermesh-dbg", "etcdinit", "kvstoremesh", "kvstoremesh-dbg",
         "version"]
 
@@ -339,22 +340,22 @@ def test_bool_syntax_as_pflag() -> None:
 ])
 def test_refusals_print_cobras_text_and_exit_1(
         capsys: pytest.CaptureFixture[str], argv: list[str], stderr_start: str) -> None:
-    assert apiserver_main.main(argv) == 1
+    assert apiserver_binary.main(argv) == 1
     out, err = capsys.readouterr()
     assert err.startswith(stderr_start), err
     assert out == ""
 
 
 def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
-    assert apiserver_main.main(["kvstoremesh", "--help"]) == 0
+    assert apiserver_binary.main(["kvstoremesh", "--help"]) == 0
     out = capsys.readouterr().out
     assert "Usage:\n  clustermesh-apiserver kvstoremesh [flags]" in out
     assert "  -D, --debug " in out and "--kvstore-opt stringToString" in out
-    assert apiserver_main.main(["clustermesh", "-h"]) == 0
+    assert apiserver_binary.main(["clustermesh", "-h"]) == 0
     assert "--cluster-users-enabled" in capsys.readouterr().out
-    assert apiserver_main.main([]) == 0
+    assert apiserver_binary.main([]) == 0
     assert "Available Commands:" in capsys.readouterr().out
-    assert apiserver_main.main(["version"]) == 0
+    assert apiserver_binary.main(["version"]) == 0
     assert re.fullmatch(r"\S+ clustermesh \(.*\) python 3\.\d+\.\d+ \S+/\S+\n",
                         capsys.readouterr().out)
 
@@ -388,8 +389,8 @@ async def test_kvstoremesh_process_configured_from_env(tmp_path: Path,
            "CILIUM_HEALTH_PORT": str(health), "CILIUM_API_SERVE_ADDR": f"127.0.0.1:{api}",
            "CILIUM_ENVOY_PORT": "tcp://10.96.0.10:9964", "CILIUM_PPROF": "true"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "apiserver.main", "kvstoremesh", "--enable-gops=false",
-        "--validate-remote-data", "false", cwd=REPO, env=env,
+        sys.executable, "-m", "clustermesh_tools.apiserver_binary", "kvstoremesh",
+        "--enable-gops=false", "--validate-remote-data", "false", cwd=REPO, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
     seen: list[str] = []

@@ -184,7 +184,8 @@ assert sys.dont_write_bytecode, "PYTHONDONTWRITEBYTECODE is not set"
 assert sys.prefix == "/opt/clustermesh", sys.prefix
 for name in ("pip", "setuptools"):
     assert importlib.util.find_spec(name) is None, f"{name} is in the runtime venv"
-import apiserver.etcdinit, apiserver.main, clustermesh.cli, kvstoremesh.main  # noqa
+import apiserver.etcdinit, apiserver.main, kvstoremesh.main  # noqa
+import clustermesh_tools.apiserver_binary, clustermesh_tools.cli  # noqa
 missing = [m.__file__ for m in list(sys.modules.values())
            if getattr(m, "__file__", None) and m.__file__.endswith(".py")
            and not os.path.exists(importlib.util.cache_from_source(m.__file__))]

@@ -22,12 +22,12 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from clustermesh.cli.clusterdir import ClusterDir
 from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
-from clustermesh.localmesh import procs
-from clustermesh.localmesh.binaries import EtcdNotFound, find_etcd_binary
-from clustermesh.localmesh.mesh import LocalMesh
+from clustermesh.etcdbin import EtcdNotFound, find_etcd_binary
+from clustermesh_tools.cli.clusterdir import ClusterDir
+from clustermesh_tools.localmesh import procs
+from clustermesh_tools.localmesh.mesh import LocalMesh
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ except EtcdNotFound as exc:  # pragma: no cover - CI installs etcd
 
 def cm(*args: object, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "clustermesh.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "clustermesh_tools.cli", *map(str, args)],
                           env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, check=False)
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from clustermesh.cli import build_parser, main
-from clustermesh.cli.clusterdir import ClusterDir, enable
-from clustermesh.cli.troubleshoot import troubleshoot
-from clustermesh.localmesh import binaries, procs
-from clustermesh.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
+from clustermesh import etcdbin as binaries
 from clustermesh.pki import CertificateAuthority
+from clustermesh_tools.cli import build_parser, main
+from clustermesh_tools.cli.clusterdir import ClusterDir, enable
+from clustermesh_tools.cli.troubleshoot import troubleshoot
+from clustermesh_tools.localmesh import procs
+from clustermesh_tools.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
 
 
 def test_find_etcd_binary_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +102,7 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_console_script_module_entry_point() -> None:
-    r = subprocess.run([sys.executable, "-m", "clustermesh.cli", "--help"],
+    r = subprocess.run([sys.executable, "-m", "clustermesh_tools.cli", "--help"],
                        capture_output=True, text=True, check=False,
                        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
     assert r.returncode == 0 and "local" in r.stdout
@@ -138,7 +139,7 @@ def test_troubleshoot_finds_certificate_and_mesh_problems(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("mode", ["legacy", "migration", "cluster"])
 def test_apiserver_runs_users_management_unless_legacy(tmp_path: Path, mode: str) -> None:
-    from clustermesh.localmesh.mesh import LocalCluster
+    from clustermesh_tools.localmesh.mesh import LocalCluster
 
     mesh = LocalMesh(tmp_path / "mesh")
     mesh.auth_mode = mode

@@ -27,7 +27,7 @@ import pytest
 from harness import free_port
 from harness.mesh import MeshEnv, sample_state
 
-from clustermesh.cli.status import ClusterStatus, Target, format_statuses
+from clustermesh_tools.cli.status import ClusterStatus, Target, format_statuses
 from kvstoremesh.mesh import KVStoreMesh
 from kvstoremesh.status import format_status
 

@@ -117,13 +117,7 @@ def stop(rec: ProcRecord, *, timeout: float = 10.0) -> str:
         if not is_running(rec):
             return "stopped"
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(rec.pid, signal.SIGKILL)
-    for _ in range(100):
-        _reap(rec.pid)
-        if not is_running(rec):
-            break
-        time.sleep(0.05)
+    _sigkill(rec)
     return "killed"
 
 
@@ -131,6 +125,12 @@ def kill(rec: ProcRecord) -> bool:
     """SIGKILL the recorded process (fault injection); False if it was not running."""
     if not is_running(rec):
         return False
+    _sigkill(rec)
+    return True
+
+
+def _sigkill(rec: ProcRecord) -> None:
+    """SIGKILL the process group and wait (up to 5 s) until it is gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(rec.pid, signal.SIGKILL)
     for _ in range(100):
@@ -138,7 +138,6 @@ def kill(rec: ProcRecord) -> bool:
         if not is_running(rec):
             break
         time.sleep(0.05)
-    return True
 
 
 def _reap(pid: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +251,16 @@ def _cell(r: PairResult | None) -> str:
     if r is None:
         return "-"
     return f"ok {r.latency:.2f}s" if r.ok and r.latency is not None else "FAIL"
+
+
+def check_and_print(targets: list[CheckTarget], *, timeout: float) -> int:
+    """Run the check, printing what it does and the result; 0 when it passed, else 1."""
+    names = ", ".join(t.name for t in targets)
+    print(f"publishing a probe identity, endpoint and global service in {names} ...",
+          flush=True)
+    result = asyncio.run(run_check(targets, timeout=timeout))
+    sys.stdout.write(format_result(result, timeout=timeout))
+    return 0 if result.ok else 1
 
 
 def format_result(result: CheckResult, *, timeout: float) -> str:

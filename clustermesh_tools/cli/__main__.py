@@ -1,4 +1,4 @@
-"""``python -m clustermesh.cli``."""
+"""``python -m clustermesh_tools.cli``."""
 
 import sys
 

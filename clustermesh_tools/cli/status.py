@@ -8,11 +8,14 @@ every cluster that is unreachable or not ready, and from where.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clustermesh.localmesh.mesh import fetch_status
+from clustermesh_tools.localmesh.mesh import fetch_status
 
 from .clusterdir import ClusterDir
 
@@ -66,7 +69,8 @@ def collect(targets: list[Target]) -> list[ClusterStatus]:
     return [ClusterStatus(t, fetch_status(t.api)) for t in targets]
 
 
-def wait(targets: list[Target], *, timeout: float, refresh=None) -> list[ClusterStatus]:
+def wait(targets: list[Target], *, timeout: float,
+         refresh: Callable[[], list[Target]] | None = None) -> list[ClusterStatus]:
     deadline = time.monotonic() + timeout
     while True:
         statuses = collect(targets if refresh is None else refresh())
@@ -135,3 +139,12 @@ def statuses_json(statuses: list[ClusterStatus]) -> list[dict[str, Any]]:
     return [{"name": s.target.name, "api": s.target.api, "reachable": s.models is not None,
              "ready": s.ready, "notes": s.target.notes, "remotes": s.models or []}
             for s in statuses]
+
+
+def print_statuses(statuses: list[ClusterStatus], output: str) -> int:
+    """Print ``statuses`` as ``output`` (text or json); 0 when every cluster is ready, else 1."""
+    if output == "json":
+        print(json.dumps(statuses_json(statuses), indent=2))
+    else:
+        sys.stdout.write(format_statuses(statuses))
+    return 0 if all(s.ready for s in statuses) else 1

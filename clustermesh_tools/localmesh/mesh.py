@@ -26,7 +26,7 @@ Directory::
     <dir>/
       state.json            clusters, ports, processes (pid + start time + argv)
       ca/ca.crt, ca.key     the mesh CA
-      <cluster>/            a cluster directory (clustermesh/cli/clusterdir.py) plus
+      <cluster>/            a cluster directory (clustermesh_tools/cli/clusterdir.py) plus
         etcd/               etcd's data directory
         manifests/          the apiserver's source (workload.yaml; check adds a probe)
         logs/               etcd.log, apiserver.log, kvstoremesh.log
@@ -48,14 +48,14 @@ from typing import Any
 
 import yaml
 
-from clustermesh.cli.authmode import DEFAULT_AUTH_MODE, check_mode
-from clustermesh.cli.clusterdir import ClusterDir, enable, write_atomic
-from clustermesh.cli.pairing import connect
 from clustermesh.clusterconfig import validate_cluster_name
+from clustermesh.etcdbin import find_etcd_binary
 from clustermesh.pki import CertificateAuthority
+from clustermesh_tools.cli.authmode import DEFAULT_AUTH_MODE, check_mode
+from clustermesh_tools.cli.clusterdir import ClusterDir, enable, write_atomic
+from clustermesh_tools.cli.pairing import connect
 
 from . import procs
-from .binaries import find_etcd_binary
 from .errors import LocalMeshError
 from .probes import fetch_status, http_ok, log_tail
 from .procs import ProcRecord
@@ -75,7 +75,7 @@ def default_dir() -> Path:
 
 
 def _source_root() -> Path:
-    """The directory holding the ``clustermesh`` package (for the daemons' PYTHONPATH)."""
+    """The directory holding the project's packages (for the daemons' PYTHONPATH)."""
     import clustermesh
 
     return Path(clustermesh.__file__).resolve().parent.parent
@@ -304,7 +304,8 @@ class LocalMesh:
                   f"--kvstore-opt=etcd.config={c.dir / 'etcd-admin.yaml'}"]
         self.processes[f"{c.name}/apiserver"] = ProcRecord(
             name=f"{c.name}/apiserver", log=str(logs / "apiserver.log"), env=env, argv=[
-                sys.executable, "-m", "apiserver.main", "clustermesh", *common,
+                sys.executable, "-m", "clustermesh_tools.apiserver_binary", "clustermesh",
+                *common,
                 "--source=manifests", f"--manifests-dir={c.dir / 'manifests'}",
                 "--manifests-poll-interval=200ms",
                 f"--health-port={c.apiserver_health_port}",

@@ -1,9 +1,10 @@
 """``clustermesh troubleshoot``: Cilium's Cluster Mesh troubleshooting list, run for you.
 
 Per cluster: certificates (chain to the CA, expected CNs/SANs, not expiring within
-30 days), etcd reachable, ``cilium/cluster-config/<name>`` present and matching the
-name/ID/maxConnectedClusters, the apiserver's sync canaries present, heartbeat
-fresh, every other cluster configured, KVStoreMesh ready with every remote ready.
+30 days: :func:`clustermesh.pki.certificate_problems`), etcd reachable,
+``cilium/cluster-config/<name>`` present and matching the name/ID/maxConnectedClusters,
+the apiserver's sync canaries present, heartbeat fresh, every other cluster configured,
+KVStoreMesh ready with every remote ready.
 Across the mesh: no duplicate IDs, one maxConnectedClusters.  Every failure comes
 with the fix.
 """
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from clustermesh.clusterconfig import (
     EXPORT_ENDPOINTSLICES_ONLY,
@@ -36,11 +36,11 @@ from clustermesh.keys import (
     SERVICES,
     cluster_config_key,
 )
-from clustermesh.localmesh.mesh import fetch_status, http_ok
+from clustermesh.pki import EXPIRY_WARNING, certificate_problems, load_certificate
+from clustermesh_tools.localmesh.mesh import fetch_status, http_ok
 
 from .clusterdir import ClusterDir
 
-EXPIRY_WARNING = dt.timedelta(days=30)
 HEARTBEAT_MAX_AGE = dt.timedelta(minutes=2)  # Cilium: 2 x the 1-minute write interval
 
 
@@ -79,44 +79,9 @@ class Report:
 # ---------------------------------------------------------------------------- certificates
 
 
-def _load(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-def _cn(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
-
-
-def _cert_problems(cert_file: Path, ca_file: Path, *, now: dt.datetime,
-                   cn: str | None = None) -> list[str]:
-    try:
-        cert, ca = _load(cert_file), _load(ca_file)
-    except (OSError, ValueError) as exc:
-        return [f"{cert_file}: unreadable ({exc})"]
-    problems = []
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, Exception) as exc:  # InvalidSignature has no message
-        problems.append(f"{cert_file.name} is not signed by {ca_file} "
-                        f"({type(exc).__name__} {exc})".rstrip())
-    if cert.not_valid_after_utc < now:
-        problems.append(f"{cert_file.name} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
-    elif cert.not_valid_after_utc < now + EXPIRY_WARNING:
-        problems.append(f"{cert_file.name} expires on {cert.not_valid_after_utc:%Y-%m-%d} "
-                        "(within 30 days)")
-    if cert.not_valid_before_utc > now:
-        problems.append(f"{cert_file.name} is not valid before "
-                        f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}")
-    if cn is not None and _cn(cert) != cn:
-        problems.append(f"{cert_file.name} has CN {_cn(cert)!r}, etcd needs {cn!r} (the CN is "
-                        "the etcd user)")
-    return problems
-
-
 def _san_covers(cert_file: Path, host: str) -> bool:
     try:
-        sans = _load(cert_file).extensions.get_extension_for_class(
+        sans = load_certificate(cert_file).extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value
     except (OSError, ValueError, x509.ExtensionNotFound):
         return False
@@ -137,12 +102,12 @@ def check_certificates(report: Report, d: ClusterDir, others: dict[str, ClusterD
     fix = (f"re-issue with `clustermesh enable` (same CA: --ca-dir/--shared-ca) into a new "
            f"directory and reconnect; the files are in {d.certs}")
     problems = []
-    ca = _load(d.ca_file)
+    ca = load_certificate(d.ca_file)
     if ca.not_valid_after_utc < now + EXPIRY_WARNING:
         problems.append(f"the CA expires on {ca.not_valid_after_utc:%Y-%m-%d}")
     for stem, cn in (("server", None), ("admin", f"admin-{d.name}"),
                      ("local", f"local-{d.name}"), ("remote", d.remote_cn)):
-        problems += _cert_problems(d.cert(stem)[0], d.ca_file, now=now, cn=cn)
+        problems += certificate_problems(d.cert(stem)[0], d.ca_file, now=now, cn=cn)
     if not _san_covers(d.cert("server")[0], d.address):
         problems.append(f"server.crt has no SAN for {d.address}, the address other clusters "
                         "use")
@@ -161,7 +126,7 @@ def check_certificates(report: Report, d: ClusterDir, others: dict[str, ClusterD
         other = others.get(r.name)
         if other is None or cfg.cert_file is None:
             continue
-        bad = _cert_problems(cfg.cert_file, other.ca_file, now=now, cn=d.remote_cn)
+        bad = certificate_problems(cfg.cert_file, other.ca_file, now=now, cn=d.remote_cn)
         if bad:
             report.add(section, False, f"remote {r.name}: " + "; ".join(bad),
                        f"clustermesh connect --source {d.path} --destination {other.path}")

@@ -15,15 +15,17 @@ command failed), 2 usage errors.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clustermesh.clusterconfig import DEFAULT_MAX_CONNECTED_CLUSTERS
 from clustermesh.flags import duration_arg
 
 from .authmode import AUTH_MODES, DEFAULT_AUTH_MODE
+
+if TYPE_CHECKING:
+    from .status import Target
 
 __all__ = ["main"]
 
@@ -45,7 +47,7 @@ def _names_arg(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clustermesh.localmesh.mesh import default_dir
+    from clustermesh_tools.localmesh.mesh import default_dir
 
     p = argparse.ArgumentParser(
         prog="clustermesh",
@@ -165,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from clustermesh.localmesh.binaries import EtcdNotFound
-    from clustermesh.localmesh.mesh import LocalMeshError
+    from clustermesh.etcdbin import EtcdNotFound
+    from clustermesh_tools.localmesh.mesh import LocalMeshError
 
     from .clusterdir import ClusterDirError
 
@@ -237,7 +239,7 @@ def _cmd_disconnect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _targets_from_args(args: argparse.Namespace):
+def _targets_from_args(args: argparse.Namespace) -> list[Target]:
     from .clusterdir import ClusterDir
     from .status import Target, targets_from_dirs
 
@@ -251,42 +253,20 @@ def _targets_from_args(args: argparse.Namespace):
     return targets
 
 
-def _print_statuses(statuses, output: str) -> int:
-    from .status import format_statuses, statuses_json
-
-    if output == "json":
-        print(json.dumps(statuses_json(statuses), indent=2))
-    else:
-        sys.stdout.write(format_statuses(statuses))
-    return 0 if all(s.ready for s in statuses) else 1
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .status import collect, wait
+    from .status import collect, print_statuses, wait
 
     targets = _targets_from_args(args)
     statuses = wait(targets, timeout=args.timeout) if args.wait else collect(targets)
-    return _print_statuses(statuses, args.output)
-
-
-def run_check(targets, timeout: float) -> int:
-    from .check import format_result
-    from .check import run_check as run
-
-    names = ", ".join(t.name for t in targets)
-    print(f"publishing a probe identity, endpoint and global service in {names} ...",
-          flush=True)
-    result = asyncio.run(run(targets, timeout=timeout))
-    sys.stdout.write(format_result(result, timeout=timeout))
-    return 0 if result.ok else 1
+    return print_statuses(statuses, args.output)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .check import CheckTarget
+    from .check import CheckTarget, check_and_print
     from .clusterdir import ClusterDir
 
-    return run_check([CheckTarget.from_dir(ClusterDir.load(p)) for p in args.cluster_dir],
-                     args.timeout)
+    return check_and_print([CheckTarget.from_dir(ClusterDir.load(p)) for p in args.cluster_dir],
+                           timeout=args.timeout)
 
 
 def _cmd_troubleshoot(args: argparse.Namespace) -> int:

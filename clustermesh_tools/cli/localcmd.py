@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
-from clustermesh.localmesh import procs
-from clustermesh.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
+from clustermesh_tools.localmesh import procs
+from clustermesh_tools.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
 
 from .clusterdir import ClusterDir
 
@@ -20,6 +21,7 @@ def _dir_flag(mesh: LocalMesh) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``clustermesh local <args.local_command>``; the exit status."""
     return globals()[f"_{args.local_command}"](args)
 
 
@@ -40,7 +42,7 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def process_notes(mesh: LocalMesh):
+def process_notes(mesh: LocalMesh) -> Callable[[ClusterDir, str], str | None]:
     """For troubleshoot/status: explain a recorded process that is not running."""
     def note(d: ClusterDir, component: str) -> str | None:
         rec = mesh.processes.get(f"{d.name}/{component}")
@@ -53,8 +55,7 @@ def process_notes(mesh: LocalMesh):
 
 
 def _status(args: argparse.Namespace) -> int:
-    from . import _print_statuses
-    from .status import Target, collect, wait
+    from .status import Target, collect, print_statuses, wait
 
     mesh = _mesh(args)
     if not mesh.kvstoremesh:
@@ -78,20 +79,19 @@ def _status(args: argparse.Namespace) -> int:
 
     statuses = (wait(targets(), timeout=args.timeout, refresh=targets) if args.wait
                 else collect(targets()))
-    return _print_statuses(statuses, args.output)
+    return print_statuses(statuses, args.output)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from . import run_check
-    from .check import CheckTarget
+    from .check import CheckTarget, check_and_print
 
     mesh = _mesh(args)
     if not mesh.kvstoremesh:
         raise LocalMeshError("this mesh runs without KVStoreMesh (local up --no-kvstoremesh): "
                              "the check reads each cluster's KVStoreMesh cache; start the mesh "
                              "with --kvstoremesh")
-    return run_check([CheckTarget.from_dir(c.cluster_dir) for c in mesh.clusters],
-                     args.timeout)
+    return check_and_print([CheckTarget.from_dir(c.cluster_dir) for c in mesh.clusters],
+                           timeout=args.timeout)
 
 
 def _troubleshoot(args: argparse.Namespace) -> int:
