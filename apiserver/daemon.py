@@ -16,13 +16,16 @@ Tasks while running:
   (:mod:`apiserver.users`), from the moment etcd answers;
 * health (``/healthz``, ``/readyz``: ready once every resource has written its
   sync canary) and metrics servers.
+
+Every timer of the daemon (the source's restart backoff, the "not ready" report, and
+those of the publisher, users management, heartbeat and quorum check it starts) runs
+on the one injected :class:`~clustermesh.clock.Clock`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from clustermesh.assertion import keep_asserted
+from clustermesh.backoff import KUBERNETES, Backoff
+from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
@@ -46,7 +51,6 @@ from clustermesh.syncwriter import SyncWriter
 from .exports import ExportOptions
 from .publisher import Publisher
 from .sources import Source
-from .sources.kubernetes import Backoff
 from .users import UsersManager
 
 log = logging.getLogger(__name__)
@@ -98,16 +102,17 @@ class ApiserverOptions:
 
 
 class ApiServer:
-    def __init__(self, options: ApiserverOptions, source: Source) -> None:
+    def __init__(self, options: ApiserverOptions, source: Source, *,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.options = options
         self.source = source
+        self.clock = clock
         self.metrics = KVStoreMetrics(NS, controller_groups=options.controller_group_metrics)
         self.quorum: QuorumCheck | None = None
         self.local: EtcdClient | None = None
         self.writer: SyncWriter | None = None
         self.publisher: Publisher | None = None
         self.runners: dict[str, web.AppRunner] = {}
-        self.started_at = time.monotonic()
         self.source_error: str | None = None  # why the objects source last failed
         self.users: UsersManager | None = None  # with --cluster-users-enabled
 
@@ -150,7 +155,7 @@ class ApiServer:
                                 observer=self.metrics.etcd_operation)
         self.quorum = QuorumCheck(self.local, metrics=self.metrics,
                                   max_errors=o.max_consecutive_quorum_errors,
-                                  interval=o.status_check_interval)
+                                  interval=o.status_check_interval, clock=self.clock)
         self.runners["health"] = await serve(health_app(live=self.live, ready=self.ready),
                                              "", o.health_port)
         if o.prometheus_serve_addr:
@@ -167,7 +172,8 @@ class ApiServer:
                 on_error=lambda keys: self.metrics.writes_failed(
                     keys, default_cluster=o.cluster_name))
             self.writer.start()
-            self.publisher = Publisher(o.exports, local=self.local, writer=self.writer)
+            self.publisher = Publisher(o.exports, local=self.local, writer=self.writer,
+                                       clock=self.clock)
             self.publisher.start()
             tasks += [
                 asyncio.create_task(self._run_source(), name="source"),
@@ -177,7 +183,8 @@ class ApiServer:
                     o.cluster_config.to_json(), runs=self.metrics.controllers),
                     name="cluster-config"),
                 asyncio.create_task(write_heartbeats(
-                    self.local, runs=self.metrics.controllers, interval=o.heartbeat_interval),
+                    self.local, runs=self.metrics.controllers, interval=o.heartbeat_interval,
+                    clock=self.clock),
                     name="heartbeat"),
                 asyncio.create_task(self.quorum.run(), name="quorum-check"),
             ]
@@ -212,7 +219,7 @@ class ApiServer:
         assert self.local is not None
         self.users = UsersManager(self.local, cluster_name=o.cluster_name,
                                   path=o.cluster_users_config_path,
-                                  runs=self.metrics.controllers)
+                                  runs=self.metrics.controllers, clock=self.clock)
         return [asyncio.create_task(self.users.run(), name="users")]
 
     async def _run_source(self) -> None:
@@ -220,10 +227,12 @@ class ApiServer:
 
         The etcd side (cluster-config, heartbeat, users, health and metrics) does not
         depend on it: a Kubernetes API that is unreachable or not configured yet only
-        keeps readiness false until the first full list of every kind.
+        keeps readiness false until the first full list of every kind.  The restart
+        backoff is the Kubernetes client's (:data:`~clustermesh.backoff.KUBERNETES`),
+        whichever the source: it waits for the API server, or for a fix of its access.
         """
         assert self.publisher is not None
-        backoff = Backoff()
+        backoff = Backoff(KUBERNETES, clock=self.clock)
         while True:
             try:
                 await self.source.run(self.publisher, self.publisher.kinds)
@@ -237,7 +246,7 @@ class ApiServer:
             delay = backoff.next_delay()
             (log.warning if first else log.info)(
                 "objects source failed (%s); retrying in %.1fs", error, delay)
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
 
     async def _report_waiting(self) -> None:
         """While not ready, say what readiness waits for: after 5 s, then every minute.
@@ -245,7 +254,7 @@ class ApiServer:
         Never returns (a finished task ends the daemon)."""
         delay = 5.0
         while True:
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             delay = 60.0
             ready, waiting = self.ready()
             if not ready:

@@ -31,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from clustermesh.backoff import ETCD_STARTING, Backoff
+from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import validate_cluster_name
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import EtcdConfigError, EtcdConfigFileMissing, load_etcd_config
@@ -49,10 +50,10 @@ from .etcdinit_auth import (
     Grant,
     desired_auth,
     etcdinit,
-    load_users_file,
     users_and_roles,
 )
 from .etcdinit_upstream import UpstreamOptions, find_etcd, initialise
+from .users import load_users_file
 
 __all__ = [
     "ALL_KEYS",
@@ -152,12 +153,20 @@ def _check_flags(fs: FlagSet, args: Parsed) -> None:
 # ------------------------------------------------------------------------ client mode
 
 
-async def _run_client(config_path: Path, cluster_name: str, extra_users: Mapping[str, str],
-                      timeout: float, on_action: Callable[[str], None]) -> list[str]:
+async def _run_client(config_path: Path, *, cluster_name: str, extra_users: Mapping[str, str],
+                      timeout: float, on_action: Callable[[str], None],
+                      clock: Clock = REAL_CLOCK) -> list[str]:
+    """Connect (retrying on :data:`~clustermesh.backoff.ETCD_STARTING` while etcd or its
+    configuration is not there yet) and initialise, all within ``timeout``.
+
+    ``timeout`` is a deadline of the event loop (``asyncio.timeout_at``), not a timer
+    of ours: it bounds the whole run, and what is left of it bounds each dial and
+    request of the etcd client.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    backoff = Backoff(ETCD_STARTING, clock=clock)
     last: Exception | None = None
-    delay = 0.2
     attempt = 0
     try:
         async with asyncio.timeout_at(deadline):
@@ -184,8 +193,7 @@ async def _run_client(config_path: Path, cluster_name: str, extra_users: Mapping
                     # are filled asynchronously: wait for both.
                     last = exc
                     log.info("etcd not ready yet (attempt %d): %s; retrying", attempt, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await backoff.wait()
     except TimeoutError:
         if last is None:
             what = "etcd answered, but the initialisation did not finish in time"
@@ -197,13 +205,15 @@ async def _run_client(config_path: Path, cluster_name: str, extra_users: Mapping
                              + (f": {last}" if last else "")) from None
 
 
-def _client_mode(args: Parsed, extra_users: Mapping[str, str]) -> None:
-    started = time.monotonic()
+def _client_mode(args: Parsed, extra_users: Mapping[str, str], *,
+                 clock: Clock = REAL_CLOCK) -> None:
+    started = clock.monotonic()
     # Actions are printed as they are taken: a run that fails half-way shows them too.
-    actions = asyncio.run(_run_client(Path(args.kvstore_opt["etcd.config"]), args.cluster_name,
-                                      extra_users, args.timeout,
-                                      lambda action: print(action, flush=True)))
-    took = time.monotonic() - started
+    actions = asyncio.run(_run_client(
+        Path(args.kvstore_opt["etcd.config"]), cluster_name=args.cluster_name,
+        extra_users=extra_users, timeout=args.timeout,
+        on_action=lambda action: print(action, flush=True), clock=clock))
+    took = clock.monotonic() - started
     if actions:
         print(f"etcd initialised for cluster {args.cluster_name} "
               f"({len(actions)} actions, {took:.1f}s)")
@@ -248,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client_mode = bool(args.kvstore_opt.get("etcd.config"))
     try:
         users_path = args.cluster_users_config_path
-        extra = load_users_file(Path(users_path), args.cluster_name) if users_path else {}
+        extra = (load_users_file(Path(users_path), cluster_name=args.cluster_name)
+                 if users_path else {})
         users_and_roles(args.cluster_name, extra)  # refused here, before anything is touched
         if client_mode:
             _client_mode(args, extra)

@@ -45,9 +45,9 @@ from Cilium, on purpose:
   ``root`` or ``admin-<cluster>`` client certificate), and completes a server where
   auth was enabled but users or permissions are missing.
 * **Extra users** (``extra_users``, name → role, as in Cilium's ``users.yaml`` for
-  per-remote-cluster users; :func:`load_users_file`) can be created here too; Cilium's
-  apiserver does that later in its users manager, which also deletes stale ones.  This
-  module never deletes users.
+  per-remote-cluster users, read by :func:`apiserver.users.load_users_file`) can be
+  created here too; Cilium's apiserver does that later in its users manager, which
+  also deletes stale ones.  This module never deletes users.
 """
 
 from __future__ import annotations
@@ -55,10 +55,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
-
-import yaml
 
 from clustermesh.clusterconfig import validate_cluster_name
 from clustermesh.etcd import auth
@@ -82,7 +79,6 @@ __all__ = [
     "Grant",
     "desired_auth",
     "etcdinit",
-    "load_users_file",
     "users_and_roles",
 ]
 
@@ -361,29 +357,3 @@ async def etcdinit(client: EtcdClient, *, cluster_name: str,
         await auth.auth_enable(client)
         run.did("enabled authentication")
     return run.actions
-
-
-# ------------------------------------------------------------------------ users.yaml
-
-
-def load_users_file(path: Path, cluster_name: str) -> dict[str, str]:
-    """Cilium's ``users.yaml``: ``users: [{name: <cluster>, role: remote}, ...]``."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    entries = (data or {}).get("users") if isinstance(data, dict | None) else None
-    if entries is None:
-        return {}
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: 'users' must be a list of {{name, role}}")
-    users: dict[str, str] = {}
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
-                or not isinstance(entry.get("role"), str):
-            raise ValueError(f"{path}: users[{i}] must have string 'name' and 'role'")
-        if entry["name"] != cluster_name:
-            users[entry["name"]] = entry["role"]
-    return users

@@ -6,58 +6,63 @@ feeds.  :class:`~apiserver.exports.Exports` holds the objects and says which
 or EndpointSlice) a change affects and what keys each owner publishes.  Owners
 may claim the same key (two endpoints with one IP): an
 :class:`~apiserver.ownership.Ownership` per resource decides whose value is
-exported.  Writes are deduplicated against what etcd holds, so only keys whose
-value changes are written.
+exported.  Every resource's keys go through its own
+:class:`~clustermesh.syncstore.SyncStore` (prefix ``cilium/state/<resource>/v1/<cluster>/``),
+which deduplicates writes against what etcd holds, so only keys whose value changes are
+written, and writes the resource's sync canary.  Keys are ``str`` in here (converters
+and ownership work on text) and become bytes only at the store boundary.
 
 Each etcd resource goes live once every kind it is built from has been listed:
 
-1. read what our etcd already holds under the resource's state prefix;
+1. the store reads what our etcd already holds under the resource's state prefix
+   (:meth:`~clustermesh.syncstore.SyncStore.load`);
 2. without yielding to the event loop, compute every owner's keys from the
    current objects and seed the ownership of each key from what is exported
    (the claimant already exported stays primary, so a restart flips nothing),
    queue writes for keys that differ and deletes for keys nobody publishes any
    more (left over from before a restart) — a restart with unchanged objects
    writes nothing;
-3. once those writes are committed, write the sync canary
-   ``cilium/synced/<cluster>/cilium/state/<resource>/v1``.
+3. once those writes are committed, the store writes the sync canary
+   ``cilium/synced/<cluster>/cilium/state/<resource>/v1`` (if it is missing: one from
+   before a restart keeps its timestamp).
 
 From then on changes flow through incrementally, in arrival order.  An object
 that cannot be (fully) exported is logged once per distinct problem, naming
 the object; what it can export is exported, and nothing of other objects changes.
+
+Time (how long the initial sync took, the canaries' timestamps) is read through the
+injected :class:`~clustermesh.clock.Clock`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
-from clustermesh.clock import rfc3339_now
+from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.keys import Resource
+from clustermesh.syncstore import SyncStore
 from clustermesh.syncwriter import SyncWriter
 
 from .exports import ExportOptions, Exports, Owner, describe
 from .ownership import DELETE, KEEP, Action, Ownership
-from .sources import Kind, Obj
+from .sources import Kind, Obj, ReportedOnce
 
 log = logging.getLogger(__name__)
 
 
-def _digest(value: bytes) -> bytes:
-    return hashlib.blake2b(value, digest_size=16).digest()
-
-
 class Publisher:
-    def __init__(self, options: ExportOptions, *, local: EtcdClient,
-                 writer: SyncWriter) -> None:
+    """The :class:`~apiserver.sources.ObjectSink` that publishes one cluster's objects
+    (see the module docstring): one :class:`SyncStore` and one :class:`Ownership` per
+    published resource, all writing through the one ``writer``."""
+
+    def __init__(self, options: ExportOptions, *, local: EtcdClient, writer: SyncWriter,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.options = options
         self.cluster = options.cluster
-        self.local = local
-        self.writer = writer
         self.exports = Exports(options)
         self.resources: tuple[Resource, ...] = tuple(self.exports.inputs)
         self.kinds: tuple[Kind, ...] = self.exports.kinds
@@ -68,10 +73,14 @@ class Publisher:
             r: asyncio.Event() for r in self.resources}
         self.ownership: dict[Resource, Ownership] = {
             r: Ownership(on_contested=self._contested) for r in self.resources}
+        self.stores: dict[Resource, SyncStore] = {
+            r: SyncStore(writer=writer, local=local, prefix=r.state_prefix(self.cluster).encode(),
+                         canary=r.state_canary(self.cluster).encode(), clock=clock)
+            for r in self.resources}
         self._claims: dict[Owner, tuple[str, ...]] = {}  # owner -> keys it claims
-        self._published: dict[str, bytes] = {}  # key -> digest of what etcd holds (or will)
-        self._problems: dict[Owner, list[str]] = {}  # what was last logged per owner
-        self.started = time.monotonic()
+        self._problems: ReportedOnce[Owner] = ReportedOnce(log.warning)
+        self._clock = clock
+        self.started = clock.monotonic()
         self.synced_after: dict[Resource, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed: BaseException | None = None
@@ -113,23 +122,20 @@ class Publisher:
             log.exception("cannot convert %s; keeping what was published",
                           self.exports.describe(owner))
             return None
+        store = self.stores[owner[0]]
         fitting = {}
         for key, value in desired.items():
-            if self.writer.fits(key.encode(), value):
+            if store.fits(key.encode(), value):
                 fitting[key] = value
             else:
                 problems.append(f"{key} is {len(value)} bytes, more than etcd accepts in one "
                                 "request")
-        self._report(owner, problems)
+        if problems:
+            self._problems.report(owner, tuple(problems), "%s: not (fully) exported: %s",
+                                  self.exports.describe(owner), "; ".join(problems))
+        else:
+            self._problems.resolved(owner)
         return fitting
-
-    def _report(self, owner: Owner, problems: list[str]) -> None:
-        if not problems:
-            self._problems.pop(owner, None)
-        elif self._problems.get(owner) != problems:
-            self._problems[owner] = problems
-            log.warning("%s: not (fully) exported: %s", self.exports.describe(owner),
-                        "; ".join(problems))
 
     def _recompute(self, owners: Iterable[Owner]) -> None:
         for owner in owners:
@@ -142,28 +148,16 @@ class Publisher:
     def _apply(self, owner: Owner, desired: Mapping[str, bytes]) -> None:
         """Claim ``desired`` for ``owner`` and release the keys it no longer lists."""
         ownership = self.ownership[owner[0]]
+        store = self.stores[owner[0]]
         for key, value in desired.items():
-            self._act(key, ownership.claim(key, owner, value))
+            _act(store, key, ownership.claim(key, owner, value))
         for key in self._claims.get(owner, ()):
             if key not in desired:
-                self._act(key, ownership.release(key, owner))
+                _act(store, key, ownership.release(key, owner))
         if desired:
             self._claims[owner] = tuple(desired)
         else:
             self._claims.pop(owner, None)
-
-    def _act(self, key: str, action: Action) -> None:
-        if action is KEEP:
-            return
-        if action is DELETE:
-            if self._published.pop(key, None) is not None:
-                self.writer.delete(key.encode())
-            return
-        assert isinstance(action, bytes)
-        digest = _digest(action)
-        if self._published.get(key) != digest:
-            self._published[key] = digest
-            self.writer.put(key.encode(), action)
 
     def _contested(self, key: str, owners: list[Hashable]) -> None:
         names = [describe(o, self.exports.owner_kind[o[0]])  # type: ignore[index]
@@ -185,13 +179,9 @@ class Publisher:
             log.error("publishing failed: %s", task.exception())
 
     async def _go_live(self, resource: Resource) -> None:
-        prefix = resource.state_prefix(self.cluster)
-        known: dict[str, bytes] = {}
-        async for page, _ in self.local.range_pages(prefix.encode()):
-            for kv in page:
-                known[kv.key.decode(errors="replace")] = _digest(kv.value)
+        store = self.stores[resource]
+        await store.load()
         # From here to the end of the pass nothing awaits: no event can slip in between.
-        self._published.update(known)
         claims: dict[str, list[tuple[tuple[str, str, str], Owner, bytes]]] = {}
         for owner in self.exports.owners(resource):
             desired = self._desired(owner)
@@ -202,24 +192,22 @@ class Publisher:
             for key, value in desired.items():
                 claims.setdefault(key, []).append((order, owner, value))
         ownership = self.ownership[resource]
+        claimed: set[bytes] = set()
         for key, claimants in claims.items():
             claimants.sort(key=lambda c: c[0])
-            held = known.get(key)
+            encoded = key.encode()
+            claimed.add(encoded)
             value = ownership.rebuild(key, [(o, v) for _, o, v in claimants],
-                                      exported=lambda v, held=held: _digest(v) == held)
-            self._act(key, value)
-        stale = known.keys() - claims.keys()
+                                      exported=lambda v, k=encoded: store.holds(k, v))
+            store.upsert(encoded, value)
+        stale = [key for key in store.keys() if key not in claimed]  # noqa: SIM118 (no __iter__)
         for key in stale:
-            self._act(key, DELETE)
+            store.delete(key)
         self.live.add(resource)
         log.info("%s: publishing %d keys (%d stale removed)", resource.name, len(claims),
                  len(stale))
-        await self.writer.flush()
-        canary = resource.state_canary(self.cluster).encode()
-        if await self.local.get(canary) is None:
-            self.writer.put(canary, rfc3339_now())
-            await self.writer.flush()
-        self.synced_after[resource] = time.monotonic() - self.started
+        await store.mark_synced()
+        self.synced_after[resource] = self._clock.monotonic() - self.started
         self.resource_synced[resource].set()
         log.info("%s synced (%.2fs after start)", resource.name, self.synced_after[resource])
 
@@ -227,3 +215,14 @@ class Publisher:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _act(store: SyncStore, key: str, action: Action) -> None:
+    """Carry out what the ownership decided for ``key`` (the store skips no-op writes)."""
+    if action is KEEP:
+        return
+    if action is DELETE:
+        store.delete(key.encode())
+        return
+    assert isinstance(action, bytes)
+    store.upsert(key.encode(), action)

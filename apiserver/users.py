@@ -53,9 +53,18 @@ symlink over ``..data``.  Reading the path and hashing the content every second 
 :mod:`kvstoremesh.configdir` does) sees that swap, an atomic rename and an in-place
 write alike, with no watch descriptors to re-arm.  The read runs in a thread so a slow
 file system never blocks the event loop.  The poll and the retry timer both go through
-an injectable :class:`~clustermesh.controllers.Clock`, so tests drive them.  Every pass
-counts as one run of upstream's controller group ``clustermesh-users-management``
+an injectable :class:`~clustermesh.clock.Clock`, so tests drive them; the retry delays
+are the :data:`~clustermesh.backoff.USER_MANAGEMENT` policy (1 s doubling to 60 s,
+jittered), started over after a pass succeeds.  Every pass counts as one run of
+upstream's controller group ``clustermesh-users-management``
 (``--controller-group-metrics``): a success, or a failure when anything had to be retried.
+
+One reader of the file
+----------------------
+``etcdinit --cluster-users-config-path`` creates the same users up front; it reads the
+file with the same parser (:func:`load_users_file`), so both refuse and skip the same
+entries.  etcdinit's users themselves are :func:`~apiserver.etcdinit_auth.desired_auth`'s,
+named once there.
 """
 
 from __future__ import annotations
@@ -70,27 +79,24 @@ from types import MappingProxyType
 
 import yaml
 
+from clustermesh.backoff import USER_MANAGEMENT, Backoff, BackoffPolicy
 from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.controllers import GROUP_USERS_MANAGEMENT, ControllerRuns
 from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdError, EtcdUnavailable
 
-from .sources.kubernetes import Backoff
+from .etcdinit_auth import ROOT, desired_auth
 
-__all__ = ["UsersFile", "UsersFileError", "UsersManager", "UsersStatus", "parse_users_file",
-           "protected_users"]
+__all__ = ["UsersFile", "UsersFileError", "UsersManager", "UsersStatus", "load_users_file",
+           "parse_users_file", "protected_users"]
 
 log = logging.getLogger(__name__)
-
-#: etcd's special role: granting it does not need the role to exist.
-_ROOT_ROLE = "root"
 
 
 def protected_users(cluster_name: str) -> frozenset[str]:
     """etcdinit's users: the daemons, agents and legacy remotes authenticate as them."""
-    return frozenset({"root", f"admin-{cluster_name}", f"local-{cluster_name}",
-                      "externalworkload", "remote"})
+    return frozenset(desired_auth(cluster_name)[0])
 
 
 class UsersFileError(ValueError):
@@ -155,6 +161,21 @@ def parse_users_file(text: str | bytes, *, path: Path, cluster_name: str) -> Use
     return UsersFile(users=users, refused=tuple(refused), skipped=skipped)
 
 
+def load_users_file(path: Path, *, cluster_name: str) -> dict[str, str]:
+    """The extra users ``etcdinit --cluster-users-config-path`` creates: the file as
+    :func:`parse_users_file` reads it (refused entries logged), less the entry named
+    after this cluster, which Cilium's etcdinit skips too.  Raises
+    :class:`UsersFileError`."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise UsersFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    parsed = parse_users_file(text, path=path, cluster_name=cluster_name)
+    for message in parsed.refused:
+        log.warning("%s", message)
+    return {name: role for name, role in parsed.users.items() if name != cluster_name}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UsersStatus:
     """For readiness and metrics: what is managed and what went wrong last."""
@@ -196,7 +217,7 @@ class UsersManager:
     """Keep etcd's users in line with ``users.yaml`` (see the module docstring)."""
 
     def __init__(self, client: EtcdClient, *, cluster_name: str, path: Path,
-                 poll_interval: float = 1.0, backoff: Backoff | None = None,
+                 poll_interval: float = 1.0, backoff: BackoffPolicy = USER_MANAGEMENT,
                  clock: Clock = REAL_CLOCK, runs: ControllerRuns | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll interval must be positive, got {poll_interval}")
@@ -204,7 +225,7 @@ class UsersManager:
         self._cluster = cluster_name
         self._path = Path(path)
         self._poll_interval = poll_interval
-        self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
+        self._backoff = Backoff(backoff, clock=clock)
         self._clock = clock
         self._runs = runs
         self._seen: str | None = None  # digest of the last version read (or its problem)
@@ -293,7 +314,7 @@ class UsersManager:
         for name, role in self._desired.items():
             if self._applied.get(name) == role:
                 continue
-            if role != _ROOT_ROLE and role not in roles:
+            if role != ROOT and role not in roles:  # granting root needs no such role
                 errors.append(
                     f"user {name}: role {role} does not exist in etcd, so it cannot be "
                     f"granted (create the role first; etcdinit creates 'remote')")

@@ -21,12 +21,15 @@ policy                        initial  maximum  factor  jitter  reset after
 :data:`WAIT_FOR_DATA`          1 s      10 s      2      0.2      never
 :data:`KUBERNETES`             0.8 s    30 s      2      0.5      60 s
 :data:`USER_MANAGEMENT`        1 s      60 s      2      0.5      60 s
+:data:`ETCD_STARTING`          0.05 s   0.5 s     2      0        never
 ============================  =======  =======  ======  ======  ===========
 
-What is never retried: an error that a retry cannot fix.  The etcd call path
-(:meth:`clustermesh.etcd.connection.EtcdConnection.call`) retries only transient
-errors — unavailable, timeouts, an expired token, an auth revision race — and
-raises permission denied, invalid arguments, a bad configuration
+What is never retried: an error that a retry cannot fix.  The etcd client's one
+retry path (:class:`clustermesh.etcd.retry.Attempts`, taken by unary calls, the lease
+keepalive and watches, with :data:`ETCD_REQUEST` between failovers) retries only
+transient errors — unavailable, timeouts, an expired token, an auth revision race —
+and raises permission denied (a watch retries it once with a fresh token: etcd 3.5.1
+reports an expired token that way), invalid arguments, a bad configuration
 (:class:`~clustermesh.etcd.config.EtcdConfigError`) and TLS verification failures at
 once.  The loops above a call (a remote's session, the Kubernetes source, cluster
 users) do retry those, with their own, slower policy, because they wait for a person
@@ -64,6 +67,9 @@ CLUSTER_REMOVAL = BackoffPolicy(initial=2.0, maximum=30.0, reset_after=None)
 WAIT_FOR_DATA = BackoffPolicy(initial=1.0, maximum=10.0, reset_after=None)
 KUBERNETES = BackoffPolicy(initial=0.8, maximum=30.0, jitter=0.5)
 USER_MANAGEMENT = BackoffPolicy(initial=1.0, maximum=60.0, jitter=0.5)
+# etcd coming up beside etcdinit (its sidecar, or its own child): poll fast; one client,
+# nobody to desynchronise from.
+ETCD_STARTING = BackoffPolicy(initial=0.05, maximum=0.5, jitter=0.0, reset_after=None)
 
 
 class Backoff:

@@ -32,6 +32,7 @@ from apiserver.daemon import ApiServer, ApiserverOptions
 from apiserver.sources import Source
 from apiserver.sources.kubernetes import KubernetesSource, default_label_selectors
 from apiserver.sources.manifests import ManifestSource
+from clustermesh.backoff import BackoffPolicy
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
@@ -43,6 +44,8 @@ IP = "cilium/state/ip/v1/default/"
 CES = fk.Resource("cilium.io", "v2alpha1", "ciliumendpointslices", "CiliumEndpointSlice",
                   False)
 RESOURCES_BY_KIND = {r.kind: r for r in (*fk.ALL_RESOURCES, CES)}
+#: The Kubernetes source retries within a test's patience.
+FAST_RETRY = BackoffPolicy(initial=0.02, maximum=0.1)
 
 
 class Cluster:
@@ -98,8 +101,7 @@ class Cluster:
         source: Source
         if self.kube is not None:
             kubeconfig = self.kube.write_kubeconfig(self.tmp_path / "kubeconfig")
-            source = KubernetesSource(kubeconfig=kubeconfig, backoff_initial=0.02,
-                                      backoff_max=0.1,
+            source = KubernetesSource(kubeconfig=kubeconfig, backoff=FAST_RETRY,
                                       label_selectors=default_label_selectors(""))
         else:
             source = ManifestSource(self.dir, interval=0.02)
@@ -351,7 +353,7 @@ async def test_service_v2_modes_mirrored_by_kvstoremesh(cluster: Cluster, mode: 
         (env.config_dir / CLUSTER).write_text(cluster.config.read_text())
         await env.start_mesh()
         async with asyncio.timeout(15):
-            while not (env.mesh.remotes.get(CLUSTER) and env.mesh.remotes[CLUSTER].ready):
+            while not (env.mesh.remotes.get(CLUSTER) and env.mesh.remotes[CLUSTER].status().ready):
                 await asyncio.sleep(0.05)
         published = await read_tree(cluster.client, b"cilium/state/")
         translated = {}

@@ -6,7 +6,7 @@ a managed user may do is checked by connecting with a client certificate whose C
 the user.  The users file lives in a kubelet-style ConfigMap volume (``users.yaml ->
 ..data/users.yaml``, ``..data -> ..<timestamp>``), updated by the kubelet's atomic swap.
 Most tests drive :meth:`UsersManager.poll_once` directly (one deterministic pass); the
-retry backoff runs on a fake clock; the reload test runs the real polling loop.
+retry backoff and the polling loop of the reload test run on :mod:`harness.fakeclock`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import yaml
 from harness import ClientCert, EtcdFactory, EtcdServer, Pki
+from harness.fakeclock import FakeClock
 from prometheus_client import CollectorRegistry
 
 from apiserver.daemon import ApiServer, ApiserverOptions
 from apiserver.etcdinit import etcdinit
-from apiserver.sources.kubernetes import Backoff
-from apiserver.users import UsersFileError, UsersManager, parse_users_file
-from clustermesh.clock import Clock
+from apiserver.users import UsersFileError, UsersManager, load_users_file, parse_users_file
+from clustermesh.backoff import BackoffPolicy
 from clustermesh.controllers import ControllerRuns
 from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
@@ -76,23 +76,6 @@ class ConfigMapVolume:
 
     def users(self, *entries: tuple[str, str]) -> None:
         self.write(yaml.safe_dump({"users": [{"name": n, "role": r} for n, r in entries]}))
-
-
-class FakeClock:
-    """Time moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        raise AssertionError("poll_once never sleeps; only run() does")
-
-    @property
-    def clock(self) -> Clock:
-        return Clock(self.monotonic, self.sleep)
 
 
 @pytest.fixture
@@ -200,6 +183,26 @@ def test_parse_users_file_errors_name_the_file_and_entry(tmp_path: Path, text: s
         parse_users_file(text, path=path, cluster_name=CLUSTER)
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
+
+
+def test_etcdinit_reads_the_same_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``etcdinit --cluster-users-config-path`` reads users.yaml with the manager's
+    parser: the same entries refused and skipped, less the entry named after this
+    cluster (Cilium's etcdinit skips it)."""
+    caplog.set_level(logging.WARNING, logger="apiserver.users")
+    path = tmp_path / "users.yaml"
+    path.write_text("users:\n- {name: c1, role: remote}\n- {name: remote-c2, role: remote}\n"
+                    "- {name: '', role: remote}\n- {name: admin-c1, role: remote}\n")
+    assert load_users_file(path, cluster_name=CLUSTER) == {"remote-c2": "remote"}
+    assert [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()] == [
+        f"{path}: users[3]: refusing to manage user admin-c1: it is one of etcdinit's users "
+        "(root, admin-<cluster>, local-<cluster>, externalworkload, remote), which must "
+        "stay as etcdinit made them"]
+    path.write_text("users: [")
+    with pytest.raises(UsersFileError, match="not valid YAML"):
+        load_users_file(path, cluster_name=CLUSTER)
+    with pytest.raises(UsersFileError, match=r"absent\.yaml: cannot read"):
+        load_users_file(tmp_path / "absent.yaml", cluster_name=CLUSTER)
 
 
 # ---------------------------------------------------------------------------- etcd
@@ -319,7 +322,7 @@ async def test_missing_role_retried_with_backoff_until_it_exists(
     registry = CollectorRegistry()
     runs = ControllerRuns(namespace="t", registry=registry, groups=["all"])
     m = manager(admin, volume, clock=fake.clock, runs=runs,
-                backoff=Backoff(initial=1.0, maximum=4.0, jitter=0.0))
+                backoff=BackoffPolicy(initial=1.0, maximum=4.0, jitter=0.0))
 
     def counted(status: str) -> float | None:
         return registry.get_sample_value("t_controllers_group_runs_total", {
@@ -336,35 +339,37 @@ async def test_missing_role_retried_with_backoff_until_it_exists(
     # Delays 1, 2, 4, 4 (capped); the steps are exact in binary floating point.
     schedule = [(0.5, 1), (0.5, 2), (1.75, 2), (0.25, 3), (3.75, 3), (0.25, 4), (4.0, 5)]
     for advance, passes in schedule:
-        fake.now += advance
+        fake.advance(advance)
         await m.poll_once()
         assert m.status.passes == passes, (advance, passes)
     await auth.role_add(admin, "peers")
-    fake.now += 4.0
+    fake.advance(4.0)
     await m.poll_once()
     assert m.status.passes == 6
     assert (counted("failure"), counted("success")) == (5, 1)
     assert (await users(admin))["remote-c2"] == ["peers"]
     assert m.status.in_sync and m.status.last_error is None
     assert dict(m.status.users) == {"remote-c2": "peers", "remote-c3": "remote"}
+    assert fake.sleeps == []  # poll_once never sleeps: the retry is a deadline
 
 
 async def test_reload_follows_the_kubelet_symlink_swap(
         admin: EtcdClient, volume: ConfigMapVolume) -> None:
     volume.users(("remote-c2", "remote"))
-    m = manager(admin, volume, poll_interval=0.05)
+    fake = FakeClock()
+    m = manager(admin, volume, clock=fake.clock)
     task = asyncio.create_task(m.run())
     try:
-        async def first() -> bool:
-            return "remote-c2" in await users(admin)
-
-        async def swapped() -> bool:
-            now = await users(admin)
-            return "remote-c3" in now and "remote-c2" not in now
-
-        await wait_for(first, "remote-c2 created")
+        # The loop is parked on the clock between polls: each pass has completed then.
+        await fake.wait_for_sleepers(1)
+        assert "remote-c2" in await users(admin)
         volume.users(("remote-c3", "remote"))
-        await wait_for(swapped, "remote-c3 created and remote-c2 deleted after the swap")
+        assert fake.advance(0.99) == 0  # not polled before the interval is over
+        assert fake.advance(0.01) == 1
+        await fake.wait_for_sleepers(1)
+        now = await users(admin)
+        assert "remote-c3" in now and "remote-c2" not in now
+        assert fake.sleeps == [1.0, 1.0]  # the default poll interval
         assert not task.done()
     finally:
         task.cancel()

@@ -3,7 +3,9 @@
 The source connects through a kubeconfig written into ``tmp_path`` that points at the fake
 server over HTTP with a bearer token (or, in the ``--k8s-api-server`` tests, through that
 URL with a service-account directory in ``tmp_path``); nothing in the source is patched.
-The rate-limit tests give the source's token bucket a fake clock, so they never sleep.
+The rate-limit tests give the source's token bucket a clock whose sleeps return at once;
+the retry backoff and the recheck of a missing kind run on :mod:`harness.fakeclock`, so
+their delays are asserted exactly and no test waits for them.
 Where a test shows that something is *not* delivered, it makes a matching change after
 the non-matching one and waits for that sentinel: the watch stream is ordered, so once
 the sentinel has arrived the other change would have too.
@@ -33,6 +35,7 @@ from harness.fake_kube import (
     FakeKube,
     KubeRequest,
 )
+from harness.fakeclock import FakeClock
 
 from apiserver.sources import (
     CILIUM_ENDPOINT,
@@ -53,9 +56,12 @@ from apiserver.sources.kubernetes import (
     default_label_selectors,
     service_proxy_selector,
 )
+from clustermesh.backoff import BackoffPolicy
 from clustermesh.clock import Clock
 
 Key = tuple[str, str]
+#: Retries within a test's patience (on the real clock).
+FAST_RETRY = BackoffPolicy(initial=0.02, maximum=0.1)
 
 
 class RecordingSink:
@@ -121,8 +127,7 @@ def kubeconfig(kube: FakeKube, tmp_path: Path) -> Path:
 
 
 def make_source(kubeconfig: Path, **kw: Any) -> KubernetesSource:
-    kw.setdefault("backoff_initial", 0.02)
-    kw.setdefault("backoff_max", 0.1)
+    kw.setdefault("backoff", FAST_RETRY)
     return KubernetesSource(kubeconfig=kubeconfig, **kw)
 
 
@@ -353,26 +358,49 @@ async def test_server_watch_timeout_rewatches_seamlessly(kube: FakeKube,
     assert source.status()["CiliumEndpoint"].last_error is None
 
 
+#: Retry delays on a fake clock: 1, 2, 4, 4, ... exactly.
+STEPPED = BackoffPolicy(initial=1.0, maximum=4.0, jitter=0.0)
+
+
+def woken(fake: FakeClock, seconds: float) -> None:
+    """Advance ``fake`` by ``seconds``, which must wake exactly one sleeper (one reflector)."""
+    assert fake.advance(seconds) == 1, f"nobody due after {seconds}s"
+
+
 async def test_missing_crd_is_synced_empty(kube: FakeKube, kubeconfig: Path,
                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="apiserver.sources.kubernetes")
+    fake = FakeClock()
     sink = RecordingSink()
-    source = make_source(kubeconfig, missing_recheck_interval=0.1)
+    source = make_source(kubeconfig, clock=fake.clock, backoff=STEPPED,
+                         missing_recheck_interval=60)
     async with running(source, sink, [SERVICE_EXPORT, CILIUM_IDENTITY]):
         await synced(sink, [SERVICE_EXPORT, CILIUM_IDENTITY])
         assert source.status()["ServiceExport"].missing
-        # Rechecked a few times, logged once.
-        await wait_for(lambda: len(kube.list_requests(SERVICE_EXPORTS)) >= 3)
+        # Rechecked every 60 s of the clock, not sooner; logged once.
+        for lists in (1, 2, 3):
+            await fake.wait_for_sleepers(1)
+            assert len(kube.list_requests(SERVICE_EXPORTS)) == lists
+            assert fake.advance(59.9) == 0
+            woken(fake, 0.1)
+            await wait_for(lambda n=lists: len(kube.list_requests(SERVICE_EXPORTS)) > n)
         assert len([r for r in caplog.records if "not served" in r.getMessage()]) == 1
+        assert "checking again every 60s" in caplog.text
         assert [op for op, _ in sink.of(SERVICE_EXPORT)] == ["replace", "synced"]
         # The CRD gets installed: picked up by the next recheck.
+        await fake.wait_for_sleepers(1)
         kube.install(SERVICE_EXPORTS)
         export = kube.create(SERVICE_EXPORTS, named("svc-0", "ns-1"))
+        woken(fake, 60)
         await wait_for(lambda: sink.names(SERVICE_EXPORT) == {("ns-1", "svc-0")})
         assert not source.status()["ServiceExport"].missing
         await watching(kube, [SERVICE_EXPORTS])
-        # ...and when it is uninstalled again, its objects go away.
+        # ...and when it is uninstalled again, its objects go away.  The watch ended
+        # at once (no time passed) without an event: a failure, retried after 1 s.
         kube.uninstall(SERVICE_EXPORTS)
+        await fake.wait_for_sleepers(1)
+        assert fake.sleeps == [60, 60, 60, 60, STEPPED.initial]
+        woken(fake, STEPPED.initial)
         await wait_for(lambda: source.status()["ServiceExport"].missing)
 
     assert [op for op, _ in sink.of(SERVICE_EXPORT)] == [
@@ -383,14 +411,56 @@ async def test_missing_crd_is_synced_empty(kube: FakeKube, kubeconfig: Path,
     assert len([r for r in caplog.records if "not served" in r.getMessage()]) == 2
 
 
-async def test_unauthorized_retries_and_never_syncs(kube: FakeKube, tmp_path: Path) -> None:
+async def test_unauthorized_retries_with_backoff_and_never_syncs(kube: FakeKube,
+                                                                 tmp_path: Path) -> None:
     config = kube.write_kubeconfig(tmp_path / "bad-kubeconfig", token="wrong")
+    fake = FakeClock()
     sink = RecordingSink()
-    source = make_source(config)
+    source = make_source(config, clock=fake.clock, backoff=STEPPED)
     async with running(source, sink, [NAMESPACE]):
-        await wait_for(lambda: len(kube.list_requests(NAMESPACES)) >= 3, what="retries")
+        # Each failed list waits its delay on the clock, not a moment less: 1, 2, 4, 4.
+        for lists, delay in enumerate([1.0, 2.0, 4.0, 4.0], start=1):
+            await fake.wait_for_sleepers(1)
+            assert len(kube.list_requests(NAMESPACES)) == lists
+            assert fake.sleeps[-1] == delay
+            assert fake.advance(delay - 0.01) == 0
+            woken(fake, 0.01)
+            await wait_for(lambda n=lists: len(kube.list_requests(NAMESPACES)) > n)
         assert "401" in (source.status()["Namespace"].last_error or "")
     assert sink.calls == []
+
+
+async def test_expired_first_watch_backs_off_before_relisting(kube: FakeKube,
+                                                              kubeconfig: Path) -> None:
+    """A list whose very first watch is already expired is relisted only after a retry
+    delay: a server that compacts faster than we list cannot make us spin."""
+    kube.create(CILIUM_ENDPOINTS, cep("a"))
+    expired: list[KubeRequest] = []
+
+    def compact_before_the_first_watch(req: KubeRequest) -> None:
+        if req.watch and "ciliumendpoints" in req.path and not expired:
+            expired.append(req)
+            kube.create(CILIUM_ENDPOINTS, cep("b"))
+            kube.compact()  # the list's resourceVersion is history now: 410
+
+    kube.on_request = compact_before_the_first_watch
+    fake = FakeClock()
+    sink = RecordingSink()
+    source = make_source(kubeconfig, clock=fake.clock, backoff=STEPPED)
+    async with running(source, sink, [CILIUM_ENDPOINT]):
+        await synced(sink, [CILIUM_ENDPOINT])
+        await fake.wait_for_sleepers(1)
+        assert fake.sleeps == [STEPPED.initial]
+        assert len(kube.list_requests(CILIUM_ENDPOINTS)) == 1
+        assert source.status()["CiliumEndpoint"].resource_version is None  # relist next
+        woken(fake, STEPPED.initial)
+        await wait_for(lambda: sink.names(CILIUM_ENDPOINT) == {("default", "a"),
+                                                               ("default", "b")})
+        await watching(kube, [CILIUM_ENDPOINTS])
+
+    assert [op for op, _ in sink.of(CILIUM_ENDPOINT)] == ["replace", "synced", "replace"]
+    assert len(kube.list_requests(CILIUM_ENDPOINTS)) == 2
+    assert fake.sleeps == [STEPPED.initial]  # the second watch held
 
 
 async def test_cancellation_leaves_no_tasks(kube: FakeKube, kubeconfig: Path) -> None:
@@ -422,7 +492,7 @@ async def test_default_kubeconfig_outside_cluster(kube: FakeKube, tmp_path: Path
     kube.write_kubeconfig(tmp_path / ".kube" / "config")
     kube.create(NAMESPACES, named("kube-system"))
     sink = RecordingSink()
-    source = KubernetesSource(backoff_initial=0.02, backoff_max=0.1)
+    source = KubernetesSource(backoff=FAST_RETRY)
     async with running(source, sink, [NAMESPACE]):
         await synced(sink, [NAMESPACE])
     assert sink.names(NAMESPACE) == {("", "kube-system")}
@@ -606,9 +676,11 @@ async def test_invalid_selector_is_retried_and_never_syncs(kube: FakeKube,
 
 # -- client-side rate limit -----------------------------------------------------------
 
-class FakeClock:
-    """Time that only moves when told to (``advance``) or, if ``sleeping_advances``, by
-    each sleep; every sleep is recorded and returns at once."""
+class InstantClock:
+    """Time that only moves when the test sets ``now`` or, if ``sleeping_advances``, by
+    each sleep; every sleep is recorded and returns at once (unlike
+    :class:`harness.fakeclock.FakeClock`'s, which park until the test advances time:
+    here reservations pile up while time stands still)."""
 
     def __init__(self, *, sleeping_advances: bool) -> None:
         self.now = 100.0
@@ -630,7 +702,7 @@ class FakeClock:
 
 
 async def test_token_bucket_burst_then_qps() -> None:
-    fake = FakeClock(sleeping_advances=True)
+    fake = InstantClock(sleeping_advances=True)
     bucket = TokenBucket(qps=10, burst=3, clock=fake.clock)
     assert [await bucket.wait() for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
     assert fake.sleeps == []
@@ -646,7 +718,7 @@ async def test_token_bucket_burst_then_qps() -> None:
 
 async def test_token_bucket_waiters_queue_in_order() -> None:
     """Concurrent callers reserve successive tokens, as x/time/rate's reservations do."""
-    fake = FakeClock(sleeping_advances=False)
+    fake = InstantClock(sleeping_advances=False)
     bucket = TokenBucket(qps=4, burst=1, clock=fake.clock)
     waited = await asyncio.gather(*(bucket.wait() for _ in range(5)))
     assert waited == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
@@ -654,7 +726,7 @@ async def test_token_bucket_waiters_queue_in_order() -> None:
 
 @pytest.mark.parametrize("qps", [0, -1])
 async def test_token_bucket_unlimited(qps: float) -> None:
-    fake = FakeClock(sleeping_advances=False)
+    fake = InstantClock(sleeping_advances=False)
     bucket = TokenBucket(qps=qps, burst=0, clock=fake.clock)
     assert {await bucket.wait() for _ in range(1000)} == {0.0}
     assert fake.sleeps == []
@@ -672,10 +744,12 @@ async def test_rate_limit_shared_per_request_not_per_event(kube: FakeKube,
     for i in range(3):
         kube.create(CILIUM_ENDPOINTS, cep(f"pod-{i}"))
     # Time stands still, so every token past the burst is a reservation further out:
-    # the k-th one over the burst waits k/qps, whichever reflector takes it.
-    fake = FakeClock(sleeping_advances=False)
+    # the k-th one over the burst waits k/qps, whichever reflector takes it.  The retry
+    # backoff sleeps on the same clock: exactly 1 s, told apart from the rate limit.
+    fake = InstantClock(sleeping_advances=False)
+    retry = BackoffPolicy(initial=1.0, maximum=1.0, jitter=0.0)
     source = make_source(kubeconfig, page_size=1, client_qps=20, client_burst=2,
-                         clock=fake.clock)
+                         clock=fake.clock, backoff=retry)
     sink = RecordingSink()
     async with running(source, sink, [CILIUM_ENDPOINT, NAMESPACE]):
         await synced(sink, [CILIUM_ENDPOINT, NAMESPACE])
@@ -691,11 +765,13 @@ async def test_rate_limit_shared_per_request_not_per_event(kube: FakeKube,
         await wait_for(lambda: len(sink.names(CILIUM_ENDPOINT)) == 8
                        and len(sink.names(NAMESPACE)) == 5, what="events")
         assert len(fake.sleeps) == 4
-        # A new watch is.
+        # A new watch is (each after the retry delay of its broken stream).
         kube.drop_watches()
         await wait_for(lambda: len(kube.requests) == 8, what="rewatches")
         await watching(kube, [CILIUM_ENDPOINTS, NAMESPACES])
-        assert sorted(fake.sleeps) == pytest.approx([0.05 * i for i in range(1, 7)])
+        throttled = sorted(s for s in fake.sleeps if s != retry.initial)
+        assert throttled == pytest.approx([0.05 * i for i in range(1, 7)])
+        assert fake.sleeps.count(retry.initial) == 2
 
 
 # -- --k8s-api-server ---------------------------------------------------------------
@@ -751,7 +827,7 @@ async def test_api_server_alone_has_no_credentials(kube: FakeKube,
                                                    no_ambient_config: Path) -> None:
     sink = RecordingSink()
     source = KubernetesSource(api_server=kube.url, service_account_dir=no_ambient_config,
-                              backoff_initial=0.02, backoff_max=0.1)
+                              backoff=FAST_RETRY)
     async with running(source, sink, [NAMESPACE]):
         # Reached (so not the closed port of ~/.kube/config), but sent no token.
         await wait_for(lambda: len(kube.list_requests(NAMESPACES)) >= 2, what="requests")

@@ -12,15 +12,20 @@ sources exist and feed the same sink and converters:
 Objects are plain dicts in the Kubernetes API's JSON form.  A relist (watch
 expired, source restarted) is delivered as ``replace(kind, objects)``: the sink
 diffs it against what it holds, so deletions missed while away are not lost.
+
+Bad input is seen again and again (a manifest polled every second, an object
+recomputed at every namespace event); :class:`ReportedOnce` is how the sources and
+their sink say each problem once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 Obj = Mapping[str, Any]
+Subject = TypeVar("Subject", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +70,26 @@ class ObjectSink(Protocol):
 class Source(Protocol):
     async def run(self, sink: ObjectSink, kinds: Sequence[Kind]) -> None:
         """Deliver ``kinds`` to ``sink`` until cancelled."""
+
+
+class ReportedOnce(Generic[Subject]):
+    """Log a subject's problem once: again only when it changes, or returns after
+    :meth:`resolved`.  ``emit`` is the logging call (``log.warning``, ``log.error``).
+
+    What was last reported is remembered per subject (a manifest file, a published
+    owner), so a problem that persists costs one comparison per pass and no log line.
+    """
+
+    def __init__(self, emit: Callable[..., None]) -> None:
+        self._emit = emit
+        self._last: dict[Subject, Hashable] = {}
+
+    def report(self, subject: Subject, problem: Hashable, message: str, *args: object) -> None:
+        """``subject`` has ``problem``: log ``message % args`` unless it was the last said."""
+        if self._last.get(subject) != problem:
+            self._last[subject] = problem
+            self._emit(message, *args)
+
+    def resolved(self, subject: Subject) -> None:
+        """``subject`` is fine: its next problem is logged, even the same one again."""
+        self._last.pop(subject, None)

@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
-from . import KINDS_BY_NAME, Kind, Obj, ObjectSink, object_key
+from clustermesh.clock import REAL_CLOCK, Clock
+
+from . import KINDS_BY_NAME, Kind, Obj, ObjectSink, ReportedOnce, object_key
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,13 @@ def parse_manifest(text: str, *, source: Path) -> list[dict[str, Any]]:
 
 
 class ManifestSource:
-    def __init__(self, directory: Path, *, interval: float = 1.0) -> None:
+    def __init__(self, directory: Path, *, interval: float = 1.0,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.directory = directory
         self.interval = interval
+        self._clock = clock
         self._by_file: dict[Path, tuple[str, list[dict[str, Any]]]] = {}  # path -> (hash, objs)
-        self._reported: dict[Path, str] = {}
+        self._problems: ReportedOnce[Path] = ReportedOnce(log.error)
 
     def scan(self) -> dict[ObjectId, dict[str, Any]]:
         """Read the directory; returns every object by (kind, namespace, name)."""
@@ -78,7 +82,7 @@ class ManifestSource:
             try:
                 raw = path.read_bytes()
             except OSError as exc:
-                self._report(path, "unreadable", f"{path}: cannot read: {exc}")
+                self._problems.report(path, "unreadable", "%s: cannot read: %s", path, exc)
                 if path in self._by_file:
                     seen[path] = self._by_file[path]
                 continue
@@ -90,11 +94,12 @@ class ManifestSource:
             try:
                 objects = parse_manifest(raw.decode("utf-8", errors="replace"), source=path)
             except ManifestError as exc:
-                self._report(path, digest, f"{exc}; keeping the objects it held before")
+                self._problems.report(path, digest, "%s; keeping the objects it held before",
+                                      exc)
                 if cached is not None:
                     seen[path] = cached
                 continue
-            self._reported.pop(path, None)
+            self._problems.resolved(path)
             seen[path] = (digest, objects)
         self._by_file = seen
         result: dict[ObjectId, dict[str, Any]] = {}
@@ -108,11 +113,6 @@ class ManifestSource:
                 result[oid] = obj
         return result
 
-    def _report(self, path: Path, version: str, message: str) -> None:
-        if self._reported.get(path) != version:
-            self._reported[path] = version
-            log.error("%s", message)
-
     async def run(self, sink: ObjectSink, kinds: Sequence[Kind]) -> None:
         wanted = {k.name: k for k in kinds}
         if not self.directory.is_dir():
@@ -123,7 +123,7 @@ class ManifestSource:
             sink.replace(kind, [o for (k, _, _), o in current.items() if k == kind.name])
             sink.synced(kind)
         while True:
-            await asyncio.sleep(self.interval)
+            await self._clock.sleep(self.interval)
             new = await asyncio.to_thread(self._scan_wanted, wanted)
             for oid in current.keys() - new.keys():
                 sink.delete(KINDS_BY_NAME[oid[0]], oid[1], oid[2])
