@@ -43,9 +43,9 @@ if str(REPO) not in sys.path:  # so that `python bench/<name>.py` works from any
 
 import aiohttp  # noqa: E402
 
+from bench._batch import BatchWriter, Put  # noqa: E402
 from bench._etcd import EtcdProcess, free_port  # noqa: E402
 from clustermesh.clusterconfig import CiliumClusterConfig  # noqa: E402
-from clustermesh.etcd.batch import BatchWriter, Put  # noqa: E402
 from clustermesh.etcd.client import EtcdClient  # noqa: E402
 from clustermesh.etcd.config import parse_etcd_config  # noqa: E402
 from clustermesh.keys import (  # noqa: E402

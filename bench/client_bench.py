@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # so that `python bench/client_bench.py` works from anywhere
     sys.path.insert(0, str(REPO))
 
+from bench._batch import BatchWriter, Put  # noqa: E402
 from bench._etcd import EtcdProcess, exit_on_termination_signals  # noqa: E402
 from bench._mesh import cpu_model, mem_total_gib, version_of  # noqa: E402
-from clustermesh.etcd.batch import BatchWriter, Put  # noqa: E402
 from clustermesh.etcd.client import EtcdClient, prefix_range_end  # noqa: E402
 from clustermesh.etcd.config import parse_etcd_config  # noqa: E402
 

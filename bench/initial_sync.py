@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
+from bench._batch import BatchWriter, Put
 from bench._etcd import EtcdProcess
 from bench._mesh import (
     MIRRORED,
@@ -57,7 +58,6 @@ from bench._mesh import (
     publish,
     workdir,
 )
-from clustermesh.etcd.batch import BatchWriter, Put
 
 NAME, CID = "cluster1", 1
 FULL = Shape(endpoints=100_000, identities=20_000, services=2_000, nodes=1_000)

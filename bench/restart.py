@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
+from bench._batch import BatchWriter, Delete, Put
 from bench._etcd import EtcdProcess
 from bench._mesh import (
     ENDPOINTS,
@@ -51,7 +52,6 @@ from bench._mesh import (
     wait_keys,
     workdir,
 )
-from clustermesh.etcd.batch import BatchWriter, Delete, Put
 from clustermesh.etcd.client import EtcdClient
 
 BASE = Shape(endpoints=100_000, identities=20_000, services=2_000, nodes=1_000)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
+from bench._batch import BatchWriter
 from bench._etcd import EtcdProcess
 from bench._mesh import (
     CpuMeter,
@@ -62,7 +63,6 @@ from bench._mesh import (
     workdir,
 )
 from bench.latency import WatcherProcess, heartbeats, make_pools, match, run_load
-from clustermesh.etcd.batch import BatchWriter
 
 SHAPE = Shape(endpoints=1000, identities=100, services=0, nodes=100)
 QUEUE = "cilium_kvstoremesh_kvstore_sync_queue_size"

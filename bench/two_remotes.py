@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _etcd import EtcdProcess, exit_on_termination_signals
 
+from bench._batch import BatchWriter, Put
 from clustermesh.clusterconfig import CiliumClusterConfig
-from clustermesh.etcd.batch import BatchWriter, Put
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import parse_etcd_config
 from clustermesh.keys import RESOURCES, cluster_config_key

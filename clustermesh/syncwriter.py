@@ -19,13 +19,19 @@ slowest txn of a batch.  Per-key order holds:
   committed — what a reflector needs before writing its sync canary.
 * **Errors.**  A failed txn's writes are put back into the queue in their
   original order (unless newer updates of the same keys arrived meanwhile) and
-  retried with exponential backoff; the queue never drops a write.
+  retried after a :data:`~clustermesh.backoff.LOCAL_WRITE` backoff, which starts
+  over once a txn commits; the queue never drops a write.
 * **Rate.**  ``qps`` limits txns per second once ``bootstrap_done()`` has been
   called; before that ``bootstrap_qps`` applies (Cilium's ``etcd.qps`` and
   ``etcd.bootstrapQps``).  0 means unlimited.
 
 Deduplication against what the cache already holds is the producers' job:
 each reflector knows the digests of the values it wrote.
+
+Time is read and waited for on ``clock`` (a fake one in tests: backoff and rate
+limits without real sleeps).  Txn sizes are estimated as the client's
+:data:`~clustermesh.etcd.client.OP_OVERHEAD` and
+:data:`~clustermesh.etcd.client.REQUEST_OVERHEAD` say.
 """
 
 from __future__ import annotations
@@ -35,12 +41,11 @@ import contextlib
 import itertools
 import logging
 import math
-import random
-import time
 from collections.abc import Callable
 
-from .etcd.batch import _OP_OVERHEAD, _REQUEST_OVERHEAD
-from .etcd.client import EtcdClient
+from .backoff import LOCAL_WRITE, Backoff
+from .clock import REAL_CLOCK, Clock
+from .etcd.client import OP_OVERHEAD, REQUEST_OVERHEAD, EtcdClient
 from .etcd.errors import EtcdError
 from .etcd.pb import rpc_pb2
 
@@ -53,17 +58,19 @@ _Entry = tuple[bytes | None, int, float | None]
 class RateLimiter:
     """Token bucket over txns; ``rate`` 0 means unlimited."""
 
-    def __init__(self, rate: float, *, burst: int | None = None) -> None:
+    def __init__(self, rate: float, *, burst: int | None = None,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.rate = rate
         self.burst = burst if burst is not None else max(1, int(rate))
+        self._clock = clock
         self._tokens = float(self.burst)
-        self._stamp = time.monotonic()
+        self._stamp = clock.monotonic()
 
     def try_acquire(self) -> bool:
         """Take a token if one is available now."""
         if self.rate <= 0:
             return True
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         if self._tokens >= 1:
@@ -75,7 +82,7 @@ class RateLimiter:
         while True:
             if self.try_acquire():
                 return
-            await asyncio.sleep((1 - self._tokens) / self.rate)
+            await self._clock.sleep((1 - self._tokens) / self.rate)
 
 
 class SyncWriter:
@@ -83,11 +90,13 @@ class SyncWriter:
                  max_request_bytes: int = 1536 * 1024, max_inflight: int = 4,
                  qps: float = 0, bootstrap_qps: float = 0,
                  on_commit: Callable[[list[tuple[bytes, float]]], None] | None = None,
-                 on_error: Callable[[list[bytes]], None] | None = None) -> None:
+                 on_error: Callable[[list[bytes]], None] | None = None,
+                 clock: Clock = REAL_CLOCK) -> None:
         if max_txn_ops < 1 or max_inflight < 1:
             raise ValueError("max_txn_ops and max_inflight must be at least 1")
         self._client = client
-        self._limiter = RateLimiter(bootstrap_qps)
+        self._clock = clock
+        self._limiter = RateLimiter(bootstrap_qps, clock=clock)
         self._qps = qps
         self._max_txn_ops = max_txn_ops
         self._max_request_bytes = max_request_bytes
@@ -102,8 +111,8 @@ class SyncWriter:
         self._take_was_full = False
         self._txn_tasks: set[asyncio.Task[None]] = set()
         self._next_txn = 0
-        self._failures = 0  # consecutive failed txns
-        self._retry_at = 0.0  # monotonic time before which no txn is sent (backoff)
+        self._backoff = Backoff(LOCAL_WRITE, clock=clock)  # failed txns since one committed
+        self._retry_at = 0.0  # clock time before which no txn is sent (backoff)
         self._crashed: BaseException | None = None
         self._stopping = False
         self._wakeup = asyncio.Event()
@@ -119,12 +128,12 @@ class SyncWriter:
 
     def fits(self, key: bytes, value: bytes) -> bool:
         """Whether one put of ``key`` can ever be committed (``max_request_bytes``)."""
-        return len(key) + len(value) + _OP_OVERHEAD + _REQUEST_OVERHEAD <= (
+        return len(key) + len(value) + OP_OVERHEAD + REQUEST_OVERHEAD <= (
             self._max_request_bytes)
 
     def put(self, key: bytes, value: bytes, *, observed: float | None = None) -> None:
-        """Queue a write. ``observed`` (``time.monotonic()`` when the change was seen at
-        its source) makes the commit report the propagation lag of this key.
+        """Queue a write. ``observed`` (the writer's ``clock.monotonic()`` when the change
+        was seen at its source) makes the commit report the propagation lag of this key.
 
         ValueError for a write that can never fit a request (check :meth:`fits`):
         retrying it forever would stall every flush behind it.
@@ -210,9 +219,9 @@ class SyncWriter:
             while True:
                 if self._crashed is not None:
                     raise self._crashed
-                delay = self._retry_at - time.monotonic()
+                delay = self._retry_at - self._clock.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self._clock.sleep(delay)
                     continue
                 if self._may_send():
                     if not self._limiter.try_acquire():
@@ -269,7 +278,7 @@ class SyncWriter:
         queue = self._queue
         busy = self._busy
         limit = self._max_txn_ops
-        budget = self._max_request_bytes - _REQUEST_OVERHEAD
+        budget = self._max_request_bytes - REQUEST_OVERHEAD
         keys: list[bytes] = []
         self._take_was_full = True
         # One pass over the front of the queue. (Popping ``next(iter(queue))`` once per key
@@ -278,7 +287,7 @@ class SyncWriter:
         for key, (value, _, _) in itertools.islice(queue.items(), limit + len(busy)):
             if key in busy:
                 continue
-            size = len(key) + (len(value) if value is not None else len(key)) + _OP_OVERHEAD
+            size = len(key) + (len(value) if value is not None else len(key)) + OP_OVERHEAD
             if size > budget and keys:
                 break
             budget -= size
@@ -308,21 +317,20 @@ class SyncWriter:
         try:
             await self._client.txn_request(request)
         except (EtcdError, OSError) as exc:
-            self._failures += 1
             if self._on_error is not None:
                 self._on_error(list(batch))
             log.warning("local etcd write of %d keys failed (attempt %d): %s",
-                        len(batch), self._failures, exc)
+                        len(batch), self._backoff.failures + 1, exc)
             self._requeue(batch)
-            backoff = min(0.1 * 2 ** min(self._failures, 10), 10.0) * random.uniform(0.5, 1.0)
-            self._retry_at = max(self._retry_at, time.monotonic() + backoff)
+            delay = self._backoff.next_delay()
+            self._retry_at = max(self._retry_at, self._clock.monotonic() + delay)
         except asyncio.CancelledError:
             self._requeue(batch)  # stopping: keep the writes (a later flush still sees them)
             raise
         else:
-            self._failures = 0
+            self._backoff.reset()
             if self._on_commit is not None:
-                now = time.monotonic()
+                now = self._clock.monotonic()
                 self._on_commit([(k, now - t) for k, (_, _, t) in batch.items() if t is not None])
         finally:
             del self._inflight[txn]
@@ -332,7 +340,8 @@ class SyncWriter:
             self._wakeup.set()
         # Start the next txn right away rather than when the loop gets its turn: while a
         # producer keeps the event loop busy, every hop adds to the local etcd's idle time.
-        if not self._stopping and self._crashed is None and time.monotonic() >= self._retry_at:
+        if (not self._stopping and self._crashed is None
+                and self._clock.monotonic() >= self._retry_at):
             while self._may_send() and self._limiter.try_acquire() and self._send_next():
                 pass
 

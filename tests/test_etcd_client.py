@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import EtcdCluster, EtcdServer
+from harness import EtcdCluster, EtcdFactory, EtcdServer
+from harness.fakeclock import FakeClock
 
 from clustermesh.etcd.client import (
     EtcdClient,
@@ -22,7 +23,12 @@ from clustermesh.etcd.client import (
     put_op,
 )
 from clustermesh.etcd.config import load_etcd_config
-from clustermesh.etcd.errors import EtcdCompacted, EtcdError
+from clustermesh.etcd.errors import (
+    EtcdCompacted,
+    EtcdError,
+    EtcdRequestTooLarge,
+    EtcdUnavailable,
+)
 from clustermesh.etcd.watch import PUT
 
 
@@ -110,6 +116,22 @@ async def test_txn_compare_success_and_failure(etcd: EtcdServer, tmp_path: Path)
         assert (await client.txn(compare=[compare_mod_revision(b"txn/new", kv.mod_revision)],
                                  success=[put_op(b"txn/new", b"second")])).succeeded
         assert await asyncio.to_thread(etcd.get, "txn/new") == "second"
+
+
+async def test_server_limits_are_surfaced(etcd: EtcdServer, tmp_path: Path) -> None:
+    """A txn over etcd's default ``--max-txn-ops=128`` and a put over its default
+    ``--max-request-bytes`` (1.5 MiB) are refused by the server: the caller gets
+    EtcdRequestTooLarge (not retried) and nothing is written."""
+    async with asyncio.timeout(30), make_client(etcd, tmp_path) as client:
+        ops = [put_op(f"lim/{i:04d}".encode(), b"v") for i in range(200)]
+        with pytest.raises(EtcdRequestTooLarge) as info:
+            await client.txn(success=ops)
+        assert "too many operations in txn" in str(info.value)
+        with pytest.raises(EtcdRequestTooLarge):
+            await client.put(b"lim/huge", b"x" * (1600 * 1024))
+        assert await asyncio.to_thread(etcd.get_prefix, "lim/") == {}
+        await client.txn(success=ops[:128])  # within the limit the same ops go through
+        assert len(await asyncio.to_thread(etcd.get_prefix, "lim/")) == 128
 
 
 async def test_range_pages_is_one_snapshot(etcd: EtcdServer, tmp_path: Path) -> None:
@@ -271,6 +293,40 @@ async def test_status_and_members(etcd: EtcdServer, tmp_path: Path) -> None:
         assert members[0].name == etcd.name
         assert members[0].client_urls == (etcd.client_url,)
         assert not members[0].is_learner
+
+
+async def test_connect_retrying_backs_off_on_the_clock(etcd_factory: EtcdFactory,
+                                                       tmp_path: Path) -> None:
+    """An etcd that starts after its daemon (a sidecar): connect_retrying waits the
+    ETCD_CONNECT backoff (0.5 s, doubling, jitter 0.2) on the client's clock between tries,
+    and connects once etcd is up; with ``stop`` set a failure is raised instead."""
+    server = etcd_factory(name="late", start=False)
+    fake = FakeClock()
+    async with asyncio.timeout(60):
+        client = make_client(server, tmp_path, dial_timeout=0.5, clock=fake.clock)
+        task = asyncio.create_task(client.connect_retrying())
+        await fake.wait_for_sleepers(1)
+        assert 0.5 <= fake.sleeps[0] < 0.6
+        fake.advance(fake.sleeps[0])
+        await fake.wait_for_sleeps(2)
+        assert 1.0 <= fake.sleeps[1] < 1.2 and fake.sleepers == 1
+        await asyncio.to_thread(server.start)
+        assert not task.done()
+        fake.advance(fake.sleeps[1])
+        await task
+        assert client.endpoint == server.client_url
+        assert len(fake.sleeps) == 2
+        await client.put(b"late/k", b"v")
+        await client.close()
+
+        await asyncio.to_thread(server.stop)
+        stop = asyncio.Event()
+        stop.set()
+        other = make_client(server, tmp_path, "other", dial_timeout=0.5, clock=fake.clock)
+        with pytest.raises(EtcdUnavailable):
+            await other.connect_retrying(stop=stop)
+        assert len(fake.sleeps) == 2
+        await other.close()
 
 
 async def test_failover_to_another_member(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:

@@ -123,8 +123,8 @@ async def test_tls_certificate_rotation(etcd_tls: EtcdServer, pki: Pki,
     client = client_for(path, tls_reload_interval=0.2)
     async with asyncio.timeout(60), client:
         await client.put(b"rot/0", b"x")
-        first = client._conn
-        assert first is not None
+        first = client.connection_status()
+        assert first.endpoint is not None
         fingerprint_a = first.tls_fingerprint
         assert fingerprint_a == load_tls_files(client.config).fingerprint
 
@@ -146,11 +146,11 @@ async def test_tls_certificate_rotation(etcd_tls: EtcdServer, pki: Pki,
 
             # Keep writing while the client notices and switches.
             i = 2
-            while client._conn is None or client._conn.tls_fingerprint != fingerprint_b:
+            while client.connection_status().tls_fingerprint != fingerprint_b:
                 await client.put(f"rot/{i}".encode(), b"x")
                 i += 1
                 await asyncio.sleep(0.05)
-            assert client._conn is not first
+            assert client.connection_status().channel > first.channel
             await client.put(b"rot/last", b"x")
             assert (await client.get(b"rot/last")).value == b"x"
 
@@ -290,20 +290,20 @@ async def test_auth_token_refresh(etcd_factory: EtcdFactory, tmp_path: Path,
     async with asyncio.timeout(40), make_client(server, tmp_path, username="alice",
                                                 password="alicepw") as client:
         start = await client.put(b"cilium/a", b"1")
-        token = client._token
-        assert token
+        tokens = client.connection_status().authentications
+        assert tokens and client.connection_status().authenticated
         await asyncio.sleep(2.5)  # idle > ttl + the 1 s expiry resolution
         await client.put(b"cilium/b", b"2")
-        assert client._token and client._token != token  # re-authenticated
+        assert client.connection_status().authentications > tokens  # re-authenticated
         assert (await client.get(b"cilium/a")).value == b"1"
 
         # The token expires again; the first request is now a new watch.
-        token = client._token
+        tokens = client.connection_status().authentications
         await asyncio.sleep(2.5)
         async with client.watch(b"cilium/", start_revision=start) as watch:
             consumer = Consumer(watch)
             assert await consumer.wait_for(2) == [b"cilium/a", b"cilium/b"]
-            assert client._token != token
+            assert client.connection_status().authentications > tokens
             await client.put(b"cilium/c", b"3")
             assert await consumer.wait_for(3) == [b"cilium/a", b"cilium/b", b"cilium/c"]
             await consumer.stop()
@@ -327,7 +327,7 @@ async def test_watch_resumes_with_a_fresh_token_after_failover(
         async with client.watch(b"cilium/", start_revision=start) as watch:
             consumer = Consumer(watch)
             await consumer.wait_for(1)
-            token = client._token
+            tokens = client.connection_status().authentications
             await asyncio.sleep(2.5)  # the token expires on every member
             victim = next(m for m in cluster.members if m.client_url == client.endpoint)
             victim.kill()
@@ -335,7 +335,7 @@ async def test_watch_resumes_with_a_fresh_token_after_failover(
             await asyncio.to_thread(put_after_election, cluster, "cilium/b", "2")
             assert await consumer.wait_for(2) == [b"cilium/a", b"cilium/b"]
             assert watch.reconnects >= 1
-            assert client._token != token
+            assert client.connection_status().authentications > tokens
             await consumer.stop()
 
 

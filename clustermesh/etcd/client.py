@@ -2,11 +2,15 @@
 
 :class:`EtcdClient` is the etcd API (KV, watch, lease, cluster, maintenance) over
 an :class:`~clustermesh.etcd.connection.EtcdConnection`, which owns the channel:
-failover between endpoints, TLS rotation, authentication tokens and the retrying
-call path (see :mod:`clustermesh.etcd.connection`).  Users, roles and permissions
-are administered with the functions of :mod:`clustermesh.etcd.auth`.  The module
-also builds the ops and compares of transactions (:func:`put_op`,
-:func:`compare_value`...).
+failover between endpoints, TLS rotation, authentication tokens and the one
+retrying path (:meth:`~clustermesh.etcd.connection.EtcdConnection.attempts`) that
+unary calls, the lease keepalive stream and watches all take, so they fail over
+and refresh tokens by the same rules (see :mod:`clustermesh.etcd.connection`).
+Users, roles and permissions are administered with the functions of
+:mod:`clustermesh.etcd.auth`.  The module also builds the ops and compares of
+transactions (:func:`put_op`, :func:`compare_value`...) and says what a txn costs
+beyond its keys and values (:data:`OP_OVERHEAD`, :data:`REQUEST_OVERHEAD`), for
+writers that cut txns to the server's ``--max-request-bytes``.
 
 * **Big reads are paginated and consistent.**  :meth:`EtcdClient.range_pages`
   reads a prefix in pages pinned to the revision of the first page, and says
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 import grpc
 
 from .connection import EtcdConnection
-from .errors import EtcdError, EtcdInvalidToken, EtcdUnavailable, translate
+from .errors import EtcdError, EtcdUnavailable
 from .pb import kv_pb2, rpc_pb2
 from .watch import Watch
 
@@ -38,6 +42,10 @@ RequestOp = rpc_pb2.RequestOp
 Compare = rpc_pb2.Compare
 
 DEFAULT_PAGE_SIZE = 5000
+# Protobuf framing of a TxnRequest, rounded up: what len(key) + len(value) misses, per op
+# and per request.
+OP_OVERHEAD = 32
+REQUEST_OVERHEAD = 1024
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -113,7 +121,7 @@ class EtcdClient(EtcdConnection):
 
     Use as ``async with EtcdClient(config) as client: ...`` or call
     :meth:`connect` and :meth:`close` yourself.  The constructor's options (timeouts,
-    keepalive, TLS reload interval, ``observer``) are :class:`EtcdConnection`'s.
+    keepalive, TLS reload interval, ``observer``, ``clock``) are :class:`EtcdConnection`'s.
     """
 
     # ------------------------------------------------------------------------ KV
@@ -232,31 +240,24 @@ class EtcdClient(EtcdConnection):
                                rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=keys))
 
     async def lease_keepalive_once(self, lease_id: int) -> int:
-        """Refresh a lease once; returns its new TTL (0 if it no longer exists)."""
-        attempts = 0
-        while True:
-            conn = await self._connection()
-            call = conn.lease.LeaseKeepAlive(metadata=self._metadata(),
-                                             timeout=self._request_timeout)
-            try:
-                await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
-                resp = await call.read()
-                await call.done_writing()
-            except grpc.aio.AioRpcError as exc:
-                err = translate(exc, endpoint=conn.url)
-                attempts += 1
-                if isinstance(err, EtcdInvalidToken) and self.uses_password and attempts < 3:
-                    await self._authenticate(self._token)
-                    continue
-                if isinstance(err, EtcdUnavailable) and attempts <= len(self.config.endpoints):
-                    await self._failover(conn)
-                    continue
-                raise err from None
-            finally:
-                call.cancel()
-            if resp is grpc.aio.EOF:
-                raise EtcdUnavailable("lease keepalive stream closed", endpoint=conn.url)
-            return max(resp.TTL, 0)
+        """Refresh a lease once; returns its new TTL (0 if it no longer exists).
+
+        One request on a keepalive stream, retried like a unary call (an end of the
+        stream without an answer too)."""
+        async for attempt in self.attempts():
+            async with attempt:
+                call = attempt.channel.lease.LeaseKeepAlive(metadata=attempt.metadata,
+                                                            timeout=self._request_timeout)
+                try:
+                    await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+                    resp = await call.read()
+                    await call.done_writing()
+                finally:
+                    call.cancel()
+                if resp is grpc.aio.EOF:
+                    raise EtcdUnavailable("lease keepalive stream closed",
+                                          endpoint=attempt.channel.url)
+                return max(resp.TTL, 0)
 
     async def keep_lease_alive(self, lease_id: int, ttl: int) -> None:
         """Refresh ``lease_id`` every ttl/3 until it is found expired (then return).
@@ -270,9 +271,9 @@ class EtcdClient(EtcdConnection):
                     return
             except EtcdUnavailable as exc:
                 log.warning("%s: lease %x keepalive failed: %s", self.name, lease_id, exc)
-                await asyncio.sleep(min(interval, 1.0))
+                await self._clock.sleep(min(interval, 1.0))
                 continue
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
 
     # ------------------------------------------------------- cluster, maintenance
 

@@ -1,9 +1,8 @@
 """The connection of an etcd client: one channel at a time, failover, credentials.
 
 :class:`EtcdConnection` is the part of :class:`~clustermesh.etcd.client.EtcdClient`
-that owns the gRPC channel, and :meth:`EtcdConnection.call` is the one path every
-unary request takes (the etcd API itself is in :mod:`clustermesh.etcd.client`, the
-auth administration calls in :mod:`clustermesh.etcd.auth`).
+that owns the gRPC channel (the etcd API itself is in :mod:`clustermesh.etcd.client`,
+the auth administration calls in :mod:`clustermesh.etcd.auth`).
 
 * **One channel at a time.**  The client talks to one endpoint; when a request
   fails with an "unavailable"-class error (member down, no leader, partition,
@@ -11,15 +10,20 @@ auth administration calls in :mod:`clustermesh.etcd.auth`).
   ``Status`` call, and retries.  Writes are retried too: everything clustermesh
   writes is a state assertion (put this value, delete this key), so sending it
   twice converges to the same state.
-* **Dead paths are noticed.**  HTTP/2 keepalive pings run while calls are open,
-  and ``grpc.http2.ping_timeout_ms`` bounds the wait for a reply (grpcio waits
-  about a minute otherwise).  Pings are not sent on idle channels, because etcd
-  answers those with a ``too_many_pings`` GOAWAY.
+* **Dead paths are noticed** by the channel's keepalive pings
+  (:mod:`clustermesh.etcd.channel`), and are failures like any other.
 * **Credentials are live.**  TLS files are re-read periodically; when their
   fingerprint changes the client opens a new channel with the new certificates
   and retires the old one (watches resume on the new one).  With a user name the
   client authenticates and re-authenticates whenever etcd reports the token as
   invalid (expired ``--auth-token-ttl``, restart of a member).
+* **One retry path.**  Unary calls (:meth:`EtcdConnection.call`), the lease
+  keepalive and watches all iterate :meth:`EtcdConnection.attempts`, whose rules
+  (what is retried, how often, after which wait) are in :mod:`clustermesh.etcd.retry`;
+  nothing else reads the channel or the token.  :meth:`EtcdConnection.connection_status`
+  is the read-only view of both for status pages and tests.
+* **Time comes from a clock** (``clock``): retry backoffs and the TLS reload period
+  are waited for on it, so tests drive them without real sleeps.
 """
 
 from __future__ import annotations
@@ -27,54 +31,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Self
 
 import grpc
 
-from .config import Endpoint, EtcdConfig, EtcdConfigError, load_tls_files
-from .errors import (
-    EtcdAuthRevisionOld,
-    EtcdError,
-    EtcdInvalidToken,
-    EtcdTLSError,
-    EtcdUnavailable,
-    translate,
-)
-from .pb import rpc_pb2, rpc_pb2_grpc
+from ..backoff import ETCD_CONNECT, Backoff
+from ..clock import REAL_CLOCK, Clock
+from .channel import Channel, open_channel, probe
+from .config import EtcdConfig, load_tls_files
+from .errors import EtcdError, EtcdTLSError, EtcdUnavailable, translate
+from .pb import rpc_pb2
+from .retry import Attempts
 
 # The client's logger: these are its messages (and its name in the logs, as before).
 log = logging.getLogger("clustermesh.etcd.client")
 
-MAX_RECEIVE_MESSAGE_LENGTH = 64 * 1024 * 1024
 # Called after every unary request: (method, request, seconds, succeeded). For metrics.
 Observer = Callable[[str, Any, float, bool], None]
 _RETIRE_GRACE = 2.0  # seconds an old channel stays open after a failover or TLS rotation
 
 
-class _Channel:
-    """A gRPC channel to one endpoint, with its stubs."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionStatus:
+    """A snapshot of the channel in use and the credentials held (never the token)."""
 
-    def __init__(self, endpoint: Endpoint, channel: grpc.aio.Channel, tls_fingerprint: str) -> None:
-        self.endpoint = endpoint
-        self.url = str(endpoint)
-        self.channel = channel
-        self.tls_fingerprint = tls_fingerprint
-        self.cluster_id = 0  # of the etcd cluster the endpoint belongs to (from the probe)
-        self.kv = rpc_pb2_grpc.KVStub(channel)
-        self.watch = rpc_pb2_grpc.WatchStub(channel)
-        self.lease = rpc_pb2_grpc.LeaseStub(channel)
-        self.cluster = rpc_pb2_grpc.ClusterStub(channel)
-        self.maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
-        self.auth = rpc_pb2_grpc.AuthStub(channel)
+    endpoint: str | None  # URL of the endpoint in use; None: not connected
+    cluster_id: int  # of the etcd cluster behind it (0: not connected)
+    channel: int  # generation of the channel in use: +1 for each one opened (0: none)
+    tls_fingerprint: str  # of the TLS files it was opened with ("": no TLS, no channel)
+    authenticated: bool  # an auth token is held
+    authentications: int  # tokens obtained so far (+1 for every refresh)
 
 
 class EtcdConnection:
     """A connection to one etcd cluster (several endpoints); see the module docstring.
 
     Not used alone: :class:`~clustermesh.etcd.client.EtcdClient` adds the etcd API.
+    ``clock`` does the retry and TLS reload waits (a fake one in tests).
     """
 
     def __init__(
@@ -88,6 +84,7 @@ class EtcdConnection:
         keepalive_timeout: float = 5.0,
         tls_reload_interval: float = 10.0,
         observer: Observer | None = None,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         if not config.endpoints:
             raise ValueError(f"{config.source or name}: no etcd endpoints configured")
@@ -99,11 +96,14 @@ class EtcdConnection:
         self._keepalive_timeout = keepalive_timeout
         self._tls_reload_interval = tls_reload_interval
         self._observer = observer
-        self._conn: _Channel | None = None
+        self._clock = clock
+        self._conn: Channel | None = None
+        self._generations = 0  # channels that became the one in use
         self._next_endpoint = 0
         self._conn_lock = asyncio.Lock()
         self._auth_lock = asyncio.Lock()
         self._token: str | None = None
+        self._authentications = 0
         self._tls_task: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -123,13 +123,13 @@ class EtcdConnection:
         if self._tls_task is None and self.config.use_tls and self._tls_reload_interval > 0:
             self._tls_task = asyncio.create_task(self._reload_tls_loop(), name=f"{self.name}-tls")
 
-    async def connect_retrying(self, *, stop: asyncio.Event | None = None,
-                               max_delay: float = 10.0) -> None:
-        """:meth:`connect`, retried with backoff until it works (or ``stop`` is set).
+    async def connect_retrying(self, *, stop: asyncio.Event | None = None) -> None:
+        """:meth:`connect`, retried with :data:`~clustermesh.backoff.ETCD_CONNECT` backoff
+        until it works (or fails once ``stop`` is set).
 
         For a daemon whose etcd starts beside it (a sidecar in the same pod).
         """
-        delay = 0.5
+        backoff = Backoff(ETCD_CONNECT, clock=self._clock)
         while True:
             try:
                 await self.connect()
@@ -137,10 +137,10 @@ class EtcdConnection:
             except EtcdError as exc:
                 if stop is not None and stop.is_set():
                     raise
+                delay = backoff.next_delay()
                 log.warning("%s: not reachable yet (%s); retrying in %.1fs", self.name, exc,
                             delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay)
+                await self._clock.sleep(delay)
 
     async def reconnect(self) -> None:
         """Drop the current channel and connect to the first endpoint that answers.
@@ -175,54 +175,23 @@ class EtcdConnection:
 
     @property
     def cluster_id(self) -> int:
-        """ID of the etcd cluster the endpoint in use belongs to (0: not connected)."""
+        """ID of the etcd cluster the endpoint in use belongs to, as its last answer said
+        (0: not connected)."""
         return self._conn.cluster_id if self._conn else 0
+
+    def connection_status(self) -> ConnectionStatus:
+        """What the client is connected to, with which certificates, and whether (and how
+        often) it authenticated: for status pages and tests."""
+        conn = self._conn
+        return ConnectionStatus(
+            endpoint=conn.url if conn else None, cluster_id=conn.cluster_id if conn else 0,
+            channel=conn.generation if conn else 0,
+            tls_fingerprint=conn.tls_fingerprint if conn else "",
+            authenticated=self._token is not None, authentications=self._authentications)
 
     # ----------------------------------------------------------------- connection
 
-    def _channel_options(self) -> list[tuple[str, Any]]:
-        return [
-            ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_LENGTH),
-            ("grpc.max_send_message_length", MAX_RECEIVE_MESSAGE_LENGTH),
-            ("grpc.keepalive_time_ms", int(self._keepalive_time * 1000)),
-            ("grpc.keepalive_timeout_ms", int(self._keepalive_timeout * 1000)),
-            ("grpc.http2.ping_timeout_ms", int(self._keepalive_timeout * 1000)),
-            ("grpc.keepalive_permit_without_calls", 0),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.enable_retries", 0),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-            # Our own connection per client: two clients of one etcd stay independent.
-            ("grpc.use_local_subchannel_pool", 1),
-        ]
-
-    def _open_channel(self, endpoint: Endpoint) -> _Channel:
-        options = self._channel_options()
-        if not self.config.use_tls:
-            channel = grpc.aio.insecure_channel(endpoint.grpc_target, options=options)
-            return _Channel(endpoint, channel, "")
-        if self.config.insecure_skip_tls_verify and self.config.trusted_ca_file is None:
-            raise EtcdConfigError(
-                "skipping server certificate verification is not supported by the gRPC TLS "
-                "stack this client uses; set trusted-ca-file to the server's CA instead",
-                path=self.config.source, field="insecure-skip-tls-verify")
-        tls = load_tls_files(self.config, check_pair=True)
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
-        )
-        channel = grpc.aio.secure_channel(endpoint.grpc_target, creds, options=options)
-        return _Channel(endpoint, channel, tls.fingerprint)
-
-    async def _probe(self, conn: _Channel) -> None:
-        """One Status call: proves the endpoint is reachable and the TLS handshake works."""
-        try:
-            resp = await conn.maintenance.Status(rpc_pb2.StatusRequest(),
-                                                 timeout=self._dial_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, endpoint=conn.url) from None
-        conn.cluster_id = resp.header.cluster_id
-
-    async def _failover(self, failed: _Channel | None) -> _Channel:
+    async def _failover(self, failed: Channel | None) -> Channel:
         """Replace ``failed`` (or nothing) with a connection to an endpoint that answers."""
         async with self._conn_lock:
             if self._closed:
@@ -238,11 +207,14 @@ class EtcdConnection:
             for i in range(len(endpoints)):
                 index = (self._next_endpoint + i) % len(endpoints)
                 endpoint = endpoints[index]
+                # With one endpoint, the one that failed is tried again.
                 if failed is not None and len(endpoints) > 1 and endpoint == failed.endpoint:
                     continue
-                conn = self._open_channel(endpoint)
+                conn = open_channel(self.config, endpoint,
+                                    keepalive_time=self._keepalive_time,
+                                    keepalive_timeout=self._keepalive_timeout)
                 try:
-                    await self._probe(conn)
+                    await probe(conn, timeout=self._dial_timeout)
                 except EtcdError as exc:
                     await conn.channel.close(grace=None)
                     errors.append(str(exc))
@@ -250,14 +222,13 @@ class EtcdConnection:
                         tls_error = exc
                     continue
                 self._next_endpoint = (index + 1) % len(endpoints)
+                self._generations += 1
+                conn.generation = self._generations
                 self._conn = conn
                 if failed is not None:
                     log.info("%s: switched to etcd endpoint %s", self.name, conn.url)
                 break
             else:
-                if failed is not None and len(endpoints) == 1:
-                    # Single endpoint: it is the one that failed; try it again next time.
-                    pass
                 if tls_error is not None and len(errors) == 1:
                     raise tls_error
                 raise EtcdUnavailable(
@@ -267,9 +238,9 @@ class EtcdConnection:
             await self._authenticate(None)
         return conn
 
-    def _retire(self, conn: _Channel) -> None:
+    def _retire(self, conn: Channel) -> None:
         # In-flight calls on the old channel get a short grace to finish; calls and
-    # watches still on it are then cancelled by grpc and retried on the new channel.
+        # watches still on it are then cancelled by grpc and retried on the new channel.
         async def close_later() -> None:
             await conn.channel.close(grace=_RETIRE_GRACE)
 
@@ -277,25 +248,20 @@ class EtcdConnection:
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
-    async def _connection(self) -> _Channel:
-        conn = self._conn
-        if conn is None:
-            conn = await self._failover(None)
-        return conn
+    async def _current(self) -> Channel:
+        """The channel in use, after connecting if there is none."""
+        return self._conn or await self._failover(None)
 
     async def _reload_tls_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._tls_reload_interval)
+            await self._clock.sleep(self._tls_reload_interval)
             conn = self._conn
             if conn is None:
                 continue
             try:
                 fingerprint = (await asyncio.to_thread(load_tls_files, self.config,
                                                        check_pair=True)).fingerprint
-            except EtcdError as exc:  # half-written rotation: keep the old channel
-                log.warning("%s: cannot re-read TLS files: %s", self.name, exc)
-                continue
-            except ValueError as exc:
+            except (EtcdError, ValueError) as exc:  # half-written rotation: keep the old one
                 log.warning("%s: cannot re-read TLS files: %s", self.name, exc)
                 continue
             if fingerprint != conn.tls_fingerprint:
@@ -304,16 +270,11 @@ class EtcdConnection:
                 with contextlib.suppress(EtcdError):
                     await self._failover(conn)
 
-    # --------------------------------------------------------------------- auth
-
-    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
-        return (("token", self._token),) if self._token else None
-
     async def _authenticate(self, stale_token: str | None) -> None:
         async with self._auth_lock:
             if self._token is not None and self._token != stale_token:
                 return  # refreshed concurrently
-            conn = await self._connection()
+            conn = await self._current()
             request = rpc_pb2.AuthenticateRequest(
                 name=self.config.username or "", password=self.config.password or ""
             )
@@ -322,61 +283,40 @@ class EtcdConnection:
             except grpc.aio.AioRpcError as exc:
                 raise translate(exc, endpoint=conn.url) from None
             self._token = resp.token
+            self._authentications += 1
 
     # ------------------------------------------------------------------ calling
 
+    def attempts(self, *, watch: bool = False, until: Callable[[], bool] | None = None
+                 ) -> Attempts:
+        """The attempts of one request, or of a watch (``watch``: its rules) until
+        ``until()`` is true; see :class:`~clustermesh.etcd.retry.Attempts`."""
+        return Attempts(self, watch=watch, until=until)
+
     async def call(self, service: str, method: str, request: Any, *,
                    timeout: float | None = None) -> Any:
-        """Send one unary request, with failover and token refresh.
+        """Send one unary request, with failover and token refresh (:meth:`attempts`).
 
         ``service`` names a stub of the channel (``"kv"``, ``"lease"``, ``"auth"``...),
         ``method`` one of its RPCs (``"Range"``); ``timeout`` defaults to the client's
         request timeout.
         """
-        attempts = 0
-        token_refreshes = 0
-        auth_races = 0
-        while True:
-            conn = await self._connection()
-            fn = getattr(getattr(conn, service), method)
-            token = self._token
-            started = time.perf_counter()
-            try:
-                response = await fn(request, timeout=timeout or self._request_timeout,
-                                    metadata=self._metadata())
-            except grpc.aio.AioRpcError as exc:
-                err = translate(exc, endpoint=conn.url)
-                if self._observer is not None:
-                    self._observer(method, request, time.perf_counter() - started, False)
-            except asyncio.CancelledError:
-                # Our caller being cancelled: stop. Otherwise grpc cancelled the call
-                # because its channel was retired (failover, TLS rotation): retry.
-                task = asyncio.current_task()
-                if task is None or task.cancelling() or self._closed:
+        observer = self._observer
+        async for attempt in self.attempts():
+            async with attempt:
+                fn = getattr(getattr(attempt.channel, service), method)
+                started = time.perf_counter()
+                try:
+                    response = await fn(request, timeout=timeout or self._request_timeout,
+                                        metadata=attempt.metadata)
+                except grpc.aio.AioRpcError:
+                    if observer is not None:
+                        observer(method, request, time.perf_counter() - started, False)
                     raise
-                err = EtcdUnavailable("request cancelled: its channel was closed",
-                                      endpoint=conn.url)
-            else:
-                if self._observer is not None:
-                    self._observer(method, request, time.perf_counter() - started, True)
+                if observer is not None:
+                    observer(method, request, time.perf_counter() - started, True)
+                if found := response.header.cluster_id:
+                    # What the endpoint says now, also if a new cluster answers behind
+                    # the same address without the channel ever failing (a restore).
+                    attempt.channel.cluster_id = found
                 return response
-            if isinstance(err, EtcdInvalidToken) and self.uses_password and token_refreshes < 2:
-                token_refreshes += 1
-                await self._authenticate(token)
-                continue
-            if isinstance(err, EtcdAuthRevisionOld) and auth_races < 5:
-                # A user or role changed under the request (cluster users management does
-                # that while the daemons write); Go's client retries it as well.
-                auth_races += 1
-                if self.uses_password:
-                    await self._authenticate(token)
-                continue
-            if isinstance(err, EtcdUnavailable) and not self._closed:
-                attempts += 1
-                if attempts > len(self.config.endpoints) + 1:
-                    raise err
-                log.debug("%s: %s; failing over", self.name, err)
-                await asyncio.sleep(min(0.05 * 2**attempts, 1.0) * random.uniform(0.5, 1.0))
-                await self._failover(conn)
-                continue
-            raise err

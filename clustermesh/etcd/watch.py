@@ -3,17 +3,27 @@
 One watcher runs on one gRPC stream.  The watch remembers the next revision it
 needs (one past the last event, or past the last progress notification) and,
 when the stream breaks for a transient reason (member down, failover, token
-expiry), opens a new stream from that revision: the consumer sees every event
-exactly once, in order, across reconnects.
+expiry, a TLS rotation retiring its channel), opens a new stream from that
+revision: the consumer sees every event exactly once, in order, across reconnects.
+What is transient, and how long to wait before the next stream, is not decided
+here: the streams are the attempts of the client's one retry path
+(:meth:`~clustermesh.etcd.connection.EtcdConnection.attempts` with a watch's rules:
+unavailability is retried until the client closes; the limits count afresh once the
+server accepted a stream).
 
-Two things end a watch with an error instead:
+etcd splits a response above its ``--max-request-bytes`` into fragments when asked
+to (we always ask: a catch-up of a big backlog could otherwise exceed our receive
+limit); the fragments are put together again, so a batch is always one whole
+revision range, e.g. every event of one big txn.
+
+These things end a watch with an error instead:
 
 * :class:`EtcdCompacted` — the revision we need is gone; the consumer must
-  relist (the reflector's "too old" path) and start a new watch;
+  relist (:mod:`clustermesh.etcd.listwatch` does) and start a new watch;
 * :class:`EtcdClusterChanged` — the stream was resumed on a different etcd cluster
-  than ``cluster_id`` (or than the first stream's): its revisions are not ours.
+  than ``cluster_id`` (or than the first stream's): its revisions are not ours;
 * any non-transient error (permission denied, cancelled by the server for
-  another reason).
+  another reason), and the client being closed.
 
 Leaving the ``async with`` block (or breaking out of ``async for``) cancels the
 stream.
@@ -21,9 +31,7 @@ stream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,7 +45,6 @@ from .errors import (
     EtcdInvalidToken,
     EtcdPermissionDenied,
     EtcdUnavailable,
-    translate,
 )
 from .pb import kv_pb2, rpc_pb2
 
@@ -63,7 +70,10 @@ class WatchBatch:
 
 
 class Watch:
-    """Iterate with ``async for batch in watch`` inside ``async with watch``."""
+    """Iterate with ``async for batch in watch`` inside ``async with watch``.
+
+    ``reconnects`` counts the streams opened again after one broke.
+    """
 
     def __init__(self, client: EtcdClient, *, key: bytes, range_end: bytes,
                  start_revision: int, prev_kv: bool, progress_notify: bool,
@@ -98,102 +108,57 @@ class Watch:
         return self._run()
 
     async def _run(self) -> AsyncIterator[WatchBatch]:
-        failures = 0
-        reauthenticated = False  # since the last watch the server accepted
-        while not self._closed:
-            try:
-                conn = await self._client._connection()
-            except EtcdUnavailable as exc:
-                # No endpoint answers yet (e.g. the only member is restarting): keep
-                # waiting like after any other transient error, unless the client closed.
-                if self._client._closed:
-                    raise
-                failures += 1
-                log.debug("%s: no endpoint for watch: %s", self._client.name, exc)
-                await asyncio.sleep(min(0.1 * 2**failures, 2.0) * random.uniform(0.5, 1.0))
-                continue
-            self._call = call = conn.watch.Watch(metadata=self._client._metadata())
-            token = self._client._token
-            try:
-                await call.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-                    key=self._key, range_end=self._range_end,
-                    start_revision=self._next_revision,
-                    prev_kv=self._prev_kv, progress_notify=self._progress_notify,
-                    # Let etcd split responses above its request limit instead of one
-                    # message that could exceed our receive limit (catch-up of a big backlog).
-                    fragment=True,
-                )))
-                fragments: list[kv_pb2.Event] = []
-                async for resp in call:
-                    if resp.canceled:
-                        raise self._cancel_error(resp, conn.url)
-                    if resp.created:
-                        found = resp.header.cluster_id
-                        if not self._cluster_id:
-                            self._cluster_id = found
-                        elif found and found != self._cluster_id:
-                            raise EtcdClusterChanged(self._cluster_id, found, endpoint=conn.url)
-                        if self._next_revision == 0:
-                            # Watching "from now": pin it so a resume misses nothing.
-                            self._next_revision = resp.header.revision + 1
-                        failures = 0
-                        reauthenticated = False
-                        continue
-                    if resp.fragment:
-                        fragments.extend(resp.events)
-                        continue
-                    events: Sequence[kv_pb2.Event] = resp.events
-                    if fragments:
-                        fragments.extend(resp.events)
-                        events, fragments = fragments, []
-                    if events:
-                        self._next_revision = events[-1].kv.mod_revision + 1
-                    elif resp.header.revision >= self._next_revision:
-                        self._next_revision = resp.header.revision + 1
-                    yield WatchBatch(events, self._next_revision - 1)
-                if self._closed:
-                    return
-                raise EtcdUnavailable("watch stream ended", endpoint=conn.url)
-            except grpc.aio.AioRpcError as exc:
-                if self._closed:
-                    return
-                err: EtcdError = translate(exc, endpoint=conn.url)
-            except EtcdError as exc:
-                err = exc
-            except asyncio.CancelledError:
-                # A cancelled consumer task, or our own cancel(): stop.  Otherwise grpc
-                # cancelled the call because its channel was closed (retired after a
-                # failover or a TLS rotation): resume on the current channel.
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
-                    raise
-                if self._closed:
-                    return
-                err = EtcdUnavailable("watch stream cancelled: its channel was closed",
-                                      endpoint=conn.url)
-            finally:
-                call.cancel()
-            if isinstance(err, EtcdInvalidToken) and self._client.uses_password:
-                await self._client._authenticate(token)
-                continue
-            if (isinstance(err, EtcdPermissionDenied) and self._client.uses_password
-                    and not reauthenticated):
-                # etcd 3.5.1 cancels a watch created with an expired token (e.g. resuming
-                # on another member) as "permission denied": retry once with a fresh token.
-                reauthenticated = True
-                await self._client._authenticate(token)
-                continue
-            if not isinstance(err, EtcdUnavailable):
-                raise err
-            failures += 1
-            self.reconnects += 1
-            log.debug("%s: watch on %r broke (%s), resuming from revision %d",
-                      self._client.name, self._key, err, self._next_revision)
-            await asyncio.sleep(min(0.1 * 2**failures, 2.0) * random.uniform(0.5, 1.0))
-            try:
-                await self._client._failover(conn)
-            except EtcdUnavailable as fail:
-                log.debug("%s: no endpoint for watch: %s", self._client.name, fail)
+        attempts = self._client.attempts(watch=True, until=lambda: self._closed)
+        resumed = False
+        async for attempt in attempts:
+            if resumed:
+                self.reconnects += 1
+                log.debug("%s: resuming the watch on %r from revision %d", self._client.name,
+                          self._key, self._next_revision)
+            resumed = True
+            url = attempt.channel.url
+            async with attempt:
+                self._call = call = attempt.channel.watch.Watch(metadata=attempt.metadata)
+                try:
+                    await call.write(self._create_request())
+                    fragments: list[kv_pb2.Event] = []
+                    async for resp in call:
+                        if resp.canceled:
+                            raise self._cancel_error(resp, url)
+                        if resp.created:
+                            self._created(resp, url)
+                            attempts.succeeded()
+                        elif resp.fragment:
+                            fragments.extend(resp.events)
+                        else:
+                            events: Sequence[kv_pb2.Event] = resp.events
+                            if fragments:
+                                fragments.extend(resp.events)
+                                events, fragments = fragments, []
+                            if events:
+                                self._next_revision = events[-1].kv.mod_revision + 1
+                            elif resp.header.revision >= self._next_revision:
+                                self._next_revision = resp.header.revision + 1
+                            yield WatchBatch(events, self._next_revision - 1)
+                    raise EtcdUnavailable("watch stream ended", endpoint=url)
+                finally:
+                    call.cancel()
+
+    def _create_request(self) -> rpc_pb2.WatchRequest:
+        return rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=self._key, range_end=self._range_end, start_revision=self._next_revision,
+            prev_kv=self._prev_kv, progress_notify=self._progress_notify, fragment=True))
+
+    def _created(self, resp: rpc_pb2.WatchResponse, url: str) -> None:
+        """The server accepted the stream: check (or pin) its cluster and revision."""
+        found = resp.header.cluster_id
+        if not self._cluster_id:
+            self._cluster_id = found
+        elif found and found != self._cluster_id:
+            raise EtcdClusterChanged(self._cluster_id, found, endpoint=url)
+        if self._next_revision == 0:
+            # Watching "from now": pin it so a resume misses nothing.
+            self._next_revision = resp.header.revision + 1
 
     @staticmethod
     def _cancel_error(resp: rpc_pb2.WatchResponse, url: str) -> EtcdError:

@@ -1,5 +1,9 @@
-"""Write many keys fast: split puts and deletes into transactions within the
-server's limits and keep several of them in flight.
+"""For benchmarks: write many keys fast, splitting puts and deletes into transactions
+within the server's limits and keeping several of them in flight.
+
+The benchmarks seed remote etcds with it (and measure raw write throughput as a
+reference); the daemons write through :class:`clustermesh.syncwriter.SyncWriter`,
+which coalesces a live queue instead of planning a known list of operations.
 
 etcd refuses a txn with more than ``--max-txn-ops`` operations (default 128) or a
 request larger than ``--max-request-bytes`` (default 1.5 MiB), and a txn may not
@@ -17,16 +21,19 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .client import EtcdClient, delete_op, put_op
-from .errors import EtcdRequestTooLarge
-from .pb import rpc_pb2
+from clustermesh.etcd.client import (
+    OP_OVERHEAD,
+    REQUEST_OVERHEAD,
+    EtcdClient,
+    delete_op,
+    put_op,
+)
+from clustermesh.etcd.errors import EtcdRequestTooLarge
+from clustermesh.etcd.pb import rpc_pb2
 
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 DEFAULT_MAX_INFLIGHT = 4
-# Protobuf framing per op and per request, rounded up: what len(key)+len(value) misses.
-_OP_OVERHEAD = 32
-_REQUEST_OVERHEAD = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +56,7 @@ Op = Put | Delete
 class _Chunk:
     ops: list[rpc_pb2.RequestOp] = field(default_factory=list)
     keys: set[bytes] = field(default_factory=set)
-    size: int = _REQUEST_OVERHEAD
+    size: int = REQUEST_OVERHEAD
     deps: set[int] = field(default_factory=set)
     barrier: bool = False
 
@@ -57,8 +64,8 @@ class _Chunk:
 def op_size(op: Op) -> int:
     """Approximate encoded size of ``op`` inside a TxnRequest."""
     if isinstance(op, Put):
-        return len(op.key) + len(op.value) + _OP_OVERHEAD
-    return 2 * len(op.key) + _OP_OVERHEAD
+        return len(op.key) + len(op.value) + OP_OVERHEAD
+    return 2 * len(op.key) + OP_OVERHEAD
 
 
 class BatchWriter:
@@ -70,8 +77,8 @@ class BatchWriter:
                  before_txn: Callable[[], Awaitable[None]] | None = None) -> None:
         if max_txn_ops < 1 or max_inflight < 1:
             raise ValueError("max_txn_ops and max_inflight must be at least 1")
-        if max_request_bytes <= _REQUEST_OVERHEAD + _OP_OVERHEAD:
-            raise ValueError(f"max_request_bytes must exceed {_REQUEST_OVERHEAD + _OP_OVERHEAD}")
+        if max_request_bytes <= REQUEST_OVERHEAD + OP_OVERHEAD:
+            raise ValueError(f"max_request_bytes must exceed {REQUEST_OVERHEAD + OP_OVERHEAD}")
         self.client = client
         self.max_txn_ops = max_txn_ops
         self.max_request_bytes = max_request_bytes
@@ -92,7 +99,7 @@ class BatchWriter:
 
         for op in ops:
             size = op_size(op)
-            if size + _REQUEST_OVERHEAD > self.max_request_bytes:
+            if size + REQUEST_OVERHEAD > self.max_request_bytes:
                 raise EtcdRequestTooLarge(
                     f"key {op.key!r}: a single write of {size} bytes exceeds the "
                     f"max request size of {self.max_request_bytes} bytes"

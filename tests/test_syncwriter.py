@@ -1,0 +1,95 @@
+"""The timers of :class:`clustermesh.syncwriter.SyncWriter` on a fake clock: a failed txn
+is retried after a :data:`~clustermesh.backoff.LOCAL_WRITE` backoff that grows while the
+local etcd keeps failing and starts over once a txn commits; the rate limiter's token
+bucket refills and waits on the clock.  The etcd is real (behind a proxy that refuses
+connections while it is "down"); only the writer's time is fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+from harness import EtcdServer
+from harness.fakeclock import FakeClock
+from harness.tcpproxy import TcpProxy
+
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.config import load_etcd_config
+from clustermesh.syncwriter import RateLimiter, SyncWriter
+
+
+async def parked(fake: FakeClock, sleeps: int) -> float:
+    """The delay of the writer's ``sleeps``-th sleep, parked on the clock now."""
+    await fake.wait_for_sleeps(sleeps, timeout=10)
+    assert (len(fake.sleeps), fake.sleepers) == (sleeps, 1)
+    return fake.sleeps[-1]
+
+
+async def test_failed_txns_back_off_on_the_clock_and_start_over_after_a_commit(
+        etcd: EtcdServer, tmp_path: Path) -> None:
+    fake = FakeClock()
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(asyncio.timeout(60))
+        proxy = await stack.enter_async_context(TcpProxy.to_url(etcd.client_url))
+        path = etcd.client_config(tmp_path / "local.yaml", endpoints=[proxy.url])
+        client = await stack.enter_async_context(
+            EtcdClient(load_etcd_config(path), name="local", dial_timeout=1.0))
+        failed: list[list[bytes]] = []
+        writer = SyncWriter(client, clock=fake.clock, on_error=failed.append)
+        writer.start()
+        stack.push_async_callback(writer.stop)
+
+        proxy.refuse()
+        writer.put(b"sw/a", b"1")
+        first = await parked(fake, 1)
+        assert 0.1 <= first < 0.15  # LOCAL_WRITE: 0.1 s, jitter 0.5
+        assert failed == [[b"sw/a"]]
+        fake.advance(first)
+        second = await parked(fake, 2)
+        assert 0.2 <= second < 0.3
+        assert failed == [[b"sw/a"], [b"sw/a"]]
+
+        proxy.forward()
+        flushed = asyncio.create_task(writer.flush())
+        await fake.settle()
+        assert not flushed.done()  # nothing is sent before the backoff is over
+        fake.advance(second)
+        await flushed
+        assert await asyncio.to_thread(etcd.get, "sw/a") == "1"
+
+        # The commit reset the backoff: the next failure waits the initial delay again.
+        proxy.refuse()
+        writer.put(b"sw/b", b"2")
+        again = await parked(fake, 3)
+        assert 0.1 <= again < 0.15
+        proxy.forward()
+        fake.advance(again)
+        await writer.flush()
+        assert await asyncio.to_thread(etcd.get, "sw/b") == "2"
+        assert len(failed) == 3
+
+
+async def test_rate_limiter_refills_and_waits_on_the_clock() -> None:
+    fake = FakeClock()
+    limiter = RateLimiter(2.0, clock=fake.clock)  # 2 txns/s, a burst of 2
+    assert limiter.try_acquire() and limiter.try_acquire()
+    assert not limiter.try_acquire()
+    fake.advance(0.5)  # one token more
+    assert limiter.try_acquire()
+    assert not limiter.try_acquire()
+
+    task = asyncio.create_task(limiter.acquire())
+    await fake.wait_for_sleepers(1)
+    assert fake.sleeps == pytest.approx([0.5])
+    fake.advance(0.25)
+    await fake.settle()
+    assert not task.done()
+    fake.advance(0.25)
+    await asyncio.wait_for(task, 5)
+    assert not limiter.try_acquire()
+
+    unlimited = RateLimiter(0, clock=fake.clock)
+    assert all(unlimited.try_acquire() for _ in range(1000))
