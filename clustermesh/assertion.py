@@ -1,12 +1,18 @@
 """Keep one key at one value: the cluster-config enforcer of both daemons.
 
-Write the value if the key is missing or different, then watch the key and do it
-again whenever someone changes or deletes it; every ``refresh`` seconds re-read
-it anyway (Cilium re-asserts every 5 minutes).  An unchanged key is never
-rewritten, so this costs no writes in the steady state.  Each check-and-write pass
-counts as one run of the ``cluster-config-refresh`` controller group.  An etcd error
-(the server restarting, a stream reset) is retried after a second, as an upstream
-controller retries: the enforcer never ends its daemon.
+The enforcer follows the key with :func:`~clustermesh.etcd.listwatch.list_and_watch`:
+its value when the enforcer starts (or relists), then every change; whenever the key
+is missing or holds something else, the value is written again.  Every ``refresh``
+seconds it starts over from a fresh read anyway (Cilium re-asserts every 5 minutes):
+the refresh is a sleep on the :class:`~clustermesh.clock.Clock` raced against the
+watch, so a fake clock drives it in tests.  An unchanged key is never rewritten, so
+this costs no writes in the steady state.
+
+Each pass that checks the key — the read, or a change that needs a write — counts as
+one run of the ``cluster-config-refresh`` controller group, and an etcd error as a
+failed one.  The error (the server restarting, a stream reset) is retried after
+:data:`RETRY_DELAY`, as an upstream controller retries: the enforcer never ends its
+daemon.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import asyncio
 import contextlib
 import logging
 
+from .clock import REAL_CLOCK, Clock
 from .controllers import GROUP_CLUSTER_CONFIG, ControllerRuns
 from .etcd.client import EtcdClient
-from .etcd.errors import EtcdCompacted, EtcdError
+from .etcd.errors import EtcdError
+from .etcd.listwatch import Changes, Page, list_and_watch
 from .etcd.watch import PUT
 
 log = logging.getLogger(__name__)
@@ -26,23 +34,37 @@ RETRY_DELAY = 1.0
 
 async def keep_asserted(client: EtcdClient, key: bytes, value: bytes, *,
                         refresh: float = 300.0, lease: int = 0,
-                        runs: ControllerRuns | None = None) -> None:
+                        runs: ControllerRuns | None = None,
+                        clock: Clock = REAL_CLOCK) -> None:
     while True:
         try:
-            with runs.run(GROUP_CLUSTER_CONFIG) if runs else contextlib.nullcontext():
-                current = await client.get(key)
-                if current is None or current.value != value:
-                    revision = await client.put(key, value, lease=lease)
-                else:
-                    revision = current.mod_revision
-            # A timeout is the periodic refresh; a compaction just means "re-read".
-            with contextlib.suppress(TimeoutError, EtcdCompacted):
-                async with asyncio.timeout(refresh), \
-                        client.watch(key, prefix=False, start_revision=revision + 1) as watch:
-                    async for batch in watch:
-                        if any(e.type != PUT or e.kv.value != value for e in batch.events):
-                            break
-        except EtcdError as exc:
+            async with asyncio.TaskGroup() as group:
+                follower = group.create_task(_assert_on_change(client, key, value,
+                                                               lease=lease, runs=runs))
+                await clock.sleep(refresh)
+                follower.cancel()
+        except* EtcdError as failed:
+            if runs is not None:
+                runs.record(GROUP_CLUSTER_CONFIG, ok=False)
             log.warning("keeping %s asserted: %s; retrying in %.0fs", key.decode(errors="replace"),
-                        exc, RETRY_DELAY)
-            await asyncio.sleep(RETRY_DELAY)
+                        failed.exceptions[0], RETRY_DELAY)
+            await clock.sleep(RETRY_DELAY)
+
+
+async def _assert_on_change(client: EtcdClient, key: bytes, value: bytes, *, lease: int,
+                            runs: ControllerRuns | None) -> None:
+    async with contextlib.aclosing(list_and_watch(client, key, prefix=False)) as items:
+        async for item in items:
+            if isinstance(item, Page):
+                current = item.kvs[0].value if item.kvs else None
+            elif isinstance(item, Changes):
+                last = item.events[-1]  # the key's value now
+                current = last.kv.value if last.type == PUT else None
+                if current == value:
+                    continue  # our own write coming back, or put back by someone
+            else:
+                continue
+            if current != value:
+                await client.put(key, value, lease=lease)
+            if runs is not None:
+                runs.record(GROUP_CLUSTER_CONFIG, ok=True)

@@ -51,6 +51,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import validate_cluster_name
 
 __all__ = ["ClusterFile", "ConfigDirectory", "ConfigHandler"]
@@ -135,12 +136,14 @@ class ConfigDirectory:
         local_cluster_name: str,
         interval: float = 1.0,
         logger: logging.Logger | None = None,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"poll interval must be positive, got {interval}")
         self._path = Path(path)
         self._local_cluster_name = local_cluster_name
         self._interval = interval
+        self._clock = clock  # the poll interval is waited on it
         self._log = logger if logger is not None else logging.getLogger(__name__)
         self._known: dict[str, ClusterFile] = {}
         # What has already been logged, so that an unchanged situation is not
@@ -226,7 +229,7 @@ class ConfigDirectory:
         if ready is not None:
             ready.set()
         while True:
-            await asyncio.sleep(self._interval)
+            await self._clock.sleep(self._interval)
             current = await self._scan_async()
             for name in sorted(self._known.keys() - current.keys()):
                 await self._deliver_removal(handler, name)

@@ -22,7 +22,7 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -143,10 +143,9 @@ def overlapping_pod_cidrs(cidrs: Mapping[str, Iterable[Network]]) -> list[Proble
     return [found[pair] for pair in sorted(found)]
 
 
-def expiring_certificates(config: EtcdConfig, *, remote: str, now: datetime | None = None,
+def expiring_certificates(config: EtcdConfig, *, remote: str, now: datetime,
                           within: timedelta = EXPIRY_WARNING) -> list[Problem]:
-    """Each certificate of ``config`` expired or expiring within ``within``."""
-    now = now or datetime.now(UTC)
+    """Each certificate of ``config`` expired at ``now`` or expiring within ``within``."""
     problems: list[Problem] = []
     for field, path in (("cert-file", config.cert_file), ("trusted-ca-file",
                                                            config.trusted_ca_file)):

@@ -8,7 +8,8 @@ fields. Flags of upstream's Go runtime (gops, pprof, the hive shell, ...) are ac
 and named in one log line at start, with the reason they have no effect here.
 
 ``kvstoremesh status`` (our own console script only) is :mod:`kvstoremesh.statuscmd`;
-upstream's spelling is ``clustermesh-apiserver kvstoremesh-dbg status``.
+upstream's spelling is ``clustermesh-apiserver kvstoremesh-dbg status``
+(:mod:`kvstoremesh.dbg`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,20 @@ not live and not ready, naming the reason.  With ``--enable-heartbeat`` it also 
 etcd that no clustermesh-apiserver writes into.
 
 Shutdown cancels everything and never drains.
+
+Removal lives in :mod:`kvstoremesh.removal`.  Readiness, the status API and the
+metrics (:mod:`kvstoremesh.status`, :mod:`kvstoremesh.metrics`) see the daemon only
+through the Protocols they declare (``ReadinessSource``, ``StatusSource``,
+``MeshState``), which :class:`KVStoreMesh` satisfies: :meth:`KVStoreMesh.remotes_status`
+(one frozen :class:`~kvstoremesh.snapshot.RemoteStatus` per remote),
+:meth:`KVStoreMesh.problems` of those snapshots, ``revocations`` and
+:meth:`KVStoreMesh.queued_keys`; so they never import this module or a remote.  The
+daemon itself reads a remote only through its snapshot and its few public members.
+
+Every timer of the daemon (readiness, removal, the cache TTL, the problems log, the
+config directory poll, the heartbeat, the quorum check, the remotes' own) reads the
+one :class:`~clustermesh.clock.Clock` given to :class:`KVStoreMesh`, so tests drive
+them with a fake one.
 """
 
 from __future__ import annotations
@@ -37,62 +51,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 from collections import Counter as Tally
+from collections.abc import Mapping
 
 from aiohttp import web
 
-from clustermesh.etcd.client import EtcdClient, prefix_range_end
+from clustermesh.clock import REAL_CLOCK, Clock
+from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.flags import listen_address
 from clustermesh.heartbeat import write_heartbeats
-from clustermesh.keys import (
-    CLUSTER_CONFIG_PREFIX,
-    ENDPOINT_SLICES,
-    RESOURCES,
-    SERVICE_EXPORTS,
-    SERVICES,
-    SYNCED_PREFIX,
-)
 from clustermesh.quorum import QuorumCheck
 from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
 
 from .configdir import ClusterFile, ConfigDirectory
-from .diagnostics import ClusterIds, Problem, overlapping_pod_cidrs
+from .diagnostics import ClusterIds, Network, Problem, overlapping_pod_cidrs
 from .metrics import MeshMetrics
 from .options import MeshOptions
 from .remote import RemoteCluster
+from .removal import Removals, orphaned_clusters
+from .resources import REVOKED_ON_TTL
+from .snapshot import RemoteStatus
 from .status import Readiness, status_models
 
 log = logging.getLogger(__name__)
 
-REMOVAL_ATTEMPTS = 5
-# What --clustermesh-cache-ttl revokes: every resource that carries service backends
-# (Cilium: services and service exports; EndpointSlices are the same backends, "v2").
-REVOKED_ON_TTL = (SERVICES, SERVICE_EXPORTS, ENDPOINT_SLICES)
+PROBLEMS_LOG_INTERVAL = 5.0  # seconds between two looks for new or resolved problems
+READINESS_POLL_INTERVAL = 0.2
 
 
 class KVStoreMesh:
-    def __init__(self, options: MeshOptions) -> None:
+    def __init__(self, options: MeshOptions, *, clock: Clock = REAL_CLOCK) -> None:
         self.options = options
+        self.clock = clock
         self.local: EtcdClient | None = None
         self.writer: SyncWriter | None = None
         self.remotes: dict[str, RemoteCluster] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._removals: dict[str, asyncio.Task[None]] = {}
+        self._removals = Removals(grace=options.removal_grace, clock=clock)
         self._revoked: set[str] = set()
         self.revocations: Tally[str] = Tally()  # cache TTL revocations per remote cluster
         self.quorum: QuorumCheck | None = None
-        self.started_at = time.monotonic()
+        self.started_at = clock.monotonic()
         self.initial_clusters: set[str] = set()
         self.config_ready = asyncio.Event()
         self.local_connected = False
         self.metrics = MeshMetrics(controller_groups=options.controller_group_metrics)
-        self.metrics.attach(self)
-        self.readiness = Readiness(self)
+        self.metrics.attach(self, clock=clock)
+        self.readiness = Readiness(self, per_cluster_timeout=options.per_cluster_ready_timeout,
+                                   global_timeout=options.global_ready_timeout, clock=clock)
         # overlapping_pod_cidrs() of the last problems() call, and the remotes' pod CIDR
         # versions it was computed from (25k nodes take ~0.2 s: not on every /readyz).
         self._overlaps: tuple[object, list[Problem]] = (None, [])
@@ -114,7 +123,7 @@ class KVStoreMesh:
                                  on_error=self.metrics.writes_failed)
         self.quorum = QuorumCheck(self.local, metrics=self.metrics,
                                   max_errors=o.max_consecutive_quorum_errors,
-                                  interval=o.status_check_interval)
+                                  interval=o.status_check_interval, clock=self.clock)
         await self._start_servers()
         try:
             await self.local.connect_retrying(stop=stop)
@@ -124,7 +133,7 @@ class KVStoreMesh:
         self.local_connected = True
         self.writer.start()
         directory = ConfigDirectory(o.config_dir, local_cluster_name=o.cluster_name,
-                                    interval=o.config_poll_interval)
+                                    interval=o.config_poll_interval, clock=self.clock)
         background = [asyncio.create_task(directory.run(self, ready=self.config_ready),
                                           name="config-dir"),
                       asyncio.create_task(self._watch_readiness(), name="readiness"),
@@ -132,40 +141,58 @@ class KVStoreMesh:
                       asyncio.create_task(self.quorum.run(), name="quorum-check")]
         if o.enable_heartbeat:
             background.append(asyncio.create_task(
-                write_heartbeats(self.local, runs=self.metrics.controllers), name="heartbeat"))
+                write_heartbeats(self.local, runs=self.metrics.controllers, clock=self.clock),
+                name="heartbeat"))
         try:
             await self.config_ready.wait()
             self.initial_clusters = set(directory.known)
             await self._remove_orphans(set(directory.known))
             if o.cache_ttl > 0:
-                background.append(asyncio.create_task(self._revoke_stale_caches()))
+                background.append(asyncio.create_task(self._revoke_stale_caches(),
+                                                      name="cache-ttl"))
             await stop.wait()
         finally:
             log.info("shutting down (caches are kept)")
-            for task in [*background, *self._tasks.values(), *self._removals.values()]:
+            for task in [*background, *self._tasks.values()]:
                 task.cancel()
-            await asyncio.gather(*background, *self._tasks.values(),
-                                 *self._removals.values(), return_exceptions=True)
+            await asyncio.gather(*background, *self._tasks.values(), self._removals.cancel(),
+                                 return_exceptions=True)
             await self.writer.stop(drain_timeout=5.0)
             await self.local.close()
             await self._stop_servers()
             log.info("stopped")
 
-    # ------------------------------------------------------------ diagnostics
+    # ------------------------------------------------- what the others read
 
-    def problems(self) -> list[Problem]:
-        """Misconfigurations of the mesh as we see it now (see kvstoremesh.diagnostics)."""
+    def remotes_status(self) -> dict[str, RemoteStatus]:
+        """One snapshot of every running remote, by name, in name order."""
+        return {name: self.remotes[name].status() for name in sorted(self.remotes)}
+
+    def queued_keys(self) -> list[bytes]:
+        return self.writer.queued_keys() if self.writer is not None else []
+
+    def removals_in_progress(self) -> frozenset[str]:
+        """Names of the clusters whose cached data is being removed now."""
+        return self._removals.in_progress()
+
+    def problems(self, remotes: Mapping[str, RemoteStatus]) -> list[Problem]:
+        """Misconfigurations of the mesh as of the snapshots ``remotes`` (see
+        :mod:`kvstoremesh.diagnostics`).  The pod CIDRs of a remote are read only when
+        its snapshot says they changed."""
         found: list[Problem] = []
-        for _, remote in sorted(self.remotes.items()):
-            if remote.state.problem is not None:
-                found.append(remote.state.problem)
-            found.extend(remote.state.certificate_problems)
-        versions = tuple((name, remote.created, remote.pod_cidrs_version)
-                         for name, remote in sorted(self.remotes.items()))
+        for name in sorted(remotes):
+            status = remotes[name]
+            if status.problem is not None:
+                found.append(status.problem)
+            found.extend(status.certificate_problems)
+        live = {name: self.remotes[name] for name in sorted(remotes) if name in self.remotes}
+        versions = tuple((name, remote.created, remotes[name].pod_cidrs_version)
+                         for name, remote in live.items())
         if self._overlaps[0] != versions:
-            self._overlaps = (versions, overlapping_pod_cidrs({
+            cidrs: dict[str, list[Network]] = {
                 name: [net for nets in remote.pod_cidrs.values() for net in nets]
-                for name, remote in self.remotes.items()}))
+                for name, remote in live.items()}
+            self._overlaps = (versions, overlapping_pod_cidrs(cidrs))
         found.extend(self._overlaps[1])
         return found
 
@@ -173,13 +200,13 @@ class KVStoreMesh:
         """One log line when a problem appears and one when it is gone."""
         known: set[Problem] = set()
         while True:
-            current = set(self.problems())
+            current = set(self.problems(self.remotes_status()))
             for problem in sorted(current - known, key=lambda p: p.message):
                 log.error("mesh problem (%s): %s", problem.kind, problem.message)
             for problem in sorted(known - current, key=lambda p: p.message):
                 log.info("mesh problem resolved (%s): %s", problem.kind, problem.message)
             known = current
-            await asyncio.sleep(5.0)
+            await self.clock.sleep(PROBLEMS_LOG_INTERVAL)
 
     # ---------------------------------------------------------------- serving
 
@@ -187,11 +214,12 @@ class KVStoreMesh:
         return self.quorum.problem if self.quorum is not None else None
 
     def _readiness_with_problems(self) -> tuple[bool, list[str]]:
-        ready, lines = self.readiness.check()
+        remotes = self.remotes_status()
+        ready, lines = self.readiness.check(remotes)
         quorum = self._quorum_problem()
         if quorum is not None:
             ready, lines = False, [quorum, *lines]
-        return ready, lines + [f"problem: {p.message}" for p in self.problems()]
+        return ready, lines + [f"problem: {p.message}" for p in self.problems(remotes)]
 
     def liveness(self) -> tuple[bool, list[str]]:
         """Alive while the writer loop runs and the local etcd keeps quorum (never
@@ -228,25 +256,25 @@ class KVStoreMesh:
     async def _watch_readiness(self) -> None:
         """Log the transition to ready and end the writer's bootstrap rate."""
         while True:
-            ready, _ = self.readiness.check()
+            remotes = self.remotes_status()
+            ready, _ = self.readiness.check(remotes)
             if ready:
                 assert self.writer is not None
                 self.writer.bootstrap_done()
                 log.info("KVStoreMesh ready: %d/%d remote clusters ready (%.1fs after start)",
-                         sum(1 for r in self.remotes.values() if r.ready), len(self.remotes),
-                         time.monotonic() - self.started_at)
+                         sum(1 for s in remotes.values() if s.ready), len(remotes),
+                         self.clock.monotonic() - self.started_at)
                 return
-            await asyncio.sleep(0.2)
+            await self.clock.sleep(READINESS_POLL_INTERVAL)
 
     # ------------------------------------------------------ config directory
 
     async def cluster_upserted(self, file: ClusterFile) -> None:
         name = file.name
-        removal = self._removals.get(name)
-        if removal is not None:
+        if name in self._removals.in_progress():
             log.info("cluster %s: re-added while being removed; starts after the cleanup", name)
             await self._stop_remote(name)  # a start still pending from an earlier re-add
-            self._tasks[name] = asyncio.create_task(self._start_after(removal, file))
+            self._tasks[name] = asyncio.create_task(self._start_after_removal(file))
             return
         await self._stop_remote(name)
         self._start_remote(file)
@@ -265,24 +293,29 @@ class KVStoreMesh:
                         name)
             return
         log.info("cluster %s: configuration removed; draining its cached data", name)
-        self._start_removal(remote)
+        self._removals.start(remote)
+
+    def _new_remote(self, name: str, file: ClusterFile | None = None) -> RemoteCluster:
+        assert self.local is not None and self.writer is not None
+        if file is None:  # an orphan: never run, only removed
+            return RemoteCluster(name=name, config_path=self.options.config_dir / name,
+                                 local=self.local, writer=self.writer, options=self.options,
+                                 clock=self.clock)
+        return RemoteCluster(name=name, config_path=file.path, local=self.local,
+                             writer=self.writer, options=self.options, metrics=self.metrics,
+                             cluster_ids=self.cluster_ids, clock=self.clock)
 
     def _start_remote(self, file: ClusterFile) -> None:
-        assert self.local is not None and self.writer is not None
         previous = self.remotes.get(file.name)
-        remote = RemoteCluster(name=file.name, config_path=file.path, local=self.local,
-                               writer=self.writer, options=self.options, metrics=self.metrics,
-                               cluster_ids=self.cluster_ids)
+        remote = self._new_remote(file.name, file)
         if previous is not None:  # keep the failure history across a config change
-            remote.state.failures = previous.state.failures
-            remote.state.last_failure = previous.state.last_failure
+            remote.inherit_failures(previous.status())
         self.remotes[file.name] = remote
         self._tasks[file.name] = asyncio.create_task(remote.run(), name=f"remote-{file.name}")
         log.info("cluster %s: configuration %s (re)loaded", file.name, file.path)
 
-    async def _start_after(self, removal: asyncio.Task[None], file: ClusterFile) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(removal)
+    async def _start_after_removal(self, file: ClusterFile) -> None:
+        await self._removals.wait(file.name)
         self._tasks.pop(file.name, None)
         self._start_remote(file)
 
@@ -293,81 +326,37 @@ class KVStoreMesh:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    # ---------------------------------------------------------------- removal
-
-    def _start_removal(self, remote: RemoteCluster) -> None:
-        task = asyncio.create_task(self._remove(remote), name=f"remove-{remote.name}")
-        self._removals[remote.name] = task
-        task.add_done_callback(lambda _: self._removals.pop(remote.name, None))
-
-    async def _remove(self, remote: RemoteCluster) -> None:
-        """Cilium's drain: cluster-config first, grace, then canaries and caches; retried."""
-        delay = 2.0
-        for attempt in range(1, REMOVAL_ATTEMPTS + 1):
-            try:
-                await remote.delete_cached_config()
-                if attempt == 1:
-                    await asyncio.sleep(self.options.removal_grace)
-                await remote.drain()
-                log.info("cluster %s: cached data removed", remote.name)
-                return
-            except EtcdError as exc:
-                log.warning("cluster %s: removal attempt %d failed: %s", remote.name, attempt, exc)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay *= 2
-        log.error("cluster %s: giving up removing its cached data after %d attempts",
-                  remote.name, REMOVAL_ATTEMPTS)
-
     async def _remove_orphans(self, configured: set[str]) -> None:
         """Remove clusters the cache holds but the config directory no longer names."""
-        assert self.local is not None and self.writer is not None
-        names: set[str] = set()
-        for prefix in (CLUSTER_CONFIG_PREFIX + "/", SYNCED_PREFIX + "/"):
-            async for page, _ in self.local.range_pages(prefix.encode(), keys_only=True):
-                for kv in page:
-                    names.add(kv.key.decode(errors="replace")[len(prefix):].split("/", 1)[0])
-        # Cache data whose canaries are already gone (a drain interrupted half-way).
-        for resource in RESOURCES:
-            names |= await self._clusters_under(resource.cache_base + "/")
-        orphans = sorted(n for n in names - configured - {self.options.cluster_name}
-                         if n and n not in self._removals)
+        assert self.local is not None
+        keep = configured | {self.options.cluster_name} | self._removals.in_progress()
+        orphans = await orphaned_clusters(self.local, keep=keep)
         if orphans and self.options.disable_drain_on_disconnection:
             log.warning("clusters %s: cached but no longer configured; kept: "
                         "--disable-drain-on-disconnection", ", ".join(orphans))
             return
         for name in orphans:
             log.info("cluster %s: cached but no longer configured; removing it", name)
-            orphan = RemoteCluster(name=name, config_path=self.options.config_dir / name,
-                                   local=self.local, writer=self.writer, options=self.options)
-            self._start_removal(orphan)
-
-    async def _clusters_under(self, base: str) -> set[str]:
-        """Cluster names below ``base`` (``<base><cluster>/...``): one 1-key read per
-        cluster, skipping over each cluster's keys instead of listing them."""
-        assert self.local is not None
-        names: set[str] = set()
-        start, end = base.encode(), prefix_range_end(base.encode())
-        while True:
-            resp = await self.local.range(start, end, limit=1, keys_only=True)
-            if not resp.kvs:
-                return names
-            name = resp.kvs[0].key[len(base):].split(b"/", 1)[0]
-            names.add(name.decode(errors="replace"))
-            start = prefix_range_end(base.encode() + name + b"/")
+            self._removals.start(self._new_remote(name))
 
     # -------------------------------------------------------------- cache TTL
 
     async def _revoke_stale_caches(self) -> None:
+        """Drain what :data:`~kvstoremesh.resources.REVOKED_ON_TTL` names of each remote
+        disconnected for ``--clustermesh-cache-ttl``; once per disconnection."""
         ttl = self.options.cache_ttl
         while True:
-            await asyncio.sleep(min(ttl / 4, 5.0))
-            now = time.monotonic()
-            for name, remote in list(self.remotes.items()):
-                since = remote.state.disconnected_since
+            await self.clock.sleep(min(ttl / 4, 5.0))
+            now = self.clock.monotonic()
+            for name, status in self.remotes_status().items():
+                since = status.disconnected_since
                 if since is None:
                     self._revoked.discard(name)
                     continue
                 if name in self._revoked or now - since < ttl:
+                    continue
+                remote = self.remotes.get(name)
+                if remote is None:  # removed while an earlier one was drained
                     continue
                 log.warning("cluster %s: disconnected for more than %.0fs; draining its services",
                             name, ttl)

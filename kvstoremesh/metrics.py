@@ -4,10 +4,14 @@ Two kinds:
 
 * **Events** — histograms and counters updated as things happen: etcd request
   durations, watch-event handling, write errors, propagation lag.
-* **State** — gauges computed at scrape time from the live mesh by
-  :class:`_StateCollector` (remote clusters, failures, readiness, cache
-  revocations, queue sizes, cached keys, heartbeat age), so they can never drift
-  from what the status API says.
+* **State** — gauges computed at scrape time by :class:`_StateCollector` (remote
+  clusters, failures, readiness, cache revocations, queue sizes, cached keys,
+  heartbeat age) from one snapshot of each remote
+  (:class:`~kvstoremesh.snapshot.RemoteStatus`), the snapshots the status API reads,
+  so they can never drift from what it says.  What the collector needs of the mesh
+  is the Protocol :class:`MeshState`; this module imports neither the mesh nor the
+  remotes.  Which initial-sync series a remote has is asked of
+  :data:`~kvstoremesh.resources.RULES` (``ResourceRules.reflection``).
 
 The remote-cluster gauges carry only ``target_cluster`` (and the total none), as
 upstream's newest ``pkg/clustermesh/common/metrics.go``: the ``source_cluster`` and
@@ -21,23 +25,21 @@ The kvstore metrics common to both daemons come from
 
 from __future__ import annotations
 
-import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from clustermesh.keys import RESOURCES, Resource, cluster_of
+from clustermesh.clock import REAL_CLOCK, Clock
+from clustermesh.keys import cluster_of
 from clustermesh.metrics import KVStoreMetrics
 
-from .resources import Reflection, reflection
-
-if TYPE_CHECKING:
-    from .mesh import KVStoreMesh
-    from .remote import RemoteCluster
+from .diagnostics import Problem
+from .resources import RULES, Reflection
+from .snapshot import RemoteStatus
 
 NS = "cilium_kvstoremesh"
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -46,6 +48,27 @@ _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 # The ``mode`` of our revocations: --clustermesh-cache-ttl always drains, there is no
 # dry run (upstream's PR discussed one; its label values are unverified).
 REVOCATION_MODE = "enforced"
+
+
+class MeshState(Protocol):
+    """The mesh as the state gauges see it."""
+
+    @property
+    def revocations(self) -> Mapping[str, int]:
+        """Cache TTL revocations per remote cluster (a cluster never revoked: absent)."""
+        ...
+
+    def remotes_status(self) -> Mapping[str, RemoteStatus]:
+        """One snapshot of every running remote, by name."""
+        ...
+
+    def problems(self, remotes: Mapping[str, RemoteStatus]) -> list[Problem]:
+        """The mesh's misconfigurations, as of the snapshots ``remotes``."""
+        ...
+
+    def queued_keys(self) -> list[bytes]:
+        """The keys waiting in the local etcd writer's queue."""
+        ...
 
 
 class MeshMetrics(KVStoreMetrics):
@@ -64,8 +87,9 @@ class MeshMetrics(KVStoreMetrics):
     def entry_rejected(self, cluster: str, resource: str, reason: str) -> None:
         self.rejected_entries.labels(cluster, resource, reason).inc()
 
-    def attach(self, mesh: KVStoreMesh) -> None:
-        self.registry.register(_StateCollector(mesh))
+    def attach(self, mesh: MeshState, *, clock: Clock = REAL_CLOCK) -> None:
+        """Export ``mesh``'s state gauges; ``clock`` tells the heartbeat ages."""
+        self.registry.register(_StateCollector(mesh, metrics=self, clock=clock))
 
     def writes_committed(self, keys_and_lags: list[tuple[bytes, float]]) -> None:
         """SyncWriter commit hook: propagation lag of each change observed in a watch."""
@@ -75,20 +99,15 @@ class MeshMetrics(KVStoreMetrics):
                 self.propagation_lag.labels(cluster).observe(lag)
 
 
-def _reflection(remote: RemoteCluster, resource: Resource) -> Reflection:
-    """How ``resource`` of ``remote`` is reflected; RUN until its config is known (a
-    remote never connected has every resource pending)."""
-    config = remote.state.config
-    return Reflection.RUN if config is None else reflection(resource, config)
-
-
 class _StateCollector(Collector):
-    def __init__(self, mesh: KVStoreMesh) -> None:
+    def __init__(self, mesh: MeshState, *, metrics: KVStoreMetrics, clock: Clock) -> None:
         self.mesh = mesh
+        self.metrics = metrics
+        self.clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         mesh = self.mesh
-        remotes = sorted(mesh.remotes.items())
+        remotes = mesh.remotes_status()  # the one snapshot of each remote for this scrape
         per_remote = ["target_cluster"]
 
         total = GaugeMetricFamily(f"{NS}_remote_clusters",
@@ -122,36 +141,38 @@ class _StateCollector(Collector):
         bootstrap = GaugeMetricFamily(f"{NS}_bootstrap_seconds",
                                       "Duration in seconds to complete bootstrap",
                                       labels=["source_cluster"])
-        now = time.monotonic()
-        for name, remote in remotes:
-            failures.add_metric([name], remote.state.failures)
-            last.add_metric([name], remote.state.last_failure or 0)
-            readiness.add_metric([name], 1 if remote.ready else 0)
-            revocations.add_metric([REVOCATION_MODE, name], mesh.revocations[name])
-            if remote.state.last_heartbeat is not None:
-                heartbeat.add_metric([name], now - remote.state.last_heartbeat)
-            if remote.state.ready_after is not None:
-                bootstrap.add_metric([name], remote.state.ready_after)
-            for resource in RESOURCES:
-                reflector = remote.reflectors.get(resource.name)
+        now = self.clock.monotonic()
+        for name in sorted(remotes):
+            status = remotes[name]
+            failures.add_metric([name], status.failures)
+            last.add_metric([name], status.last_failure or 0)
+            readiness.add_metric([name], 1 if status.ready else 0)
+            revocations.add_metric([REVOCATION_MODE, name], mesh.revocations.get(name, 0))
+            if status.last_heartbeat is not None:
+                heartbeat.add_metric([name], now - status.last_heartbeat)
+            if status.ready_after is not None:
+                bootstrap.add_metric([name], status.ready_after)
+            for rules in RULES:
+                resource = rules.resource
+                reflector = status.reflector(resource)
                 scope = "/".join(resource.cache_base.split("/")[2:4])
                 cached.add_metric([name, resource.name],
                                   reflector.cached_keys if reflector else 0)
-                how = _reflection(remote, resource)
+                how = rules.reflection(status.config)
                 # A series that can never turn 1 would alert forever: a resource never
                 # read has no "read" series, one without a canary no "write" series.
                 if how is Reflection.RUN:
                     initial.add_metric([scope, name, "read"],
                                        1 if reflector is not None and reflector.listed else 0)
                 if how is not Reflection.OFF:
-                    initial.add_metric([scope, name, "write"], 1 if reflector is not None
-                                       and reflector.synced.is_set() else 0)
+                    initial.add_metric([scope, name, "write"],
+                                       1 if reflector is not None and reflector.synced else 0)
         problems = GaugeMetricFamily(f"{NS}_mesh_problems",
                                      "Mesh misconfigurations found (duplicate or own cluster "
                                      "IDs, overlapping pod CIDRs, expiring certificates...)",
                                      labels=["target_cluster", "kind"])
         for (cluster, kind), count in sorted(Tally(
-                (p.cluster, p.kind) for p in mesh.problems()).items()):
+                (p.cluster, p.kind) for p in mesh.problems(remotes)).items()):
             problems.add_metric([cluster, kind], count)
         yield from (failures, last, readiness, revocations, heartbeat, cached, initial,
                     bootstrap, problems)
@@ -159,8 +180,7 @@ class _StateCollector(Collector):
         queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
                                   "Number of elements queued for synchronization in the kvstore",
                                   labels=["scope", "source_cluster"])
-        if mesh.writer is not None:
-            sizes = mesh.metrics.queue_sizes(mesh.writer.queued_keys())
-            for (scope, cluster), size in sorted(sizes.items()):
-                queue.add_metric([scope, cluster], size)
+        sizes = self.metrics.queue_sizes(mesh.queued_keys())
+        for (scope, cluster), size in sorted(sizes.items()):
+            queue.add_metric([scope, cluster], size)
         yield queue

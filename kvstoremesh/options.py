@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from clustermesh.clusterconfig import DEFAULT_CLUSTER_NAME
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeshOptions:
-    cluster_name: str = "default"
+    cluster_name: str = DEFAULT_CLUSTER_NAME
     cluster_id: int = 0
     max_connected_clusters: int = 255
     config_dir: Path

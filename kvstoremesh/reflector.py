@@ -2,41 +2,46 @@
 
 A :class:`Reflector` mirrors one resource of one remote cluster, e.g. the nodes
 of ``cluster1``, from ``cilium/state/nodes/v1/cluster1/`` on the remote etcd to
-``cilium/cache/nodes/v1/cluster1/`` on the local one.  It is etcd's mirror in
-two steps, plus client-go's reflector diff:
+``cilium/cache/nodes/v1/cluster1/`` on the local one, for one session.  It iterates
+:func:`~clustermesh.etcd.listwatch.list_and_watch` over the remote prefix and writes
+through one :class:`~clustermesh.syncstore.SyncStore` over the cache prefix:
 
-1. **Sync the base at revision R** (:meth:`Reflector.sync_base`): read what the
-   local cache holds for this prefix, then list the remote prefix page by page
-   at one pinned revision R, queueing a write for every key whose value differs
-   from the cache.  Only when the remote list is complete are the cache keys it
-   did not contain deleted.  Unchanged keys are never rewritten, so a restart
-   with a full cache costs reads and no writes.
-2. **Watch from R+1** (:meth:`Reflector.follow`): translate each event's key
-   and queue the put or delete.  If the remote compacted past the revision we
-   need, go back to step 1 (relist and diff: nothing stale survives).
+1. **Before the first list** the store learns what the local cache holds under the
+   prefix (:meth:`~clustermesh.syncstore.SyncStore.load`, once per session).
+2. **Pages** of the remote list: every key is translated (the suffix after the remote
+   prefix is kept verbatim) and upserted; the store queues a write only for a value
+   that differs from what the cache holds, so a restart with a full cache costs
+   reads and no writes.
+3. **Listed**: the keys the store holds but the list did not contain were deleted
+   on the remote meanwhile, and are deleted from the cache — a diff against the
+   store, never a re-read of the local cache, also after a relist (a compaction or
+   another etcd cluster behind the endpoints: :mod:`~clustermesh.etcd.listwatch`
+   relists by itself).  Then, once what was queued is committed, the sync canary
+   ``cilium/synced/<cluster>/cilium/cache/<resource>/v1`` (kept if present).
+4. **Changes**: each put or delete, translated, in order.
 
-The value bytes are copied verbatim; the key suffix after the watched prefix is
-kept verbatim.  The reflector remembers a digest of every value it holds in the
-cache, so repeated or no-op updates from the remote cost no writes.  After the
-first complete base sync is committed it writes the sync canary
-``cilium/synced/<cluster>/cilium/cache/<resource>/v1``.
+An entry that validation rejects, or whose put alone could never fit a request to the
+local etcd, is not cached, and a version cached before is withdrawn.  The value bytes
+are copied verbatim.  Everything else reads a reflector through :meth:`Reflector.status`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from clustermesh.clock import rfc3339_now
-from clustermesh.etcd.client import EtcdClient
-from clustermesh.etcd.errors import EtcdCompacted
+from clustermesh.clock import REAL_CLOCK, Clock
+from clustermesh.etcd.client import EtcdClient, Event, KeyValue
+from clustermesh.etcd.listwatch import Changes, Listed, Page, list_and_watch
 from clustermesh.etcd.watch import PUT
 from clustermesh.keys import Resource, metrics_scope
+from clustermesh.syncstore import SyncStore
 from clustermesh.syncwriter import SyncWriter
+
+from .snapshot import ReflectorStatus
 
 if TYPE_CHECKING:
     from .metrics import MeshMetrics
@@ -45,190 +50,174 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# Keys handled between two yields to the event loop while diffing a listed page.
-_YIELD_EVERY = 256
-
-
-def _digest(value: bytes) -> int:
-    # Python's keyed 64-bit SipHash (seeded per process, so a remote cannot aim for a
-    # collision; digests never leave the process): ~5x cheaper than blake2b, and an int
-    # takes 17 bytes less per cached key than a 16-byte digest.
-    return hash(value)
+# Keys handled between two yields to the event loop while reading a listed page.
+_PACE_EVERY = 256
 
 
 class Reflector:
+    """One resource of one remote, for one session (see the module docstring).
+
+    ``synced``: its cache canary is written already (by an earlier session), so
+    readiness is not lost while this one lists again.  ``validate(key below the
+    prefix, value)`` returns why an entry must not be cached; ``observe(cache key,
+    value or None when removed)`` sees every entry as it is cached or removed.
+    """
+
     def __init__(self, *, resource: Resource, cluster: str, remote: EtcdClient,
                  local: EtcdClient, writer: SyncWriter, remote_cached: bool,
-                 page_size: int = 5000, metrics: MeshMetrics | None = None,
+                 page_size: int = 5000, synced: bool = False, clock: Clock = REAL_CLOCK,
+                 metrics: MeshMetrics | None = None,
                  on_synced: Callable[[], None] | None = None,
                  validate: Callable[[str, bytes], str | None] | None = None,
                  rejections: Rejections | None = None,
                  observe: Callable[[bytes, bytes | None], None] | None = None) -> None:
         self.resource = resource
-        self.cluster = cluster
-        self.remote = remote
-        self.local = local
-        self.writer = writer
-        self.page_size = page_size
-        self.source_prefix = resource.remote_prefix(cluster, cached=remote_cached).encode()
-        self.target_prefix = resource.cache_prefix(cluster).encode()
-        self.canary_key = resource.cache_canary(cluster).encode()
-        self.scope = metrics_scope(self.target_prefix.decode())
-        self.metrics = metrics
-        self.on_synced = on_synced
-        self.validate = validate  # (key below the prefix, value) -> reason to reject
-        self.rejections = rejections
-        self.observe = observe  # (cache key, value or None when removed): e.g. pod CIDRs
-        self.listed = False  # the initial remote list has been read
-        self.synced = asyncio.Event()  # ... and written, canary included
-        self.relists = 0
-        # monotonic time data last arrived from the remote (a list page, watch events):
-        # proof that the connection is alive, counted like a heartbeat by the session
-        self.last_received = 0.0
-        # cache key -> digest of the value the local cache holds (or will once the writer commits)
-        self._digests: dict[bytes, int] = {}
+        self._cluster = cluster
+        self._remote = remote
+        self._page_size = page_size
+        self._source = resource.remote_prefix(cluster, cached=remote_cached).encode()
+        self._target = resource.cache_prefix(cluster).encode()
+        self._store = SyncStore(writer=writer, local=local, prefix=self._target,
+                                canary=resource.cache_canary(cluster).encode(),
+                                page_size=page_size, clock=clock)
+        # The writer's own limit check, bound once: it runs for every listed key.
+        self._fits = writer.fits
+        self._scope = metrics_scope(self._target.decode())
+        self._clock = clock
+        self._metrics = metrics
+        self._on_synced = on_synced
+        self._validate = validate
+        self._rejections = rejections
+        self._observe = observe
+        self._listed = False  # this session has read the remote's initial list
+        self._synced = synced  # the cache canary is written
+        self._relists = 0
+        # Clock time data last arrived from the remote (a list page, watch events):
+        # proof that the connection is alive, counted like a heartbeat by the session.
+        self._last_received = 0.0
 
-    @property
-    def name(self) -> str:
-        return self.resource.name
-
-    @property
-    def cached_keys(self) -> int:
-        return len(self._digests)
-
-    def to_cache_key(self, remote_key: bytes) -> bytes:
-        return self.target_prefix + remote_key[len(self.source_prefix):]
+    def status(self) -> ReflectorStatus:
+        return ReflectorStatus(resource=self.resource, listed=self._listed,
+                               synced=self._synced, cached_keys=len(self._store),
+                               relists=self._relists, last_received=self._last_received)
 
     async def run(self) -> None:
-        """Mirror until cancelled; errors other than compaction end the run."""
-        while True:
-            revision = await self.sync_base()
-            try:
-                await self.follow(revision + 1)
-            except EtcdCompacted as exc:
-                self.relists += 1
-                log.info("cluster %s: %s: remote compacted past revision %d (%s); relisting",
-                         self.cluster, self.name, revision + 1, exc)
-
-    async def sync_base(self) -> int:
-        """Make the cache equal the remote at one revision R, and return R."""
-        # Writes this reflector queued earlier must land before we read the cache:
-        # otherwise a queued put could commit after the diff decided its key is stale.
-        await self.writer.flush()
-        await self._load_cache()
-        seen: set[bytes] = set()
-        revision = 0
-        async for page, page_revision in self.remote.range_pages(self.source_prefix,
-                                                                 page_size=self.page_size):
-            revision = page_revision
-            self.last_received = time.monotonic()
-            for i, kv in enumerate(page, 1):
-                key = self.to_cache_key(kv.key)
-                seen.add(key)
-                self._upsert(key, kv.value)
-                if i % _YIELD_EVERY == 0:
-                    # A page takes ~30 ms of CPU: let the writer start txns meanwhile, and
-                    # wait while its queue is long (the local etcd is the bottleneck then).
-                    await self.writer.pace()
-        self.listed = True
-        for key in [k for k in self._digests if k not in seen]:
-            self._remove(key)
-        await self.writer.flush()
-        await self._write_canary()
-        return revision
-
-    async def follow(self, start_revision: int) -> None:
-        async with self.remote.watch(self.source_prefix, start_revision=start_revision) as watch:
-            async for batch in watch:
-                observed = time.monotonic()
-                if batch.events:
-                    self.last_received = observed
-                actions: Counter[str] = Counter()
-                for event in batch.events:
-                    key = self.to_cache_key(event.kv.key)
-                    if event.type == PUT:
-                        self._upsert(key, event.kv.value, observed)
-                        actions["create" if event.kv.version == 1 else "update"] += 1
-                    else:
-                        self._remove(key, observed)
-                        actions["delete"] += 1
-                if self.metrics is not None and actions:
-                    self.metrics.events_handled(self.scope, actions,
-                                                time.monotonic() - observed)
+        """Mirror until cancelled; an etcd error ends the run (and the session)."""
+        await self._store.load()
+        seen: set[bytes] = set()  # cache keys of the list in progress
+        async with aclosing(list_and_watch(self._remote, self._source,
+                                           page_size=self._page_size)) as items:
+            async for item in items:
+                if isinstance(item, Changes):
+                    self._apply(item.events)
+                elif isinstance(item, Page):
+                    self._last_received = self._clock.monotonic()
+                    await self._read_page(item.kvs, seen)
+                else:
+                    await self._list_complete(item, seen)
+                    seen = set()  # a page after this starts a relist
 
     async def drain(self) -> int:
-        """Delete everything this reflector cached (the reflector must not be running)."""
-        await self.writer.flush()
-        await self._load_cache()
-        for key in list(self._digests):
-            self._remove(key)
-        await self.writer.flush()
-        return len(self._digests)
+        """Delete everything this reflector's prefix holds in the cache (the reflector
+        must not be running); how many keys were deleted."""
+        await self._store.load()
+        return await self._store.drain()
 
     async def mark_synced_empty(self) -> None:
         """For a resource the remote does not export but readers wait for
         (:attr:`~kvstoremesh.resources.Reflection.SYNCED_EMPTY`): drain what was cached and
         count it as synced, canary included."""
         await self.drain()
-        await self._write_canary()
+        await self._store.mark_synced()
+        self._now_synced()
 
     async def withdraw(self) -> None:
         """For a resource the remote does not export and no reader waits for
         (:attr:`~kvstoremesh.resources.Reflection.OFF`): drain what was cached, and delete
         the canary a session that did reflect it left behind."""
         await self.drain()
-        # Read first: a restart with nothing to withdraw must cost no request to the writer.
-        if await self.local.get(self.canary_key) is not None:
-            self.writer.delete(self.canary_key)
-            await self.writer.flush()
+        await self._store.delete_canary()
+
+    def canary_deleted(self) -> None:
+        """Someone else deleted its cache canary (the remote's data was drained): not
+        synced until a session writes the canary again."""
+        self._synced = False
 
     # ---------------------------------------------------------------- internals
 
-    async def _load_cache(self) -> None:
-        digests: dict[bytes, int] = {}
-        async for page, _ in self.local.range_pages(self.target_prefix, page_size=self.page_size):
-            for kv in page:
-                digests[kv.key] = _digest(kv.value)
-        self._digests = digests
+    async def _read_page(self, kvs: Sequence[KeyValue], seen: set[bytes]) -> None:
+        # The hot loop of an initial sync (100k+ keys): locals, no call per key beyond
+        # the upsert.
+        target, cut, upsert, add = self._target, len(self._source), self._upsert, seen.add
+        for i, kv in enumerate(kvs, 1):
+            key = target + kv.key[cut:]
+            add(key)
+            upsert(key, kv.value, None)
+            if i % _PACE_EVERY == 0:
+                # A page takes ~30 ms of CPU: let the writer start txns meanwhile, and
+                # wait while its queue is long (the local etcd is the bottleneck then).
+                await self._store.pace()
 
-    def _upsert(self, key: bytes, value: bytes, observed: float | None = None) -> None:
+    async def _list_complete(self, listed: Listed, seen: set[bytes]) -> None:
+        if listed.relist:
+            self._relists += 1
+        self._listed = True
+        known = self._store.keys()  # a snapshot: deleting from the store meanwhile is safe
+        for key in known:
+            if key not in seen:
+                self._remove(key, None)
+        await self._store.mark_synced()
+        self._now_synced()
+
+    def _apply(self, events: Sequence[Event]) -> None:
+        observed = self._clock.monotonic()
+        self._last_received = observed
+        target, cut = self._target, len(self._source)
+        actions: Counter[str] = Counter()
+        for event in events:
+            key = target + event.kv.key[cut:]
+            if event.type == PUT:
+                self._upsert(key, event.kv.value, observed)
+                actions["create" if event.kv.version == 1 else "update"] += 1
+            else:
+                self._remove(key, observed)
+                actions["delete"] += 1
+        if self._metrics is not None:
+            self._metrics.events_handled(self._scope, actions,
+                                         self._clock.monotonic() - observed)
+
+    def _upsert(self, key: bytes, value: bytes, observed: float | None) -> None:
         # An entry whose put alone exceeds the local etcd's request limit can never be
         # written, and retrying it would stall the writer: rejected like an invalid one.
-        too_large = not self.writer.fits(key, value)
-        if self.validate is not None or too_large:
-            suffix = key[len(self.target_prefix):].decode(errors="replace")
-            reason = "too-large" if too_large else self.validate(suffix, value)  # type: ignore[misc]
+        too_large = not self._fits(key, value)
+        validate = self._validate
+        if too_large or validate is not None:
+            suffix = key[len(self._target):].decode(errors="replace")
+            reason = "too-large" if too_large or validate is None else validate(suffix, value)
             if reason is not None:
-                # Not cached, and a previously valid version is withdrawn.
-                if self.rejections is not None:
-                    self.rejections.record(self.name, suffix, reason)
-                if self.metrics is not None:
-                    self.metrics.entry_rejected(self.cluster, self.name, reason)
-                self._remove(key, observed)
+                self._reject(suffix, reason)
+                self._remove(key, observed)  # a previously valid version is withdrawn
                 return
-        if self.observe is not None:
-            self.observe(key, value)
-        digest = _digest(value)
-        if self._digests.get(key) == digest:
+        if self._observe is not None:
+            self._observe(key, value)
+        self._store.upsert(key, value, observed=observed)
+
+    def _remove(self, key: bytes, observed: float | None) -> None:
+        if self._observe is not None:
+            self._observe(key, None)
+        self._store.delete(key, observed=observed)
+
+    def _reject(self, suffix: str, reason: str) -> None:
+        if self._rejections is not None:
+            self._rejections.record(self.resource.name, suffix, reason)
+        if self._metrics is not None:
+            self._metrics.entry_rejected(self._cluster, self.resource.name, reason)
+
+    def _now_synced(self) -> None:
+        if self._synced:
             return
-        self._digests[key] = digest
-        self.writer.put(key, value, observed=observed)
-
-    def _remove(self, key: bytes, observed: float | None = None) -> None:
-        if self.observe is not None:
-            self.observe(key, None)
-        if self._digests.pop(key, None) is not None:
-            self.writer.delete(key, observed=observed)
-
-    async def _write_canary(self) -> None:
-        # An existing canary (from before a relist or a restart) stays: rewriting its
-        # timestamp would be churn, and agents only check that it exists.
-        if await self.local.get(self.canary_key) is None:
-            self.writer.put(self.canary_key, rfc3339_now())
-            await self.writer.flush()
-        if not self.synced.is_set():
-            log.info("cluster %s: %s synced (%d keys)", self.cluster, self.name,
-                     len(self._digests))
-            self.synced.set()
-            if self.on_synced is not None:
-                self.on_synced()
+        log.info("cluster %s: %s synced (%d keys)", self._cluster, self.resource.name,
+                 len(self._store))
+        self._synced = True
+        if self._on_synced is not None:
+            self._on_synced()

@@ -1,87 +1,128 @@
 """What KVStoreMesh reports about itself: readiness, the status model, its text form.
 
+Everything here reads frozen snapshots (:class:`~kvstoremesh.snapshot.RemoteStatus`),
+never a live remote: each entry point takes one snapshot per remote per call, so what
+one answer says of a remote is consistent, and this module imports neither the mesh
+nor the remotes (no import cycle; unit tests feed it made-up snapshots).  What it needs
+of the mesh is declared here, as the Protocols :class:`ReadinessSource` and
+:class:`StatusSource`, which :class:`~kvstoremesh.mesh.KVStoreMesh` satisfies.
+
 * :class:`Readiness` — Cilium's sync waiter.  The daemon is ready once every
   remote cluster known at start-up has all its resources synced locally.  A
-  remote that has not connected within ``per_cluster_ready_timeout`` is dropped
-  from the wait; after ``global_ready_timeout`` the daemon is ready regardless.
+  remote that has not connected within ``per_cluster_timeout`` is dropped
+  from the wait; after ``global_timeout`` the daemon is ready regardless.
   Once ready it stays ready (readiness gates agents' first connection; a later
-  remote failure is reported per cluster, not by flapping the pod).
+  remote failure is reported per cluster, not by flapping the pod).  Its timers
+  read the mesh's :class:`~clustermesh.clock.Clock`.
 * :func:`remote_cluster_model` — Cilium's ``RemoteCluster`` REST model
   (``GET /v1/cluster``), field names as in ``api/v1/openapi.yaml``; plus, ours
   (Cilium main's spelling is unverified), ``num-endpointslices``,
-  ``synced.endpointslices`` and ``config.endpointslices-export-mode``.
+  ``synced.endpointslices`` and ``config.endpointslices-export-mode``.  Its
+  per-resource keys are :data:`~kvstoremesh.resources.RULES`' ``count_name`` and
+  ``status_name``, in that order (Cilium's).
 * :func:`format_status` — the text of ``kvstoremesh-dbg status``.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from clustermesh.keys import (
-    ENDPOINT_SLICES,
-    ENDPOINTS,
-    IDENTITIES,
-    NODES,
-    SERVICE_EXPORTS,
-    SERVICES,
-    Resource,
-)
+from clustermesh.clock import REAL_CLOCK, Clock
 
-from .resources import Reflection, reflection
+from .diagnostics import Problem
+from .resources import RULES, Reflection, ResourceRules
+from .snapshot import RemoteStatus
 
-if TYPE_CHECKING:
-    from .mesh import KVStoreMesh
-    from .remote import RemoteCluster
+
+class ReadinessSource(Protocol):
+    """The mesh as :class:`Readiness` sees it."""
+
+    @property
+    def started_at(self) -> float:
+        """Clock time the daemon started (the ready timeouts count from it)."""
+        ...
+
+    @property
+    def local_connected(self) -> bool: ...
+
+    @property
+    def config_ready(self) -> asyncio.Event:
+        """Set once the config directory has been read a first time."""
+        ...
+
+    @property
+    def initial_clusters(self) -> Collection[str]:
+        """The remotes named by that first read: the ones readiness waits for."""
+        ...
+
+
+class StatusSource(Protocol):
+    """The mesh as the status API (:func:`status_models`) sees it."""
+
+    def remotes_status(self) -> Mapping[str, RemoteStatus]:
+        """One snapshot of every running remote, by name, in name order."""
+        ...
+
+    def problems(self, remotes: Mapping[str, RemoteStatus]) -> list[Problem]:
+        """The mesh's misconfigurations, as of the snapshots ``remotes``."""
+        ...
 
 
 class Readiness:
-    def __init__(self, mesh: KVStoreMesh) -> None:
-        self.mesh = mesh
+    def __init__(self, source: ReadinessSource, *, per_cluster_timeout: float,
+                 global_timeout: float, clock: Clock = REAL_CLOCK) -> None:
+        self.source = source
+        self.per_cluster_timeout = per_cluster_timeout
+        self.global_timeout = global_timeout
+        self._clock = clock
         self._ready_since: float | None = None
 
-    def check(self) -> tuple[bool, list[str]]:
-        """(ready, what is being waited for — or why it is ready)."""
-        mesh = self.mesh
-        options = mesh.options
+    def check(self, remotes: Mapping[str, RemoteStatus]) -> tuple[bool, list[str]]:
+        """(ready, what is being waited for — or why it is ready), given one snapshot of
+        each running remote (by name; the caller's, so that what it reports beside, e.g.
+        problems, agrees with it)."""
+        source = self.source
         if self._ready_since is not None:
-            return True, [f"ready since {self._ready_since - mesh.started_at:.1f}s after start"]
-        elapsed = time.monotonic() - mesh.started_at
+            return True, [f"ready since {self._ready_since - source.started_at:.1f}s after start"]
+        now = self._clock.monotonic()
+        elapsed = now - source.started_at
+        config_read = source.config_ready.is_set()
         waiting: list[str] = []
         notes: list[str] = []
-        if not mesh.local_connected:
+        if not source.local_connected:
             waiting.append("local etcd: not connected")
-        elif not mesh.config_ready.is_set():
+        elif not config_read:
             waiting.append("config directory: not read yet")
-        for name in sorted(mesh.initial_clusters):
-            remote = mesh.remotes.get(name)
-            if remote is None or remote.ready:
+        for name in sorted(source.initial_clusters):
+            status = remotes.get(name)
+            if status is None or status.ready:
                 continue
-            if not remote.state.ever_connected and elapsed > options.per_cluster_ready_timeout:
+            if not status.ever_connected and elapsed > self.per_cluster_timeout:
                 notes.append(f"{name}: not waited for (no connection within "
-                             f"{options.per_cluster_ready_timeout:g}s)")
+                             f"{self.per_cluster_timeout:g}s)")
                 continue
-            waiting.append(f"{name}: {waiting_for(remote)}")
+            waiting.append(f"{name}: {waiting_for(status)}")
         if not waiting:
-            self._ready_since = time.monotonic()
+            self._ready_since = now
             return True, notes
-        if elapsed > options.global_ready_timeout and mesh.config_ready.is_set():
-            self._ready_since = time.monotonic()
-            return True, [f"global ready timeout ({options.global_ready_timeout:g}s) elapsed",
+        if elapsed > self.global_timeout and config_read:
+            self._ready_since = now
+            return True, [f"global ready timeout ({self.global_timeout:g}s) elapsed",
                           *waiting]
         return False, waiting + notes
 
 
-def waiting_for(remote: RemoteCluster) -> str:
-    s = remote.state
-    if not s.connected:
-        return f"not connected ({s.status})"
-    if not s.config_retrieved:
-        return f"cluster configuration not retrieved ({s.status})"
-    if not s.registered:
+def waiting_for(status: RemoteStatus) -> str:
+    if not status.connected:
+        return f"not connected ({status.status})"
+    if not status.config_retrieved:
+        return f"cluster configuration not retrieved ({status.status})"
+    if not status.registered:
         return "reflectors not started"
-    pending = [name for name, r in remote.reflectors.items() if not r.synced.is_set()]
+    pending = status.pending()
     return "waiting for " + ", ".join(pending) + " to sync" if pending else "ready"
 
 
@@ -91,75 +132,69 @@ def _rfc3339_millis(unix: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-# Resources whose "synced" entry is null when they are not mirrored from the remote
-# (or its config is not known yet), as Cilium's nullable "service-exports"; the others
-# are plain booleans in Cilium's model: true once their cache canary is written.
-_NULLABLE_SYNCED = (SERVICE_EXPORTS, ENDPOINT_SLICES)
-# The keys of the model's "synced" object, in Cilium's order.
-_SYNCED_KEYS: dict[Resource, str] = {
-    NODES: "nodes", SERVICES: "services", SERVICE_EXPORTS: "service-exports",
-    IDENTITIES: "identities", ENDPOINTS: "endpoints", ENDPOINT_SLICES: "endpointslices"}
-
-
-def _synced(remote: RemoteCluster, resource: Resource) -> bool | None:
-    config = remote.state.config
-    if resource in _NULLABLE_SYNCED and (
-            config is None or reflection(resource, config) is not Reflection.RUN):
+def _synced(status: RemoteStatus, rules: ResourceRules) -> bool | None:
+    """A resource's entry of the model's ``synced``: true once its cache canary is
+    written; null for a nullable one not mirrored from the remote (or while its config
+    is not known), as Cilium's ``service-exports``."""
+    if rules.nullable_synced and (status.config is None
+                                  or rules.reflection(status.config) is not Reflection.RUN):
         return None
-    return remote.synced(resource.name)
+    reflector = status.reflector(rules.resource)
+    return reflector is not None and reflector.synced
 
 
-def remote_cluster_model(remote: RemoteCluster) -> dict[str, Any]:
-    s = remote.state
-    config = s.config
-    counts = {name: r.cached_keys for name, r in remote.reflectors.items()}
+def remote_cluster_model(status: RemoteStatus) -> dict[str, Any]:
+    config = status.config
     model: dict[str, Any] = {
-        "name": remote.name,
-        "ready": remote.ready,
-        "connected": s.connected,
-        "status": s.status,
-        "num-nodes": counts.get(NODES.name, 0),
-        "num-shared-services": counts.get(SERVICES.name, 0),
-        "num-service-exports": counts.get(SERVICE_EXPORTS.name, 0),
-        "num-identities": counts.get(IDENTITIES.name, 0),
-        "num-endpoints": counts.get(ENDPOINTS.name, 0),
-        "num-endpointslices": counts.get(ENDPOINT_SLICES.name, 0),
-        "num-failures": s.failures,
-        "synced": {key: _synced(remote, r) for r, key in _SYNCED_KEYS.items()},
-        "config": {
-            "required": True,
-            "retrieved": s.config_retrieved,
-            "cluster-id": config.id if config is not None else 0,
-            "kvstoremesh": config.cached if config is not None else False,
-            "sync-canaries": config.synced_canaries if config is not None else False,
-            "service-exports-enabled": (config.service_exports_enabled
-                                        if config is not None else None),
-            "endpointslices-export-mode": (config.endpoint_slices_export_mode
-                                           if config is not None else ""),
-        },
+        "name": status.name,
+        "ready": status.ready,
+        "connected": status.connected,
+        "status": status.status,
     }
-    if s.last_failure is not None:
-        model["last-failure"] = _rfc3339_millis(s.last_failure)
-    if remote.rejections.total:
+    for rules in RULES:
+        reflector = status.reflector(rules.resource)
+        model[rules.count_name] = reflector.cached_keys if reflector is not None else 0
+    model["num-failures"] = status.failures
+    model["synced"] = {rules.status_name: _synced(status, rules) for rules in RULES}
+    model["config"] = {
+        "required": True,
+        "retrieved": status.config_retrieved,
+        "cluster-id": config.id if config is not None else 0,
+        "kvstoremesh": config.cached if config is not None else False,
+        "sync-canaries": config.synced_canaries if config is not None else False,
+        "service-exports-enabled": (config.service_exports_enabled
+                                    if config is not None else None),
+        "endpointslices-export-mode": (config.endpoint_slices_export_mode
+                                       if config is not None else ""),
+    }
+    if status.last_failure is not None:
+        model["last-failure"] = _rfc3339_millis(status.last_failure)
+    if status.rejected_total:
         # Ours, not Cilium's: what validation kept out of the cache, and recent examples.
         model["rejected-entries"] = {
-            "total": remote.rejections.total,
+            "total": status.rejected_total,
             "latest": [{"resource": r.resource, "key": r.key, "reason": r.reason}
-                       for r in remote.rejections.latest],
+                       for r in status.rejected_latest],
         }
     return model
 
 
-def status_models(mesh: KVStoreMesh) -> list[dict[str, Any]]:
-    models = [remote_cluster_model(r) for _, r in sorted(mesh.remotes.items())]
+def status_models(source: StatusSource) -> list[dict[str, Any]]:
+    """``GET /v1/cluster``: one model per remote, in name order, from one snapshot each."""
+    remotes = source.remotes_status()
+    models = [remote_cluster_model(remotes[name]) for name in sorted(remotes)]
     by_cluster: dict[str, list[str]] = {}
-    for problem in mesh.problems():
+    for problem in source.problems(remotes):
         by_cluster.setdefault(problem.cluster, []).append(problem.message)
     for model in models:
         if model["name"] in by_cluster:
             # Ours, not Cilium's: mesh misconfigurations this cluster is part of.
             model["problems"] = by_cluster[model["name"]]
     return models
+
+
+# The "synced" entries shown only when not null, in the model's order.
+_NULLABLE_KEYS = tuple(rules.status_name for rules in RULES if rules.nullable_synced)
 
 
 def _since(last_failure: str | None, now: datetime) -> str:
@@ -200,7 +235,7 @@ def format_status(models: list[dict[str, Any]], *, verbose: bool = False,
                 f"endpoints={_b(synced['endpoints'])}, identities={_b(synced['identities'])}, "
                 f"services={_b(synced['services'])}")
         # As Cilium: only the resources this remote has (None: not mirrored from it).
-        for key in ("service-exports", "endpointslices"):
+        for key in _NULLABLE_KEYS:
             if synced.get(key) is not None:
                 sync += f", {key}={_b(synced[key])}"
         lines.append(sync)

@@ -3,7 +3,7 @@
 Two commands print it:
 
 * ``clustermesh-apiserver kvstoremesh-dbg status [--verbose] [-o json|yaml|jsonpath=T]
-  [-H HOST:PORT]`` (:mod:`apiserver.dbg`), upstream's: exit 0 once the API answered,
+  [-H HOST:PORT]`` (:mod:`kvstoremesh.dbg`), upstream's: exit 0 once the API answered,
   whatever the clusters' state, 1 when it did not (sysdump stores the output);
 * ``kvstoremesh status`` (:func:`main`), ours: the same output, plus ``--wait`` and an
   exit status for scripts: 0 when every remote cluster is ready, 1 when not (or still
@@ -18,10 +18,10 @@ allowed), several results joined by spaces.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -29,10 +29,14 @@ from typing import Any
 
 import yaml
 
-from clustermesh.goflags import FlagSet
+from clustermesh.clock import REAL_CLOCK, Clock
+from clustermesh.flags import option_default
+from clustermesh.goflags import FlagSet, Parsed
 
+from .options import MeshOptions
 from .status import format_status
 
+WAIT_INTERVAL = 1.0  # seconds between two fetches with --wait
 _STEP = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\*|-?\d+)\]")
 
 
@@ -107,7 +111,7 @@ def _scalar(value: Any) -> str:
 def build_parser() -> FlagSet:
     fs = FlagSet(command="kvstoremesh status", short="Show the status of a running KVStoreMesh",
                  bind_env=False)
-    fs.string("api-serve-addr", default="localhost:9889",
+    fs.string("api-serve-addr", default=option_default(MeshOptions, "api_serve_addr"),
               help="Address of the daemon's status API")
     fs.boolean("verbose", help="Details for every cluster, not only the ones not ready")
     fs.string("output", shorthand="o", default="",
@@ -117,28 +121,34 @@ def build_parser() -> FlagSet:
     return fs
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], *, clock: Clock = REAL_CLOCK) -> int:
     fs = build_parser()
     args = fs.parse_or_exit(argv)
     try:
         check_output(args.output)
     except ValueError as exc:
         fs.fail(f'invalid argument "{args.output}" for "-o, --output" flag: {exc}')
-    deadline = time.monotonic() + args.timeout
+    return asyncio.run(_status(args, clock=clock))
+
+
+async def _status(args: Parsed, *, clock: Clock) -> int:
+    """Fetch (with ``--wait``: until every cluster is ready, or the timeout), print; the
+    exit status.  The waits read ``clock``; a fetch runs in a thread (urllib blocks)."""
+    deadline = clock.monotonic() + args.timeout
     while True:
         try:
-            models = fetch(args.api_serve_addr)
+            models = await asyncio.to_thread(fetch, args.api_serve_addr)
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            if not args.wait or time.monotonic() > deadline:
+            if not args.wait or clock.monotonic() > deadline:
                 print(f"kvstoremesh status: cannot reach the status API at "
                       f"http://{args.api_serve_addr}/v1/cluster: {exc}", file=sys.stderr)
                 return 2
-            time.sleep(1)
+            await clock.sleep(WAIT_INTERVAL)
             continue
         all_ready = all(m.get("ready") for m in models)
-        if all_ready or not args.wait or time.monotonic() > deadline:
+        if all_ready or not args.wait or clock.monotonic() > deadline:
             break
-        time.sleep(1)
+        await clock.sleep(WAIT_INTERVAL)
     sys.stdout.write(render(models, output=args.output, verbose=args.verbose))
     if not all_ready and args.wait:
         print(f"kvstoremesh status: not all clusters ready after {args.timeout:g}s",

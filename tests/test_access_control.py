@@ -146,9 +146,10 @@ async def secured(tmp_path: Path, etcd_factory: EtcdFactory, pki: Pki
 async def test_remote_user_reads_everything_needed_and_writes_nothing(secured: Secured) -> None:
     s = secured
     remote = s.mesh.remotes[REMOTE]
-    assert remote.ready and remote.state.failures == 0, remote.state.status
+    status = remote.status()
+    assert status.ready and status.failures == 0, status.status
     # The daemon's own connection (CN "remote") can read its data but not write it.
-    daemon = remote._remote_client
+    daemon = remote.session_client
     assert daemon is not None
     key = f"cilium/state/nodes/v1/{REMOTE}/node-0".encode()
     assert await daemon.get(key) is not None
@@ -193,13 +194,13 @@ async def test_clients_without_a_valid_certificate_are_refused(secured: Secured)
     bad = replace(stranger, ca_file=s.pki.ca_file)
     write_daemon_config(s.env, "c3", server, client=bad)
     async with asyncio.timeout(15):
-        while "c3" not in mesh.remotes or mesh.remotes["c3"].state.failures < 1:
+        while "c3" not in mesh.remotes or mesh.remotes["c3"].status().failures < 1:
             await asyncio.sleep(0.05)
-    status = mesh.remotes["c3"].state.status
+    status = mesh.remotes["c3"].status().status
     assert "TLS" in status or "certificate" in status, status
-    assert not mesh.remotes["c3"].state.connected
-    assert mesh.remotes[REMOTE].ready and mesh.remotes["c2"].ready
-    assert mesh.remotes[REMOTE].state.failures == 0
+    assert not mesh.remotes["c3"].status().connected
+    assert mesh.remotes[REMOTE].status().ready and mesh.remotes["c2"].status().ready
+    assert mesh.remotes[REMOTE].status().failures == 0
     (s.env.config_dir / "c3").unlink()
 
 
@@ -245,9 +246,9 @@ async def test_health_metrics_and_status_leak_no_secrets(secured: Secured,
     pw = s.env.remotes["c2"]
     write_daemon_config(s.env, "c4", pw.server, username="reader", password="wrong-" + PASSWORD)
     async with asyncio.timeout(15):
-        while "c4" not in mesh.remotes or mesh.remotes["c4"].state.failures < 1:
+        while "c4" not in mesh.remotes or mesh.remotes["c4"].status().failures < 1:
             await asyncio.sleep(0.05)
-    token = mesh.remotes["c2"]._remote_client._token  # type: ignore[union-attr]
+    token = mesh.remotes["c2"].session_client._token  # type: ignore[union-attr]
     assert token, "the password remote should hold a token"
     secrets: dict[str, bytes] = {"password": PASSWORD.encode(), "token": token.encode()}
     for name, cert in (("remote key", s.pki.client("remote")), ("admin key", s.admin_local)):
@@ -303,12 +304,12 @@ async def test_remote_whose_config_is_not_published_yet_is_waited_for(
     write_daemon_config(s.env, "c3", server, client=s.pki.client("remote"))
     async with asyncio.timeout(15):
         while not ((remote := s.mesh.remotes.get("c3")) is not None
-                   and "waiting for the remote cluster configuration" in remote.state.status):
+                   and "waiting for the remote cluster configuration" in remote.status().status):
             await asyncio.sleep(0.05)
     async with await client_with(server, s.dir / "root-c3.yaml", root) as client:
         await client.put(b"cilium/cluster-config/c3",
                          CiliumClusterConfig(id=3, max_connected_clusters=255).to_json())
     async with asyncio.timeout(30):
-        while not remote.ready:
+        while not remote.status().ready:
             await asyncio.sleep(0.05)
-    assert remote.state.failures == 0, remote.state.status
+    assert remote.status().failures == 0, remote.status().status

@@ -208,7 +208,8 @@ async def test_end_to_end_apiserver_to_kvstoremesh(tmp_path: Path,
         (env.config_dir / "cluster1").write_text(config.read_text())
         await env.start_mesh()
         async with asyncio.timeout(15):
-            while not (env.mesh.remotes.get("cluster1") and env.mesh.remotes["cluster1"].ready):
+            while not (env.mesh.remotes.get("cluster1")
+                       and env.mesh.remotes["cluster1"].status().ready):
                 await asyncio.sleep(0.05)
         published = await read_tree(a_client, b"cilium/state/")
         cache = await read_tree(env.local, b"cilium/cache/")

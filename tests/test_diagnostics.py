@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import logging
 from pathlib import Path
 
 import aiohttp
 import pytest
 from harness import EtcdFactory, Pki
+from harness.fakeclock import FakeClock
 from harness.mesh import MeshEnv, sample_state
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -84,7 +86,8 @@ def test_expiring_certificates(tmp_path: Path, pki: Pki) -> None:
         config_file.write_text(f"endpoints:\n- https://127.0.0.1:2379\ntrusted-ca-file: "
                                f"{cert.ca_file}\ncert-file: {cert.cert_file}\n"
                                f"key-file: {cert.key_file}\n")
-        problems = expiring_certificates(load_etcd_config(config_file), remote="c2")
+        problems = expiring_certificates(load_etcd_config(config_file), remote="c2",
+                                         now=dt.datetime.now(dt.UTC))
         if expected is None:
             assert problems == []
         else:
@@ -146,15 +149,15 @@ async def test_misconfigured_remotes_are_refused_and_reported(
                "misnamed": "cluster-config-name"}
     def found(name: str, kind: str) -> bool:
         remote = mesh.remotes.get(name)
-        return (remote is not None and remote.state.problem is not None
-                and remote.state.problem.kind == kind)
+        problem = remote.status().problem if remote is not None else None
+        return problem is not None and problem.kind == kind
 
     await until(lambda: all(found(n, k) for n, k in refused.items()),
                 "every misconfiguration found")
-    await until(lambda: mesh.remotes["good"].ready, "the good remote to be ready")
+    await until(lambda: mesh.remotes["good"].status().ready, "the good remote to be ready")
     for name in refused:
-        assert not mesh.remotes[name].ready
-        assert mesh.remotes[name].state.failures >= 1 or name == "misnamed"
+        assert not mesh.remotes[name].status().ready
+        assert mesh.remotes[name].status().failures >= 1 or name == "misnamed"
     # Nothing of a refused cluster stays in the cache (twin-a was cached before twin-b
     # appeared: it is withdrawn once the conflict is seen).
     async with asyncio.timeout(10):
@@ -194,7 +197,7 @@ async def test_overlapping_pod_cidrs_are_reported_then_cleared(mesh_env: MeshEnv
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
     mesh = mesh_env.mesh
-    (problem,) = mesh.problems()
+    (problem,) = mesh.problems(mesh.remotes_status())
     assert problem.kind == "pod-cidr-overlap"
     assert "10.244.0.0/24 of cluster cluster1" in problem.message or \
         "10.244.0.0/16 of cluster cluster2" in problem.message
@@ -202,4 +205,41 @@ async def test_overlapping_pod_cidrs_are_reported_then_cleared(mesh_env: MeshEnv
     assert (await scrape_problems(mesh_env))[("cluster1", "pod-cidr-overlap")] == 1
     # cluster2 moves to its own range: the problem goes away.
     await c2.put(NODES, "n2", node("n2", "cluster2", 2, "10.245.0.0", "//8AAA=="))
-    await until(lambda: not mesh.problems(), "the overlap to clear")
+    await until(lambda: not mesh.problems(mesh.remotes_status()), "the overlap to clear")
+
+
+async def test_a_problem_is_logged_once_found_and_once_resolved(
+        mesh_env: MeshEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """The problems log loop looks every 5 s of the daemon's clock (a fake one here):
+    however many looks, one line when a problem appears and one when it is gone."""
+    caplog.set_level(logging.INFO, logger="kvstoremesh.mesh")
+    ours = await mesh_env.add_remote("ours", 200)  # MeshEnv's local cluster ID is 200
+    fake = FakeClock()
+    mesh = await mesh_env.start_mesh(clock=fake.clock, heartbeat_timeout=86400.0)
+    found = "mesh problem (own-cluster-id): remote cluster ours uses our own cluster ID 200"
+    resolved = "mesh problem resolved (own-cluster-id)"
+
+    def logged(line: str) -> int:
+        return caplog.text.count(line)
+
+    await until(lambda: any(p.kind == "own-cluster-id"
+                            for p in mesh.problems(mesh.remotes_status())),
+                "the refusal of ours")
+    for _ in range(3):  # looks while the problem lasts
+        fake.advance(5.0)
+        await until(lambda: logged(found) == 1, "the problem to be logged")
+    await ours.write_config(CiliumClusterConfig(id=3, synced_canaries=True,
+                                                max_connected_clusters=255))
+
+    async def fixed() -> bool:  # the refused session's backoff is on the clock
+        fake.advance(1.0)
+        await asyncio.sleep(0.05)
+        return logged(resolved) == 1
+
+    async with asyncio.timeout(15):
+        while not await fixed():
+            pass
+    for _ in range(3):  # looks once it is gone
+        fake.advance(5.0)
+        await fake.settle()
+    assert (logged(found), logged(resolved)) == (1, 1), caplog.text

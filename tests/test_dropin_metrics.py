@@ -24,13 +24,13 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import EtcdServer, free_port, write_client_config
+from harness.fakeclock import FakeClock
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiserver.daemon import ApiServer, ApiserverOptions
 from apiserver.sources.manifests import ManifestSource
-from clustermesh.clock import Clock
 from clustermesh.controllers import ControllerRuns, selected_groups
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
@@ -112,30 +112,6 @@ async def synced_remote(env: MeshEnv, name: str, cluster_id: int) -> Remote:
     return remote
 
 
-class FakeClock:
-    """Sleeps wait for :meth:`tick`; the wall clock advances by what was slept."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-        self.sleeps: list[float] = []
-        self._ticks: asyncio.Queue[None] = asyncio.Queue()
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        await self._ticks.get()
-        self.now += seconds
-
-    def tick(self) -> None:
-        self._ticks.put_nowait(None)
-
-    async def slept(self, count: int) -> None:
-        await wait_until(lambda: len(self.sleeps) >= count, f"sleep #{count}")
-
-    @property
-    def clock(self) -> Clock:
-        return Clock(monotonic=lambda: self.now, sleep=self.sleep, wall=lambda: self.now)
-
-
 @pytest.fixture
 async def client(etcd: EtcdServer, tmp_path: Path) -> Any:
     config = etcd.client_config(tmp_path / "etcd.yaml")
@@ -185,19 +161,19 @@ async def test_heartbeat_at_start_every_interval_and_after_a_failure(
     runs_ = ControllerRuns(namespace="t", registry=registry, groups=["all"])
     task = asyncio.create_task(write_heartbeats(client, runs=runs_, clock=fake.clock))
     try:
-        await fake.slept(1)
+        await fake.wait_for_sleeps(1)
         assert (await client.get(HEARTBEAT_KEY.encode())).value == b"2023-11-14T22:13:20Z"
-        fake.tick()
-        await fake.slept(2)
+        fake.advance(60.0)
+        await fake.wait_for_sleeps(2)
         assert (await client.get(HEARTBEAT_KEY.encode())).value == b"2023-11-14T22:14:20Z"
         assert fake.sleeps == [60.0, 60.0]
         await asyncio.to_thread(etcd.stop)
-        fake.tick()
-        await fake.slept(3)  # the failed write was logged, and the loop went on
+        fake.advance(60.0)
+        await fake.wait_for_sleeps(3)  # the failed write was logged, and the loop went on
         assert "heartbeat write failed" in caplog.text
         await asyncio.to_thread(etcd.start)
-        fake.tick()
-        await fake.slept(4)
+        fake.advance(60.0)
+        await fake.wait_for_sleeps(4)
         assert (await client.get(HEARTBEAT_KEY.encode())).value == b"2023-11-14T22:16:20Z"
     finally:
         task.cancel()
@@ -240,10 +216,10 @@ async def test_quorum_check_waits_less_while_failing(client: EtcdClient,
     await asyncio.to_thread(etcd.stop)
     task = asyncio.create_task(check.run())
     try:
-        await fake.slept(1)
+        await fake.wait_for_sleeps(1)
         await asyncio.to_thread(etcd.start)
-        fake.tick()
-        await fake.slept(2)
+        fake.advance(5.0)
+        await fake.wait_for_sleeps(2)
     finally:
         task.cancel()
     assert fake.sleeps == [5.0, 30.0] and check.consecutive == 0
@@ -255,7 +231,7 @@ async def test_kvstoremesh_heartbeat_and_controller_groups(mesh_env: MeshEnv) ->
                         endpoints=[f"http://127.0.0.1:{free_port()}"])  # never connects
     mesh = await mesh_env.start_mesh(enable_heartbeat=True, per_cluster_ready_timeout=0.5,
                                      controller_group_metrics=("all",))
-    await wait_until(lambda: "cluster1" in mesh.remotes and mesh.remotes["cluster1"].ready,
+    await wait_until(lambda: "cluster1" in mesh.remotes and mesh.remotes["cluster1"].status().ready,
                      "cluster1 to be ready")
     beat = await wait_until(lambda: mesh_env.local.get(HEARTBEAT_KEY.encode()),
                             "the heartbeat in the local etcd")
@@ -357,32 +333,43 @@ async def test_disable_drain_keeps_a_removed_cluster_and_orphans(
     await wait_until(lambda: "is kept (--disable-drain-on-disconnection)" in caplog.text,
                      "the removal to be logged")
     # cluster_removed() registers a removal before it returns: none was.
-    assert "cluster1" not in mesh.remotes and mesh._removals == {}
+    assert "cluster1" not in mesh.remotes and not mesh.removals_in_progress()
     assert await read_tree(mesh_env.local) == cached
     await mesh_env.stop_mesh()
 
     mesh = await mesh_env.start_mesh(disable_drain_on_disconnection=True)  # now an orphan
     await wait_until(lambda: "cluster1: cached but no longer configured; kept" in caplog.text,
                      "the orphan to be logged")
-    assert mesh._removals == {}
+    assert not mesh.removals_in_progress()
     assert await read_tree(mesh_env.local) == cached
 
 
 async def test_cache_revocation_is_counted(mesh_env: MeshEnv) -> None:
     remote = await synced_remote(mesh_env, "cluster1", 1)
-    mesh = await mesh_env.start_mesh(cache_ttl=1.0, status_check_interval=0.3)
+    fake = FakeClock()  # the cache TTL is reached by advancing it
+    mesh = await mesh_env.start_mesh(clock=fake.clock, cache_ttl=60.0,
+                                     heartbeat_timeout=86400.0)
     await mesh_env.wait_ready()
     prefix = SERVICES.cache_prefix("cluster1").encode()
     assert any(k.startswith(prefix) for k in await read_tree(mesh_env.local))
     port = mesh.port("metrics")
-    _, samples = parse((await get(port, "/metrics"))[1])
-    assert samples[f"{NS}_remote_cluster_cache_revocations"] == [
-        ({"mode": "enforced", "target_cluster": "cluster1"}, 0)]
+
+    async def revocations() -> list[tuple[dict[str, str], float]]:
+        _, samples = parse((await get(port, "/metrics"))[1])
+        return samples[f"{NS}_remote_cluster_cache_revocations"]
+
+    assert await revocations() == [({"mode": "enforced", "target_cluster": "cluster1"}, 0)]
     await asyncio.to_thread(remote.server.stop)
 
+    async def disconnected() -> bool:  # seen by the session's status checks, on the clock
+        fake.advance(1.0)
+        return mesh.remotes["cluster1"].status().disconnected_since is not None
+
+    await wait_until(disconnected, "cluster1 to notice the disconnection")
+    fake.advance(60.0 + 5.0)  # the TTL, and the revocation loop's period
+
     async def revoked() -> bool:
-        _, samples = parse((await get(port, "/metrics"))[1])
-        return samples[f"{NS}_remote_cluster_cache_revocations"] == [
+        return await revocations() == [
             ({"mode": "enforced", "target_cluster": "cluster1"}, 1)]
 
     await wait_until(revoked, "the revocation to be counted")

@@ -36,9 +36,7 @@ from harness.oracle import identity_bounds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clustermesh.etcd.batch import Put as PutOp
-from clustermesh.etcd.batch import op_size
-from clustermesh.etcd.client import delete_op, put_op
+from clustermesh.etcd.client import OP_OVERHEAD, REQUEST_OVERHEAD, delete_op, put_op
 from clustermesh.keys import ENDPOINTS, IDENTITIES, NODES, RESOURCES, SERVICES, Resource
 
 EXAMPLES = settings(max_examples=20, deadline=None, derandomize=False,
@@ -124,7 +122,7 @@ async def good_still_syncs(h: Hostile) -> None:
 
 def unstorable(key: bytes, value: bytes) -> bool:
     """Cache entries the local etcd cannot hold (one put above its request limit)."""
-    return op_size(PutOp(key, value)) + 1024 > LOCAL_LIMIT
+    return len(key) + len(value) + OP_OVERHEAD + REQUEST_OVERHEAD > LOCAL_LIMIT
 
 
 async def check(h: Hostile, timeout: float = 20.0) -> None:
@@ -276,8 +274,8 @@ def test_hostile_remote_data(tmp_path: Path, etcd_factory: EtcdFactory, validate
         example()
         mesh = h.env.mesh
         assert mesh is not None
-        assert mesh.remotes["good"].state.failures == 0
-        assert mesh.remotes["evil"].ready
+        assert mesh.remotes["good"].status().failures == 0
+        assert mesh.remotes["evil"].status().ready
         if validate:
             assert mesh.remotes["evil"].rejections.total > 0
 
@@ -416,9 +414,9 @@ def test_malformed_config_and_certificate_files(tmp_path: Path, etcd_factory: Et
                     while True:
                         remote = mesh.remotes.get("broken")
                         if remote is not None and remote is not before \
-                                and remote.state.failures > (before.state.failures
+                                and remote.status().failures > (before.status().failures
                                                              if before else 0):
-                            return remote.state.status
+                            return remote.status().status
                         await asyncio.sleep(0.02)
 
             status = h.run(failed())
@@ -440,5 +438,5 @@ def test_malformed_config_and_certificate_files(tmp_path: Path, etcd_factory: Et
         example()
         config.unlink()
         h.run(check(h))
-        assert mesh.remotes["good"].state.failures == 0
-        assert mesh.remotes["evil"].state.failures == 0
+        assert mesh.remotes["good"].status().failures == 0
+        assert mesh.remotes["evil"].status().failures == 0

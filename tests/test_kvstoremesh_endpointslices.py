@@ -138,8 +138,9 @@ async def test_services_and_endpointslices_are_both_mirrored(mesh_env: MeshEnv) 
     mesh = await mesh_env.start_mesh()
     await wait_local(mesh_env, SERVICES_CANARY)  # the services are synced...
     remote = mesh.remotes["cluster1"]  # ...the slices wait for their remote canary
-    assert not remote.ready
-    assert "endpointslices" in waiting_for(remote), waiting_for(remote)
+    assert not remote.status().ready
+    waiting = waiting_for(remote.status())
+    assert "endpointslices" in waiting, waiting
     tree = await read_tree(mesh_env.local)
     assert SLICES_CANARY not in tree and not any(k.startswith(SLICES) for k in tree)
 
@@ -158,7 +159,7 @@ async def test_services_and_endpointslices_are_both_mirrored(mesh_env: MeshEnv) 
         b'"maxConnectedClusters":255,"endpointSlicesExportMode":"services-and-endpointslices"}}')
 
     # Counted in status (API and text) and metrics.
-    model = remote_cluster_model(remote)
+    model = remote_cluster_model(remote.status())
     assert (model["num-endpointslices"], model["num-shared-services"]) == (2, 2)
     assert model["synced"]["endpointslices"] is True
     assert model["config"]["endpointslices-export-mode"] == BOTH
@@ -172,7 +173,7 @@ async def test_services_and_endpointslices_are_both_mirrored(mesh_env: MeshEnv) 
     await c1.put(ENDPOINT_SLICES, first, slice_value(first.split("/")[1]))
     await c1.delete(ENDPOINT_SLICES, second)
     await converged(mesh_env)
-    assert remote_cluster_model(remote)["num-endpointslices"] == 2
+    assert remote_cluster_model(remote.status())["num-endpointslices"] == 2
 
 
 async def test_a_remote_without_a_mode_leaves_endpointslices_out(mesh_env: MeshEnv) -> None:
@@ -191,8 +192,8 @@ async def test_a_remote_without_a_mode_leaves_endpointslices_out(mesh_env: MeshE
     assert SLICES_CANARY not in tree and not any(k.startswith(SLICES) for k in tree)
 
     remote = mesh.remotes["cluster1"]
-    assert "endpointslices" not in remote.reflectors
-    model = remote_cluster_model(remote)
+    assert remote.status().reflector(ENDPOINT_SLICES) is None
+    model = remote_cluster_model(remote.status())
     assert model["num-endpointslices"] == 0
     assert model["synced"]["endpointslices"] is None
     assert model["config"]["endpointslices-export-mode"] == ""
@@ -225,7 +226,7 @@ async def test_endpointslices_only_drains_services_but_writes_their_canary(
     assert SERVICES_CANARY in tree  # 1.18/1.19 agents wait for it
     assert sum(1 for k in tree if k.startswith(SLICES)) == 2 and SLICES_CANARY in tree
 
-    model = remote_cluster_model(mesh.remotes["cluster1"])
+    model = remote_cluster_model(mesh.remotes["cluster1"].status())
     assert (model["num-shared-services"], model["num-endpointslices"]) == (0, 2)
     assert model["synced"]["services"] is True
     assert initial_sync(mesh, "services/v1") == [("write", 1)]  # never read
@@ -243,8 +244,8 @@ async def test_a_mode_change_starts_a_new_session_both_ways(mesh_env: MeshEnv) -
         await c1.write_config(replace(c1.config, endpoint_slices_export_mode=mode))
         await c1.write_canaries()  # what its publisher writes in the new mode
         await converged(mesh_env)
-        assert remote.state.config is not None
-        assert remote.state.config.endpoint_slices_export_mode == mode
+        assert remote.status().config is not None
+        assert remote.status().config.endpoint_slices_export_mode == mode
         await mesh_env.wait_ready()
 
     slices = {k: r for k, r in (await tree_revisions(mesh_env.local)).items()
@@ -262,7 +263,7 @@ async def test_a_mode_change_starts_a_new_session_both_ways(mesh_env: MeshEnv) -
     assert SLICES_CANARY not in await read_tree(mesh_env.local)
     await switch(BOTH)  # and back
     assert sum(1 for k in await read_tree(mesh_env.local, SLICES)) == 2
-    assert remote.state.failures >= 4  # each change ended a session
+    assert remote.status().failures >= 4  # each change ended a session
 
 
 # ------------------------------------------------------------------------ validation
@@ -319,7 +320,7 @@ async def test_hostile_endpointslices_stay_out_of_the_cache(mesh_env: MeshEnv) -
     await converged(mesh_env)
     tree = await read_tree(mesh_env.local, SLICES)
     assert {SLICES + s.encode() for s in (*hostile, "default/bomb")} <= tree.keys()
-    assert remote_cluster_model(remote)["num-endpointslices"] == 2 + len(hostile) + 2
+    assert remote_cluster_model(remote.status())["num-endpointslices"] == 2 + len(hostile) + 2
 
 
 # --------------------------------------------------------------------------- chained

@@ -2,6 +2,10 @@
 orphans, the session checks (heartbeat, etcd cluster ID), a local leader loss and
 the cache TTL.
 
+The removal grace and the cache TTL are the daemon's own timers: those tests run it on
+a fake clock (:mod:`harness.fakeclock`) and advance it, so they wait for no timer in
+real time and can check the instant before a deadline as well as the one after.
+
 Every test ends with ``assert_converged``: the whole local ``cilium/`` tree must
 equal what the configured remotes hold, translated to the cache layout.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from harness import EtcdFactory
+from harness.fakeclock import FakeClock
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state, tree_revisions
 
 from clustermesh.clusterconfig import EXPORT_SERVICES_AND_ENDPOINTSLICES
@@ -35,6 +40,8 @@ from clustermesh.keys import (
     cluster_config_key,
     synced_prefix,
 )
+from kvstoremesh.mesh import KVStoreMesh
+from kvstoremesh.resources import REVOKED_ON_TTL
 
 # ------------------------------------------------------------------------ helpers
 
@@ -68,7 +75,6 @@ def cluster_part(tree: dict[bytes, object], name: str) -> dict[bytes, object]:
 
 @dataclass(frozen=True)
 class Seen:
-    at: float  # time.monotonic() when the watch delivered it
     type: int  # PUT or DELETE
     key: bytes
     revision: int
@@ -95,10 +101,17 @@ class Recorder:
     async def _run(self, start_revision: int) -> None:
         async with self.client.watch(b"cilium/", start_revision=start_revision) as watch:
             async for batch in watch:
-                now = time.monotonic()
                 for event in batch.events:
-                    self.events.append(Seen(now, event.type, bytes(event.kv.key),
+                    self.events.append(Seen(event.type, bytes(event.kv.key),
                                             event.kv.mod_revision))
+
+    async def sync(self) -> None:
+        """Return once every change made before the call is recorded: a write of ours
+        after them has been."""
+        revision = await self.client.put(self.SENTINEL, b"sync")
+        await wait_until(lambda: any(e.key == self.SENTINEL and e.revision >= revision
+                                     for e in self.events), "the recorder to catch up",
+                         timeout=5)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -130,6 +143,46 @@ def write_atomically(path: Path, text: str) -> None:
 
 async def count_prefix(client: EtcdClient, prefix: bytes) -> int:
     return (await client.range(prefix, prefix_range_end(prefix), count_only=True)).count
+
+
+# The fake-clock tests: time moves only when the test advances it (harness.fakeclock).
+POLL = 0.05  # MeshEnv's config_poll_interval: one poll of the directory
+GRACE = 120.0  # --cluster-removal-grace; no other timer of the daemon asks for this delay
+TTL = 60.0  # --clustermesh-cache-ttl
+
+
+async def start_on(env: MeshEnv, fake: FakeClock, **overrides: object) -> KVStoreMesh:
+    """The daemon with every timer on ``fake``; a heartbeat timeout long enough that
+    advancing the clock never ends a session by itself."""
+    return await env.start_mesh(clock=fake.clock, removal_grace=GRACE,
+                                heartbeat_timeout=86400.0, **overrides)
+
+
+async def removal_in_grace(env: MeshEnv, fake: FakeClock, name: str, *,
+                           graces: int = 1) -> None:
+    """One poll of the directory (whose file for ``name`` is gone), then until the
+    removal deleted the cluster-config and waits on the clock for the grace (the
+    ``graces``-th one asked for): the sentinel that nothing else of it is deleted before
+    the test advances the clock."""
+    fake.advance(POLL)
+    config_key = cluster_config_key(name).encode()
+
+    async def parked() -> bool:
+        return (fake.sleeps.count(GRACE) >= graces
+                and await env.local.get(config_key) is None)
+
+    await wait_until(parked, f"the removal of {name} to wait for the grace", timeout=5)
+
+
+async def until_advancing(fake: FakeClock, check: Callable[[], bool], what: str, *,
+                          step: float, timeout: float = 15.0) -> None:
+    """Advance ``fake`` by ``step`` at each poll until ``check()`` (what it waits for
+    needs real time, e.g. a connection, and timers on the clock, e.g. a backoff)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            fake.advance(step)
+            await asyncio.sleep(0.05)
+    assert check(), what
 
 
 # -------------------------------------------------------------------------- tests
@@ -170,7 +223,7 @@ async def test_config_dir_add_change_remove_while_running(mesh_env: MeshEnv) -> 
                   b"cilium/cache/services/v1/cluster1/default/svc-1"):
         assert stale not in local, stale
     assert b"cilium/cache/serviceexports/v1/cluster1/default/svc-0" in local
-    assert mesh.remotes["cluster1"].state.etcd_cluster_id == other.cluster_id()
+    assert mesh.remotes["cluster1"].status().etcd_cluster_id == other.cluster_id()
     # The old etcd is no longer followed: a node put there is not cached by the time a
     # later one put on the new etcd is (the sentinel, through the same reflector path).
     await old.put(NODES, "ghost", b'{"Name":"ghost","Cluster":"cluster1","ClusterID":1}')
@@ -194,24 +247,37 @@ async def test_config_dir_add_change_remove_while_running(mesh_env: MeshEnv) -> 
 
 
 async def test_removal_order_and_grace(mesh_env: MeshEnv) -> None:
-    grace = 1.5
     # "cluster10" shares the prefix "cluster1": removing cluster1 must not touch it.
     # cluster1 exports EndpointSlices, so that every resource has something to remove.
     await add_published(mesh_env, "cluster1", 1,
                         endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
     await add_published(mesh_env, "cluster10", 10)
-    await mesh_env.start_mesh(removal_grace=grace)
+    fake = FakeClock()
+    mesh = await start_on(mesh_env, fake)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
 
     before = await tree_revisions(mesh_env.local)
     doomed = set(cluster_part(before, "cluster1"))
+    config_key = cluster_config_key("cluster1").encode()
     kept = {k: r for k, r in before.items() if k not in doomed}
     assert cluster_part(kept, "cluster10")
     recorder = Recorder(mesh_env.local)
     await recorder.start()
     removed = mesh_env.remove_remote_file("cluster1")
     try:
+        await removal_in_grace(mesh_env, fake, "cluster1")
+        # The cluster-config went at once; the rest waits for the clock, even one
+        # instant before the grace is over.
+        fake.advance(GRACE - 0.001)
+        await fake.settle()
+        assert mesh.removals_in_progress() == {"cluster1"}
+        assert set(cluster_part(await tree_revisions(mesh_env.local), "cluster1")) == (
+            doomed - {config_key})
+        await recorder.sync()
+        assert [e.key for e in recorder.of("cluster1")] == [config_key]
+        fake.advance(0.001)
+
         async def gone() -> bool:
             return not cluster_part(await tree_revisions(mesh_env.local), "cluster1")
 
@@ -223,12 +289,8 @@ async def test_removal_order_and_grace(mesh_env: MeshEnv) -> None:
     events = sorted(recorder.of("cluster1"), key=lambda e: e.revision)
     assert all(e.type == DELETE for e in events), [e for e in events if e.type == PUT]
     assert {e.key for e in events} == doomed
-    first = events[0]
-    assert first.key == cluster_config_key("cluster1").encode(), events[:3]
+    assert events[0].key == config_key, events[:3]
     rest = events[1:]
-    assert all(e.at - first.at >= grace - 0.1 for e in rest), (
-        f"deleted {min(e.at for e in rest) - first.at:.2f}s after the cluster-config, "
-        f"before the {grace}s grace")
     canaries = [e for e in rest if e.key.startswith(synced_prefix("cluster1").encode())]
     caches = [e for e in rest if e not in canaries]
     assert len(canaries) == len(RESOURCES)
@@ -241,13 +303,16 @@ async def test_removal_order_and_grace(mesh_env: MeshEnv) -> None:
     # The other cluster was not written at all.
     assert await tree_revisions(mesh_env.local) == kept
     await mesh_env.assert_converged()
+    assert mesh.removals_in_progress() == frozenset()
 
 
-async def test_readded_during_removal_starts_after_cleanup(mesh_env: MeshEnv) -> None:
-    grace = 1.0
+async def test_readded_during_removal_starts_after_cleanup(
+        mesh_env: MeshEnv, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kvstoremesh.mesh")
     await add_published(mesh_env, "cluster1", 1)
     await add_published(mesh_env, "cluster2", 2)
-    await mesh_env.start_mesh(removal_grace=grace)
+    fake = FakeClock()
+    mesh = await start_on(mesh_env, fake)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
 
@@ -255,19 +320,20 @@ async def test_readded_during_removal_starts_after_cleanup(mesh_env: MeshEnv) ->
     await recorder.start()
     c2 = mesh_env.remove_remote_file("cluster2")
     config_key = cluster_config_key("cluster2").encode()
-
-    async def config_gone() -> bool:
-        return await mesh_env.local.get(config_key) is None
-
-    await wait_until(config_gone, "the removal of cluster2 to start", timeout=5)
-    removal_started = time.monotonic()
+    await removal_in_grace(mesh_env, fake, "cluster2")
     # The remote changes meanwhile, then its file comes back, within the grace period.
     await c2.put(NODES, "node-late", b'{"Name":"node-late","Cluster":"cluster2","ClusterID":2}')
     await c2.delete(SERVICES, "default/svc-1")
     mesh_env.remotes["cluster2"] = c2
     mesh_env.write_remote_file(c2)
+    fake.advance(POLL)
+    await wait_until(lambda: "cluster cluster2: re-added while being removed" in caplog.text,
+                     "the daemon to see the file come back", timeout=5)
+    # Seen, and not started: the removal still waits for the clock.
+    assert "cluster2" not in mesh.remotes and mesh.removals_in_progress() == {"cluster2"}
+    assert await mesh_env.local.get(config_key) is None
+    fake.advance(GRACE)
     await mesh_env.wait_ready()
-    assert time.monotonic() - removal_started >= grace - 0.1, "restarted before the cleanup"
     await mesh_env.assert_converged()
     await recorder.stop()
 
@@ -288,27 +354,29 @@ async def test_file_changed_twice_during_removal_runs_one_remote(
     """Re-added, then changed again while the removal still waits: the first pending
     start must be replaced, not leaked next to the second one."""
     caplog.set_level(logging.INFO, logger="kvstoremesh.mesh")
-    grace = 1.0
     await add_published(mesh_env, "cluster1", 1)
     await add_published(mesh_env, "cluster2", 2)
-    await mesh_env.start_mesh(removal_grace=grace)
+    fake = FakeClock()
+    mesh = await start_on(mesh_env, fake)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
 
     c2 = mesh_env.remove_remote_file("cluster2")
-    config_key = cluster_config_key("cluster2").encode()
-
-    async def config_gone() -> bool:
-        return await mesh_env.local.get(config_key) is None
-
-    await wait_until(config_gone, "the removal of cluster2 to start", timeout=5)
+    await removal_in_grace(mesh_env, fake, "cluster2")
     mesh_env.remotes["cluster2"] = c2
     mesh_env.write_remote_file(c2)
-    await wait_until(lambda: "cluster cluster2: re-added while being removed" in caplog.text,
-                     "the daemon to see the file come back", timeout=5)
+    readded = "cluster cluster2: re-added while being removed"
+    fake.advance(POLL)
+    await wait_until(lambda: readded in caplog.text, "the daemon to see the file come back",
+                     timeout=5)
     # Same endpoints, different bytes: a config change while the removal still waits.
     text = c2.config_file.read_text()
     write_atomically(c2.config_file, text + "# rotated\n")
+    fake.advance(POLL)
+    await wait_until(lambda: caplog.text.count(readded) == 2, "the daemon to see the change",
+                     timeout=5)
+    assert "cluster2" not in mesh.remotes
+    fake.advance(GRACE)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
     sessions = [t for t in asyncio.all_tasks() if t.get_name() == "remote-cluster2"]
@@ -318,11 +386,13 @@ async def test_file_changed_twice_during_removal_runs_one_remote(
     # the removal drained the cache, i.e. after the grace; the sentinel (a put on cluster1
     # mirrored) then shows the daemon went on working after it, without cluster2.
     mesh_env.remove_remote_file("cluster2")
+    await removal_in_grace(mesh_env, fake, "cluster2", graces=2)
+    fake.advance(GRACE)
     await mesh_env.assert_converged()
     await c2.put(NODES, "node-late", b'{"Name":"node-late","Cluster":"cluster2","ClusterID":2}')
     await mesh_env.mirror_sentinel(mesh_env.remotes["cluster1"])
     assert not cluster_part(await read_tree(mesh_env.local), "cluster2")
-    assert mesh_env.mesh is not None and "cluster2" not in mesh_env.mesh.remotes
+    assert "cluster2" not in mesh.remotes and mesh.removals_in_progress() == frozenset()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "remote-cluster2"]
     await mesh_env.assert_converged(timeout=0)
     await c2.client.close()
@@ -399,31 +469,34 @@ async def test_stale_heartbeat_reconnects(mesh_env: MeshEnv) -> None:
         mesh = await mesh_env.start_mesh(heartbeat_timeout=1.0)
         await mesh_env.wait_ready()
         await mesh_env.assert_converged()
-        state = mesh.remotes["cluster1"].state
+        remote = mesh.remotes["cluster1"]
 
         # cluster1's heartbeat never moves: its sessions fail, again and again.
         def failed_twice() -> bool:
-            return state.failures >= 2 and not state.connected and "heartbeat" in state.status
+            s = remote.status()
+            return s.failures >= 2 and not s.connected and "heartbeat" in s.status
 
         await wait_until(failed_twice, "cluster1 to fail twice on its heartbeat", timeout=8)
-        assert "since last heartbeat update" in state.status, state.status
-        assert mesh.remotes["cluster2"].state.failures == 0
-        assert mesh.remotes["cluster2"].ready
+        status = remote.status().status
+        assert "since last heartbeat update" in status, status
+        assert mesh.remotes["cluster2"].status().failures == 0
+        assert mesh.remotes["cluster2"].status().ready
         # The cache keeps serving cluster1's data meanwhile.
         assert b"cilium/cache/nodes/v1/cluster1/node-0" in await mesh_env.local_tree()
 
         # The heartbeat resumes (during the backoff): the next session stays up.
         beating["cluster1"] = asyncio.create_task(beat(stale))
-        failures = state.failures
+        failures = remote.status().failures
         await mesh_env.wait_ready()
         # The sentinel: the session received a heartbeat written longer than the timeout
         # after it was ready (its heartbeat checks ran every timeout/4 meanwhile).
         up = time.monotonic()
-        await wait_until(lambda: (state.last_heartbeat or 0.0) > up + 1.5,
+        await wait_until(lambda: (remote.status().last_heartbeat or 0.0) > up + 1.5,
                          "heartbeats received for longer than heartbeat_timeout")
+        state = remote.status()
         assert state.failures == failures, state.status
-        assert mesh.remotes["cluster1"].ready
-        assert mesh.remotes["cluster2"].state.failures == 0
+        assert mesh.remotes["cluster1"].status().ready
+        assert mesh.remotes["cluster2"].status().failures == 0
         await mesh_env.assert_converged()
     finally:
         for task in beating.values():
@@ -442,7 +515,7 @@ async def test_etcd_cluster_id_change_resyncs(mesh_env: MeshEnv,
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
     remote = mesh.remotes["cluster1"]
-    old_id = remote.state.etcd_cluster_id
+    old_id = remote.status().etcd_cluster_id
     assert old_id == c1.server.cluster_id()
     others = cluster_part(await tree_revisions(mesh_env.local), "cluster2")
 
@@ -459,9 +532,9 @@ async def test_etcd_cluster_id_change_resyncs(mesh_env: MeshEnv,
     await c1.publish(state)
     await c1.write_canaries()
 
-    await wait_until(lambda: remote.state.etcd_cluster_id == new_id and remote.ready,
+    await wait_until(lambda: remote.status().etcd_cluster_id == new_id and remote.status().ready,
                      "cluster1 to reconnect to the new etcd cluster", timeout=10)
-    assert remote.state.failures >= 1
+    assert remote.status().failures >= 1
     assert f"etcd cluster ID changed from {old_id:x} to {new_id:x}" in caplog.text
     await mesh_env.assert_converged()
     local = await mesh_env.local_tree()
@@ -499,7 +572,7 @@ async def test_local_leader_loss_mid_sync(tmp_path: Path, etcd_factory: EtcdFact
         await wait_until(some_cached, "the first cache keys", timeout=10)
         leader.kill()
         assert cached < total, "the sync was over before the leader was killed"
-        assert not mesh.remotes["cluster1"].ready
+        assert not mesh.remotes["cluster1"].status().ready
         await env.assert_converged(timeout=20)
         await env.wait_ready()
         assert await count_prefix(env.local, prefix) == total + 4  # + sample_state's
@@ -510,45 +583,58 @@ async def test_local_leader_loss_mid_sync(tmp_path: Path, etcd_factory: EtcdFact
 
 
 async def test_cache_ttl_drains_services_of_a_disconnected_remote(mesh_env: MeshEnv) -> None:
-    ttl = 1.0
     c1 = await add_published(mesh_env, "cluster1", 1, service_exports=True,
                              endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
     await add_published(mesh_env, "cluster2", 2, service_exports=True,
                         endpoint_slices=EXPORT_SERVICES_AND_ENDPOINTSLICES)
-    mesh = await mesh_env.start_mesh(cache_ttl=ttl, status_check_interval=0.3)
+    fake = FakeClock()
+    mesh = await start_on(mesh_env, fake, cache_ttl=TTL)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
     snapshot = await read_tree(mesh_env.local)
-    drained = (SERVICES, SERVICE_EXPORTS, ENDPOINT_SLICES)  # every carrier of backends
 
     def is_drained(key: bytes) -> bool:
         return any(key.startswith(r.cache_prefix("cluster1").encode())
-                   or key == r.cache_canary("cluster1").encode() for r in drained)
+                   or key == r.cache_canary("cluster1").encode() for r in REVOKED_ON_TTL)
 
-    # 2 services, 1 export, 2 EndpointSlices, 3 canaries
+    # Every carrier of backends: 2 services, 1 export, 2 EndpointSlices, 3 canaries.
+    assert set(REVOKED_ON_TTL) == {SERVICES, SERVICE_EXPORTS, ENDPOINT_SLICES}
     assert sum(1 for k in snapshot if is_drained(k)) == 2 + 1 + 2 + 3
 
     c1.server.stop()
-    state = mesh.remotes["cluster1"].state
-    await wait_until(lambda: state.disconnected_since is not None,
-                     "cluster1 to notice the disconnection", timeout=10)
-    disconnected = state.disconnected_since
+    remote = mesh.remotes["cluster1"]
+    # Its session notices through its status checks (every second of the clock).
+    await until_advancing(fake, lambda: remote.status().disconnected_since is not None,
+                          "cluster1 to notice the disconnection", step=1.0)
+    disconnected = remote.status().disconnected_since
     assert disconnected is not None
 
     async def services_gone() -> bool:
         return not any(is_drained(k) for k in await read_tree(mesh_env.local))
 
-    assert not await services_gone(), "drained as soon as disconnected"
+    # Disconnected for one instant less than the TTL: the loop looked, nothing is drained.
+    fake.advance(disconnected + TTL - 0.001 - fake.monotonic())
+    await fake.settle()
+    assert not await services_gone(), "drained before the TTL"
+    assert mesh.revocations["cluster1"] == 0
+    # The loop looks every TTL/4 (at most 5 s): past the TTL, it drains, once.
+    fake.advance(min(TTL / 4, 5.0))
     await wait_until(services_gone, "cluster1's services to be drained", timeout=10)
-    assert time.monotonic() - disconnected >= ttl, "drained before the TTL"
-    assert state.disconnected_since == disconnected
+    assert mesh.revocations["cluster1"] == 1
+    assert remote.status().disconnected_since == disconnected
     # Nodes, endpoints, identities (and their canaries, and the config) stay; cluster2 too.
     assert await read_tree(mesh_env.local) == {
         k: v for k, v in snapshot.items() if not is_drained(k)}
     for resource in (NODES, ENDPOINTS, IDENTITIES):
         assert resource.cache_canary("cluster1").encode() in snapshot
+    fake.advance(TTL)
+    await fake.settle()
+    assert mesh.revocations["cluster1"] == 1
 
+    # It comes back once its session's backoff (on the clock) is over.
     c1.server.start()
+    await until_advancing(fake, lambda: remote.status().ready, "cluster1 to reconnect",
+                          step=5.0)
     await mesh_env.wait_ready(timeout=15)
     await mesh_env.assert_converged()
 
@@ -564,26 +650,27 @@ async def test_bad_config_file_fails_only_that_cluster(mesh_env: MeshEnv) -> Non
     await mesh_env.wait_ready()
 
     def failed(name: str) -> Callable[[], bool]:
-        return lambda: name in mesh.remotes and mesh.remotes[name].state.failures >= 2
+        return lambda: name in mesh.remotes and mesh.remotes[name].status().failures >= 2
 
     await wait_until(failed("cluster2"), "cluster2 to fail", timeout=8)
     await wait_until(failed("cluster3"), "cluster3 to fail", timeout=8)
-    bad_ca = mesh.remotes["cluster2"].state
+    bad_ca = mesh.remotes["cluster2"].status()
     assert str(missing_ca) in bad_ca.status and "does not exist" in bad_ca.status, bad_ca.status
     assert str(mesh_env.config_dir / "cluster2") in bad_ca.status, bad_ca.status
-    malformed = mesh.remotes["cluster3"].state
+    malformed = mesh.remotes["cluster3"].status()
     assert str(mesh_env.config_dir / "cluster3") in malformed.status, malformed.status
     assert "invalid YAML" in malformed.status, malformed.status
-    assert not mesh.remotes["cluster2"].ready and not mesh.remotes["cluster3"].ready
-    assert mesh.remotes["cluster1"].state.failures == 0
+    assert not mesh.remotes["cluster2"].status().ready
+    assert not mesh.remotes["cluster3"].status().ready
+    assert mesh.remotes["cluster1"].status().failures == 0
     await mesh_env.assert_converged()  # nothing of cluster2/cluster3 in the cache
 
     # cluster2's file is fixed: it connects, keeping its failure history.
     failures = bad_ca.failures
     await add_published(mesh_env, "cluster2", 2)
     await mesh_env.wait_ready()
-    assert mesh.remotes["cluster2"].state.failures >= failures
-    assert mesh.remotes["cluster3"].state.failures >= 2
+    assert mesh.remotes["cluster2"].status().failures >= failures
+    assert mesh.remotes["cluster3"].status().failures >= 2
     await mesh_env.assert_converged()
 
 

@@ -5,7 +5,9 @@ per-cluster and global ready timeouts), ``/metrics`` checked by value (then by
 
 Nothing is mocked: every remote is a real etcd (or a closed port, for "unreachable"),
 the daemon runs in-process through :class:`harness.mesh.MeshEnv` (or as a subprocess
-for the signal test), and every HTTP call goes over a real socket.
+for the signal test), and every HTTP call goes over a real socket.  Only time is fake
+in the ready-timeout tests (:mod:`harness.fakeclock`): the timeouts are the daemon's
+timers, so they are reached by advancing its clock, not by waiting.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import EtcdFactory, enable_auth, free_port, write_client_config
+from harness.fakeclock import FakeClock
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state
 from harness.oracle import MIRROR, NOTHING, entry_accepted, expected_reflection
 from harness.prometheus import PrometheusNotFound, PrometheusServer, find_prometheus_binary
@@ -143,21 +146,6 @@ async def synced_remote(env: MeshEnv, name: str, cluster_id: int, **kwargs: Any)
     return remote
 
 
-Observation = tuple[float, int, str]  # (seconds after the daemon started, status, body)
-
-
-async def readyz_timeline(mesh: KVStoreMesh, timeout: float) -> list[Observation]:
-    """Poll ``/readyz?verbose`` until it answers 200; every answer, timed from start."""
-    seen: list[Observation] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            status, text = await http_get(mesh, "health", "/readyz?verbose")
-            seen.append((time.monotonic() - mesh.started_at, status, text))
-            if status == 200:
-                return seen
-            await asyncio.sleep(0.05)
-
-
 async def expected_counts(remote: Remote) -> dict[str, int]:
     """Keys of each resource the remote publishes for this cluster name that pass the
     agents' rules (what the daemon must cache: clusters sharing an etcd share the
@@ -221,13 +209,13 @@ async def test_readyz_waits_for_the_remote_canaries_then_reports_ready(
         "/readyz to stop waiting for nodes")
     assert status == 500, text
     assert {SERVICES.name, IDENTITIES.name, ENDPOINTS.name} <= waiting_for(text), text
-    assert not mesh.remotes["cluster1"].ready
+    assert not mesh.remotes["cluster1"].status().ready
 
     await c1.write_canaries()
     await wait_until(lambda: _readyz_if(mesh, lambda t: t.startswith("Ready")),
                      "/readyz to turn ready after the canaries")
     assert await http_get(mesh, "health", "/readyz") == (200, "Ready\n")
-    assert mesh.remotes["cluster1"].ready
+    assert mesh.remotes["cluster1"].status().ready
     await mesh_env.assert_converged()
 
 
@@ -241,20 +229,28 @@ async def test_per_cluster_ready_timeout_drops_an_unreachable_remote(
         mesh_env: MeshEnv) -> None:
     await synced_remote(mesh_env, "cluster1", 1)
     write_unreachable_remote(mesh_env, "cluster2")
-    mesh = await start(mesh_env, per_cluster_ready_timeout=1.0)
+    fake = FakeClock()  # the ready timeouts count on it: no waiting for them in real time
+    mesh = await start(mesh_env, clock=fake.clock, per_cluster_ready_timeout=15.0)
 
-    timeline = await readyz_timeline(mesh, timeout=8.0)
-    not_ready = [(t, text) for t, status, text in timeline if status == 500]
-    ready_at = timeline[-1][0]
-    # Held back by the unreachable cluster only: cluster1 synced well within the second.
-    assert any("cluster2: not connected" in text and "cluster1" not in text
-               for _, text in not_ready), not_ready
-    assert 1.0 <= ready_at < 2.5, timeline
-    assert mesh.remotes["cluster1"].ready
-    assert not mesh.remotes["cluster2"].ready
-    assert not mesh.remotes["cluster2"].state.ever_connected
+    # Held back by the unreachable cluster only, once cluster1 has synced.
+    status, text = await wait_until(
+        lambda: _readyz_if(mesh, lambda t: "cluster2: not connected" in t
+                           and "cluster1" not in t), "/readyz to wait for cluster2 only")
+    assert status == 500, text
+    fake.advance(15.0)  # the timeout, not more: still waited for
+    status, text = await http_get(mesh, "health", "/readyz?verbose")
+    assert status == 500 and "cluster2: not connected" in text, text
+    fake.advance(0.001)
+    status, text = await http_get(mesh, "health", "/readyz?verbose")
+    assert status == 200, text
+    assert text.splitlines()[:2] == [
+        "Ready", "cluster2: not waited for (no connection within 15s)"], text
+    assert mesh.remotes["cluster1"].status().ready
+    assert not mesh.remotes["cluster2"].status().ready
+    assert not mesh.remotes["cluster2"].status().ever_connected
 
     # Ready latches; liveness is unaffected by the dead remote.
+    fake.advance(60.0)
     assert await http_get(mesh, "health", "/readyz") == (200, "Ready\n")
     assert await http_get(mesh, "health", "/healthz") == (200, "OK\n")
     assert await http_get(mesh, "health", "/healthz?verbose") == (200, "OK\n")
@@ -263,19 +259,27 @@ async def test_per_cluster_ready_timeout_drops_an_unreachable_remote(
 async def test_global_ready_timeout_reports_ready_regardless(mesh_env: MeshEnv) -> None:
     stuck = await mesh_env.add_remote("stuck", 3)
     await stuck.publish(sample_state("stuck", 3))  # connects, but never writes canaries
-    mesh = await start(mesh_env, global_ready_timeout=1.5)
+    fake = FakeClock()
+    # A heartbeat timeout longer than the advances below: the session stays up.
+    mesh = await start(mesh_env, clock=fake.clock, global_ready_timeout=600.0,
+                       heartbeat_timeout=86400.0)
 
-    timeline = await readyz_timeline(mesh, timeout=8.0)
-    not_ready = [(t, text) for t, status, text in timeline if status == 500]
-    ready_at, _, ready_text = timeline[-1]
-    assert 1.5 <= ready_at < 2.5, timeline
-    # Not ready until (nearly) the timeout, and waiting for the canaries all along.
-    assert not_ready and not_ready[-1][0] >= 1.2, timeline
-    assert any("stuck: waiting for" in text for _, text in not_ready), not_ready
-    assert ready_text.startswith("Ready\n")
+    status, text = await wait_until(
+        lambda: _readyz_if(mesh, lambda t: "stuck: waiting for" in t),
+        "/readyz to wait for the canaries")
+    assert status == 500, text
+    fake.advance(600.0)  # the timeout, not more: still waiting for the canaries
+    status, text = await http_get(mesh, "health", "/readyz?verbose")
+    assert status == 500 and "stuck: waiting for" in text, text
+    fake.advance(0.001)
+    status, text = await http_get(mesh, "health", "/readyz?verbose")
+    assert status == 200, text
+    lines = text.splitlines()
+    assert lines[:2] == ["Ready", "global ready timeout (600s) elapsed"], text
+    assert lines[2].startswith("stuck: waiting for"), text
     # The remote itself is still not ready; the status API says so.
-    assert mesh.remotes["stuck"].state.connected
-    assert not mesh.remotes["stuck"].ready
+    assert mesh.remotes["stuck"].status().connected
+    assert not mesh.remotes["stuck"].status().ready
     (model,) = await api_clusters(mesh)
     assert model["name"] == "stuck" and model["ready"] is False and model["connected"] is True
     assert await http_get(mesh, "health", "/healthz") == (200, "OK\n")
@@ -414,7 +418,7 @@ async def test_promtool_accepts_the_metrics(mesh_env: MeshEnv) -> None:
     write_unreachable_remote(mesh_env, "cluster2")  # failures and a last-failure time
     mesh = await start(mesh_env)
     await mesh_env.wait_ready()
-    await wait_until(lambda: mesh.remotes["cluster2"].state.failures >= 1,
+    await wait_until(lambda: mesh.remotes["cluster2"].status().failures >= 1,
                      "cluster2 to fail at least once")
     # One live update, so that the histograms of events and lag have samples too, and
     # one entry validation rejects, so that the rejection counter has a series.
@@ -553,7 +557,7 @@ async def test_status_api_models_are_sorted_typed_and_counted(mesh_env: MeshEnv)
     mesh = await start(mesh_env)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
-    await wait_until(lambda: mesh.remotes["dead"].state.failures >= 1, "dead to fail")
+    await wait_until(lambda: mesh.remotes["dead"].status().failures >= 1, "dead to fail")
 
     models = await api_clusters(mesh)
     assert [doc["name"] for doc in models] == ["cluster1", "cluster10", "cluster2", "dead"]
@@ -630,9 +634,9 @@ async def test_no_credentials_in_any_output(mesh_env: MeshEnv, etcd_factory: Etc
     mesh = await start(mesh_env)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
-    await wait_until(lambda: mesh.remotes["wrongpw"].state.failures >= 1,
+    await wait_until(lambda: mesh.remotes["wrongpw"].status().failures >= 1,
                      "wrongpw to fail authentication")
-    client = mesh.remotes["secure"]._remote_client
+    client = mesh.remotes["secure"].session_client
     assert client is not None and client._token, "the daemon should hold an auth token"
     secrets = {"password": password, "wrong password": wrong_password,
                "root password": root_password, "token": client._token}

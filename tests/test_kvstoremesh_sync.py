@@ -61,7 +61,7 @@ async def test_canaries_gate_each_resource(mesh_env: MeshEnv) -> None:
     # No remote canary for endpoints yet: nothing of them is cached, no local canary.
     assert not any(k.startswith(b"cilium/cache/ip/v1/cluster1/") for k in tree)
     assert ENDPOINTS.cache_canary("cluster1").encode() not in tree
-    assert not mesh_env.mesh.remotes["cluster1"].ready
+    assert not mesh_env.mesh.remotes["cluster1"].status().ready
     await c1.write_canaries()
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
@@ -156,7 +156,7 @@ async def test_stale_keys_removed_after_disconnect(mesh_env: MeshEnv) -> None:
     # the cache still serves what it had.
     remote = mesh_env.mesh.remotes["cluster1"]
     async with asyncio.timeout(15):
-        while remote.state.connected or remote.state.failures == 0:
+        while remote.status().connected or remote.status().failures == 0:
             await asyncio.sleep(0.05)
     assert {k: v for k, v in (await mesh_env.local_tree()).items()
             if k.startswith(b"cilium/cache/")} == cached
@@ -187,4 +187,4 @@ async def test_relist_after_remote_compaction(mesh_env: MeshEnv) -> None:
     c1.server.start()
     c1.server.compact()
     await mesh_env.assert_converged()
-    assert mesh_env.mesh.remotes["cluster1"].reflectors["endpoints"].relists >= 1
+    assert mesh_env.mesh.remotes["cluster1"].status().reflector(ENDPOINTS).relists >= 1

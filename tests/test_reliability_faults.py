@@ -42,7 +42,7 @@ from harness.tcpproxy import TcpProxy
 from clustermesh.clusterconfig import EXPORT_SERVICES_AND_ENDPOINTSLICES
 from clustermesh.etcd.client import EtcdClient, delete_op, prefix_range_end
 from clustermesh.etcd.config import load_etcd_config, load_tls_files
-from clustermesh.keys import ENDPOINTS, NODES, RESOURCES
+from clustermesh.keys import ENDPOINTS, NODES, RESOURCES, SERVICE_EXPORTS
 
 SEEDS = (11, 22, 33)
 #: A remote of Cilium main exports EndpointSlices; the older ones beside it do not.
@@ -156,7 +156,7 @@ async def test_remote_killed_and_restarted(rig: Rig, seed: int) -> None:
     await asyncio.to_thread(c1.server.start)
     await finish(rig)
     assert env.mesh is not None
-    assert env.mesh.remotes["cluster2"].state.failures == 0
+    assert env.mesh.remotes["cluster2"].status().failures == 0
 
 
 @seeded
@@ -196,9 +196,9 @@ async def test_remote_compacts_past_our_revision_while_disconnected(rig: Rig,
     proxy.forward()
     await finish(rig)
     remote = mesh.remotes["cluster1"]
-    relists = sum(r.relists for r in remote.reflectors.values())
-    assert relists >= 1, {n: r.relists for n, r in remote.reflectors.items()}
-    assert remote.state.failures == 0, remote.state.status
+    reflectors = remote.status().reflectors
+    assert sum(r.relists for r in reflectors) >= 1, reflectors
+    assert remote.status().failures == 0, remote.status().status
 
 
 async def blackhole_and_detect(rig: Rig, heartbeat_timeout: float) -> None:
@@ -207,18 +207,19 @@ async def blackhole_and_detect(rig: Rig, heartbeat_timeout: float) -> None:
     env, proxy = rig.env, rig.proxies["cluster1"]
     mesh = env.mesh
     assert mesh is not None
-    state = mesh.remotes["cluster1"].state
+    remote = mesh.remotes["cluster1"]
     proxy.blackhole()
     started = time.monotonic()
-    await wait_until(lambda: not state.connected, "the blackholed remote to be detected",
-                     timeout=heartbeat_timeout + 4)
+    await wait_until(lambda: not remote.status().connected,
+                     "the blackholed remote to be detected", timeout=heartbeat_timeout + 4)
     detected = time.monotonic() - started
     assert detected < heartbeat_timeout + 3, detected
+    state = remote.status()
     assert state.failures >= 1
     assert "heartbeat" in state.status or "status check" in state.status, state.status
     # The other cluster is unaffected while cluster1 hangs.
     assert await propagation(env, "cluster2") < 1.0
-    assert mesh.remotes["cluster2"].state.failures == 0
+    assert mesh.remotes["cluster2"].status().failures == 0
 
 
 @seeded
@@ -245,10 +246,11 @@ async def test_reconnect_into_a_blackhole_times_out(rig: Rig) -> None:
     await blackhole_and_detect(rig, heartbeat_timeout)
     mesh = rig.env.mesh
     assert mesh is not None
-    state = mesh.remotes["cluster1"].state
-    failures = state.failures
-    await wait_until(lambda: state.failures > failures,
+    remote = mesh.remotes["cluster1"]
+    failures = remote.status().failures
+    await wait_until(lambda: remote.status().failures > failures,
                      "a reconnect attempt into the blackhole to fail", timeout=10)
+    state = remote.status()
     assert not state.connected
     assert "no etcd endpoint answered" in state.status or "DEADLINE" in state.status, \
         state.status
@@ -267,16 +269,16 @@ async def test_backoff_resets_after_a_synced_session(rig: Rig) -> None:
     remote = mesh.remotes["cluster1"]
     delays = []
     for _ in range(4):
-        await wait_until(lambda: remote.ready and all(r.listed for r in
-                                                      remote.reflectors.values()
-                                                      if r.name != "service exports"),
+        # Every reflector listed, but service exports: cluster1 exports none.
+        await wait_until(lambda: (s := remote.status()).ready and all(
+                             r.listed for r in s.reflectors if r.resource is not SERVICE_EXPORTS),
                          "cluster1 synced", timeout=10)
-        failures = remote.state.failures
+        failures = remote.status().failures
         proxy.refuse()
-        await wait_until(lambda f=failures: remote.state.failures > f, "the session to fail")
+        await wait_until(lambda f=failures: remote.status().failures > f, "the session to fail")
         proxy.forward()
         healed = time.monotonic()
-        await wait_until(lambda: remote.state.connected, "cluster1 to reconnect", timeout=40)
+        await wait_until(lambda: remote.status().connected, "cluster1 to reconnect", timeout=40)
         delays.append(round(time.monotonic() - healed, 2))
     assert max(delays) < 2.5, delays
     await finish(rig)
@@ -298,7 +300,7 @@ async def test_local_etcd_restart_mid_sync(rig: Rig, seed: int) -> None:
 
     await wait_until(some_cached, "the first cache keys", timeout=15)
     assert env.mesh is not None
-    assert not all(r.ready for r in env.mesh.remotes.values()), "sync over too early"
+    assert not all(r.status().ready for r in env.mesh.remotes.values()), "sync over too early"
     await asyncio.to_thread(env.local_server.restart, hard=rig.rng.random() < 0.5)
     await finish(rig, timeout=30)
     await env.wait_ready()
@@ -357,7 +359,8 @@ async def test_config_endpoint_moved_then_removed_and_readded(rig: Rig, seed: in
     # The endpoint moves: the daemon must reconnect through the new proxy...
     write_daemon_config(env, "cluster1", c1.server, endpoints=[new.url])
     await wait_until(lambda: new.active > 0, "a connection through the moved endpoint")
-    await wait_until(lambda: mesh.remotes["cluster1"].ready, "cluster1 ready after the move")
+    await wait_until(lambda: mesh.remotes["cluster1"].status().ready,
+                     "cluster1 ready after the move")
     # ... and must not need the old one any more.
     old.refuse()
     assert await propagation(env, "cluster1") < 2.0
@@ -369,7 +372,7 @@ async def test_config_endpoint_moved_then_removed_and_readded(rig: Rig, seed: in
     write_daemon_config(env, "cluster1", c1.server, endpoints=[new.url])
     await finish(rig)
     await env.wait_ready()
-    client = mesh.remotes["cluster1"]._remote_client
+    client = mesh.remotes["cluster1"].session_client
     assert client is not None and client.endpoint == new.url, client and client.endpoint
 
 
@@ -380,7 +383,7 @@ async def test_remote_etcd_replaced_behind_the_same_endpoint(rig: Rig, seed: int
     mesh = env.mesh
     assert mesh is not None and rig.churn is not None
     old = env.remotes["cluster1"]
-    old_id = mesh.remotes["cluster1"].state.etcd_cluster_id
+    old_id = mesh.remotes["cluster1"].status().etcd_cluster_id
     # A new etcd cluster with other data takes over the endpoint (a replaced apiserver).
     server = env.factory(name="remote-cluster1-new")
     new = await env.add_remote("cluster1", 1, server=server, write_file=False,
@@ -398,7 +401,7 @@ async def test_remote_etcd_replaced_behind_the_same_endpoint(rig: Rig, seed: int
     new_id = await asyncio.to_thread(server.cluster_id)
     assert new_id != old_id
     remote = mesh.remotes["cluster1"]
-    await wait_until(lambda: remote.state.etcd_cluster_id == new_id and remote.ready,
+    await wait_until(lambda: remote.status().etcd_cluster_id == new_id and remote.status().ready,
                      "cluster1 to resync from the new etcd cluster", timeout=15)
     await finish(rig)
     assert b"cilium/cache/nodes/v1/cluster1/node-replaced" in await env.local_tree()
@@ -438,14 +441,14 @@ async def test_client_certificate_rotated_on_disk(rig: Rig, seed: int, pki: Pki,
     await asyncio.sleep(max(0.0, expires - time.monotonic()) + 0.5)
     accepted = proxy.accepted
     proxy.drop_connections()  # the old certificate is expired now: reconnect or die
-    await wait_until(lambda: proxy.accepted > accepted and mesh.remotes["cluster1"].ready
-                     and mesh.remotes["cluster1"].state.connected,
+    await wait_until(lambda: proxy.accepted > accepted and mesh.remotes["cluster1"].status().ready
+                     and mesh.remotes["cluster1"].status().connected,
                      "cluster1 to reconnect with the rotated certificate", timeout=15)
     await finish(rig)
-    client = mesh.remotes["cluster1"]._remote_client
-    assert client is not None and client._conn is not None
+    client = mesh.remotes["cluster1"].session_client
+    assert client is not None and client.endpoint is not None
     config = load_etcd_config(env.config_dir / "cluster1")
-    assert client._conn.tls_fingerprint == load_tls_files(config).fingerprint
+    assert client.connection_status().tls_fingerprint == load_tls_files(config).fingerprint
 
 
 async def test_client_certificate_rotation_without_reconnect_takes_10s(
@@ -472,14 +475,14 @@ async def test_client_certificate_rotation_without_reconnect_takes_10s(
         mesh = await env.start_mesh(**FAST)
         await env.wait_ready()
         rig.start_churn(rate=50)
-        client = mesh.remotes["cluster1"]._remote_client
-        assert client is not None and client._conn is not None
-        old_fingerprint = client._conn.tls_fingerprint
+        client = mesh.remotes["cluster1"].session_client
+        assert client is not None and client.endpoint is not None
+        old_fingerprint = client.connection_status().tls_fingerprint
         accepted = proxy.accepted
         _install_cert(pki.issue_client("remote", stem=f"norot-{uuid.uuid4().hex[:6]}"), certs)
         rotated = time.monotonic()
-        await wait_until(lambda: client._conn is not None
-                         and client._conn.tls_fingerprint != old_fingerprint,
+        await wait_until(lambda: client.connection_status().tls_fingerprint
+                         not in ("", old_fingerprint),
                          "the TLS reload loop to pick up the new files", timeout=13)
         took = time.monotonic() - rotated
         assert took <= 10.5, took
@@ -488,7 +491,7 @@ async def test_client_certificate_rotation_without_reconnect_takes_10s(
                          timeout=5)
         await rig.stop_churn()
         await wait_converged(env)
-        assert mesh.remotes["cluster1"].state.failures == 0
+        assert mesh.remotes["cluster1"].status().failures == 0
     finally:
         await rig.close()
 
@@ -517,9 +520,9 @@ async def test_auth_token_expiry(rig: Rig, seed: int) -> None:
     mesh = await env.start_mesh(heartbeat_timeout=3.0, status_check_interval=1.5)
     await env.wait_ready()
     rig.start_churn(rate=100)
-    client = mesh.remotes["cluster1"]._remote_client
+    client = mesh.remotes["cluster1"].session_client
     assert client is not None
-    first_token = client._token
+    tokens = client.connection_status().authentications
     # > TTL + the 1 s resolution of etcd's simple-token expiry ticker
     await asyncio.sleep(2.1 + rig.rng.uniform(0, 0.5))
     accepted = proxy.accepted
@@ -528,8 +531,8 @@ async def test_auth_token_expiry(rig: Rig, seed: int) -> None:
     await asyncio.sleep(1.2)
     assert await propagation(env, "cluster1") < 2.0
     await finish(rig)
-    assert client._token != first_token, "never re-authenticated"
-    assert mesh.remotes["cluster1"].state.failures == 0, mesh.remotes["cluster1"].state.status
+    assert client.connection_status().authentications > tokens, "never re-authenticated"
+    assert mesh.remotes["cluster1"].status().failures == 0, mesh.remotes["cluster1"].status().status
 
 
 @seeded
@@ -546,16 +549,17 @@ async def test_slow_remote_does_not_slow_the_fast_one(rig: Rig, seed: int) -> No
     heartbeat_timeout = 2.0
     mesh = await env.start_mesh(**{**FAST, "heartbeat_timeout": heartbeat_timeout})
     started = time.monotonic()
-    await wait_until(lambda: "fast" in mesh.remotes and mesh.remotes["fast"].ready,
+    await wait_until(lambda: "fast" in mesh.remotes and mesh.remotes["fast"].status().ready,
                      "the fast remote to be ready", timeout=10)
     fast_ready = time.monotonic() - started
-    assert not mesh.remotes["slow"].ready, "the slow remote was not slow"
+    assert not mesh.remotes["slow"].status().ready, "the slow remote was not slow"
     rig.start_churn(rate=100)
     lags = [await propagation(env, "fast") for _ in range(5)]
-    assert not mesh.remotes["slow"].ready, "the slow remote synced before the measurement"
+    assert not mesh.remotes["slow"].status().ready, "the slow remote synced before the measurement"
     assert max(lags) < 1.0, lags
     assert fast_ready < 2.0, fast_ready
-    await wait_until(lambda: mesh.remotes["slow"].ready, "the slow remote to sync", timeout=20)
+    await wait_until(lambda: mesh.remotes["slow"].status().ready, "the slow remote to sync",
+                     timeout=20)
     slow_ready = time.monotonic() - started
     assert slow_ready > heartbeat_timeout, slow_ready
     await finish(rig, timeout=30)

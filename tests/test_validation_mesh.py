@@ -62,7 +62,7 @@ async def test_entry_flipping_between_valid_and_invalid(mesh_env: MeshEnv,
     assert b"cilium/cache/identities/v1/cluster1/id/196609" not in tree
     assert b"cilium/cache/ip/v1/cluster1/10.1.7.7" not in tree
 
-    model = remote_cluster_model(remote)
+    model = remote_cluster_model(remote.status())
     rejected = model["rejected-entries"]
     assert rejected["total"] == 5
     assert rejected["latest"][-1] == {"resource": "endpoints", "key": "10.1.7.7",

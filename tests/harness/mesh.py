@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apiserver.endpointslices import endpointslice_entries
+from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
@@ -262,9 +263,11 @@ class MeshEnv:
         values.update(overrides)
         return MeshOptions(**values)  # type: ignore[arg-type]
 
-    async def start_mesh(self, **overrides: object) -> KVStoreMesh:
+    async def start_mesh(self, *, clock: Clock = REAL_CLOCK,
+                         **overrides: object) -> KVStoreMesh:
+        """Run the daemon with ``overrides`` of :meth:`options`, its timers on ``clock``."""
         assert self._task is None, "mesh already running"
-        self.mesh = KVStoreMesh(self.options(**overrides))
+        self.mesh = KVStoreMesh(self.options(**overrides), clock=clock)
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.mesh.run(self._stop))
         return self.mesh
@@ -293,7 +296,7 @@ class MeshEnv:
                     self._task.result()
                 mesh = self.mesh
                 if (mesh is not None and mesh.config_ready.is_set() and self.remotes
-                        and all(name in mesh.remotes and mesh.remotes[name].ready
+                        and all(name in mesh.remotes and mesh.remotes[name].status().ready
                                 for name in self.remotes)):
                     return
                 await asyncio.sleep(0.05)
