@@ -1,4 +1,4 @@
-"""Our periodic loops as Cilium's "controllers": run counts per group, and their clock.
+"""Our periodic loops as Cilium's "controllers": run counts per group.
 
 Upstream counts every run of a controller in ``<ns>_controllers_group_runs_total
 {group_name, status}`` (``status`` is ``success`` or ``failure``), but only for the groups
@@ -19,8 +19,8 @@ Group names are upstream's where upstream has a controller for the same work
 hive jobs or plain goroutines upstream, which have no run metric, so their names are
 ours, taken from the upstream job or subsystem that does the same thing.
 
-:class:`Clock` is what those loops read time and sleep with, so tests can drive them
-with a fake one instead of waiting.
+Those loops read time and sleep only through the :class:`~clustermesh.clock.Clock` they
+are given, so tests drive them with a fake one instead of waiting.
 """
 
 from __future__ import annotations
