@@ -170,7 +170,7 @@ class ApiServer:
                 self.local, max_txn_ops=o.max_txn_ops, max_request_bytes=o.max_request_bytes,
                 max_inflight=o.max_inflight, qps=o.qps, bootstrap_qps=o.bootstrap_qps,
                 on_error=lambda keys: self.metrics.writes_failed(
-                    keys, default_cluster=o.cluster_name))
+                    keys, default_cluster=o.cluster_name), clock=self.clock)
             self.writer.start()
             self.publisher = Publisher(o.exports, local=self.local, writer=self.writer,
                                        clock=self.clock)
@@ -268,15 +268,9 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         cluster = self.server.options.cluster_name
         publisher = self.server.publisher
-        initial = GaugeMetricFamily(f"{NS}_kvstore_initial_sync_completed",
-                                    "Whether the initial synchronization from/to the kvstore "
-                                    "has completed", labels=["scope", "source_cluster", "action"])
-        bootstrap = GaugeMetricFamily(f"{NS}_bootstrap_seconds",
-                                      "Duration in seconds to complete bootstrap",
-                                      labels=["source_cluster"])
-        queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
-                                  "Number of elements queued for synchronization in the kvstore",
-                                  labels=["scope", "source_cluster"])
+        metrics = self.server.metrics
+        initial = metrics.initial_sync_family()
+        bootstrap = metrics.bootstrap_family()
         contested = GaugeMetricFamily(
             f"{NS}_contested_keys", "Exported keys claimed by more than one object (e.g. one "
             "IP by two endpoints): the first claimant's value is exported", labels=["scope"])
@@ -292,9 +286,7 @@ class _StateCollector(Collector):
                 promotions.add_metric([scope], ownership.promotions)
             if publisher.ready:
                 bootstrap.add_metric([cluster], max(publisher.synced_after.values(), default=0))
-        if self.server.writer is not None:
-            sizes = self.server.metrics.queue_sizes(self.server.writer.queued_keys(),
-                                                    default_cluster=cluster)
-            for (scope, source), size in sorted(sizes.items()):
-                queue.add_metric([scope, source], size)
+        writer = self.server.writer
+        queue = metrics.sync_queue_family(writer.queued_keys() if writer is not None else (),
+                                          default_cluster=cluster)
         yield from (initial, bootstrap, queue, contested, promotions)

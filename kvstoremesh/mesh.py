@@ -120,7 +120,7 @@ class KVStoreMesh:
                                  max_inflight=o.max_inflight, qps=o.qps,
                                  bootstrap_qps=o.bootstrap_qps,
                                  on_commit=self.metrics.writes_committed,
-                                 on_error=self.metrics.writes_failed)
+                                 on_error=self.metrics.writes_failed, clock=self.clock)
         self.quorum = QuorumCheck(self.local, metrics=self.metrics,
                                   max_errors=o.max_consecutive_quorum_errors,
                                   interval=o.status_check_interval, clock=self.clock)

@@ -135,12 +135,8 @@ class _StateCollector(Collector):
         cached = GaugeMetricFamily(f"{NS}_cached_keys",
                                    "Keys cached locally per remote cluster and resource",
                                    labels=["target_cluster", "resource"])
-        initial = GaugeMetricFamily(f"{NS}_kvstore_initial_sync_completed",
-                                    "Whether the initial synchronization from/to the kvstore "
-                                    "has completed", labels=["scope", "source_cluster", "action"])
-        bootstrap = GaugeMetricFamily(f"{NS}_bootstrap_seconds",
-                                      "Duration in seconds to complete bootstrap",
-                                      labels=["source_cluster"])
+        initial = self.metrics.initial_sync_family()
+        bootstrap = self.metrics.bootstrap_family()
         now = self.clock.monotonic()
         for name in sorted(remotes):
             status = remotes[name]
@@ -177,10 +173,4 @@ class _StateCollector(Collector):
         yield from (failures, last, readiness, revocations, heartbeat, cached, initial,
                     bootstrap, problems)
 
-        queue = GaugeMetricFamily(f"{NS}_kvstore_sync_queue_size",
-                                  "Number of elements queued for synchronization in the kvstore",
-                                  labels=["scope", "source_cluster"])
-        sizes = self.metrics.queue_sizes(mesh.queued_keys())
-        for (scope, cluster), size in sorted(sizes.items()):
-            queue.add_metric([scope, cluster], size)
-        yield queue
+        yield self.metrics.sync_queue_family(mesh.queued_keys())

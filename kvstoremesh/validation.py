@@ -107,8 +107,9 @@ def _check_node(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
     return None
 
 
-def _check_service(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
-                   _: int) -> str | None:
+def _check_namespaced(key: str, doc: dict[str, Any], cluster: str) -> str | None:
+    """A service's or service export's ``cluster``, ``namespace`` and ``name`` fields:
+    present, naming this cluster, and ``<namespace>/<name>`` equal to the key."""
     for field in ("cluster", "namespace", "name"):
         if not isinstance(doc.get(field), str) or not doc[field]:
             return f"missing-{field}"
@@ -116,6 +117,13 @@ def _check_service(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
         return "cluster-mismatch"
     if f"{doc['namespace']}/{doc['name']}" != key:
         return "name-mismatch"
+    return None
+
+
+def _check_service(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
+                   _: int) -> str | None:
+    if (problem := _check_namespaced(key, doc, cluster)) is not None:
+        return problem
     if doc.get("clusterID") != cluster_id:
         return "cluster-id-mismatch"
     for field in ("frontends", "backends"):
@@ -131,13 +139,8 @@ _AFFINITIES = {"ClientIP", "None"}
 
 def _check_service_export(key: str, doc: dict[str, Any], cluster: str, _id: int,
                           _max: int) -> str | None:
-    for field in ("cluster", "namespace", "name"):
-        if not isinstance(doc.get(field), str) or not doc[field]:
-            return f"missing-{field}"
-    if doc["cluster"] != cluster:
-        return "cluster-mismatch"
-    if f"{doc['namespace']}/{doc['name']}" != key:
-        return "name-mismatch"
+    if (problem := _check_namespaced(key, doc, cluster)) is not None:
+        return problem
     stamp = doc.get("exportCreationTimestamp")
     if not isinstance(stamp, str) or not stamp or stamp.startswith("0001-01-01"):
         return "missing-timestamp"

