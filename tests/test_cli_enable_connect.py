@@ -14,8 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh_tools.cli import main
-from clustermesh_tools.cli.clusterdir import ClusterDir, ClusterDirError, enable
-from clustermesh_tools.cli.pairing import connect
+from clustermesh_tools.clusters.clusterdir import ClusterDir, ClusterDirError, enable
+from clustermesh_tools.clusters.pairing import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 

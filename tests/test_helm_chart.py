@@ -466,8 +466,8 @@ def test_clustermesh_enable_output_feeds_the_agents(helm: Path, tmp_path: Path) 
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    from clustermesh_tools.cli.clusterdir import enable
-    from clustermesh_tools.cli.pairing import connect
+    from clustermesh_tools.clusters.clusterdir import enable
+    from clustermesh_tools.clusters.pairing import connect
 
     one = enable(tmp_path / "c1", name="cluster1", cluster_id=1, ca_dir=tmp_path / "ca")
     two = enable(tmp_path / "c2", name="cluster2", cluster_id=2, ca_dir=tmp_path / "ca",

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from clustermesh.etcd import auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcdbin import EtcdNotFound, find_etcd_binary
-from clustermesh_tools.cli.clusterdir import ClusterDir
+from clustermesh_tools.clusters.clusterdir import ClusterDir
 from clustermesh_tools.localmesh import procs
 from clustermesh_tools.localmesh.mesh import LocalMesh
 

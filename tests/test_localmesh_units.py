@@ -14,8 +14,8 @@ import pytest
 from clustermesh import etcdbin as binaries
 from clustermesh.pki import CertificateAuthority
 from clustermesh_tools.cli import build_parser, main
-from clustermesh_tools.cli.clusterdir import ClusterDir, enable
 from clustermesh_tools.cli.troubleshoot import troubleshoot
+from clustermesh_tools.clusters.clusterdir import ClusterDir, enable
 from clustermesh_tools.localmesh import procs
 from clustermesh_tools.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
 

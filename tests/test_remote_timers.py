@@ -88,6 +88,9 @@ async def test_no_heartbeat_for_the_timeout_ends_the_session(mesh_env: MeshEnv) 
         assert status.disconnected_since == fake.monotonic()
         assert status.last_failure == fake.wall()
         assert 1.0 <= delay < 1.2  # the first retry of REMOTE_SESSION
+        # The cache keeps serving the remote's data while it is disconnected.
+        cached = await mesh_env.local_tree()
+        assert any(k.startswith(b"cilium/cache/nodes/v1/cluster1/") for k in cached)
 
         # A heartbeat during the backoff: the next session stays up past the timeout.
         await c1.heartbeat()

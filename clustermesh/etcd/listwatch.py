@@ -87,10 +87,13 @@ async def list_and_watch(client: EtcdClient, key: bytes, *, prefix: bool = True,
             if prefix:
                 async for kvs, revision in client.range_pages(key, page_size=page_size):
                     yield Page(kvs, revision)
+                # Not held while watching: a page of 5000 values is megabytes per prefix.
+                del kvs
             else:
                 resp = await client.range(key)
                 revision = resp.header.revision
                 yield Page(resp.kvs, revision)
+                del resp
             cluster_id = client.cluster_id
             yield Listed(revision, relist=bool(reason), reason=reason)
             async with client.watch(key, prefix=prefix, start_revision=revision + 1,

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 
 from clustermesh.clusterconfig import DEFAULT_MAX_CONNECTED_CLUSTERS
 from clustermesh.flags import duration_arg
-
-from .authmode import AUTH_MODES, DEFAULT_AUTH_MODE
+from clustermesh_tools.clusters.authmode import AUTH_MODES, DEFAULT_AUTH_MODE
 
 if TYPE_CHECKING:
     from .status import Target
@@ -168,9 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from clustermesh.etcdbin import EtcdNotFound
+    from clustermesh_tools.clusters.clusterdir import ClusterDirError
     from clustermesh_tools.localmesh.mesh import LocalMeshError
-
-    from .clusterdir import ClusterDirError
 
     try:
         if args.command == "local":
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_enable(args: argparse.Namespace) -> int:
-    from .clusterdir import enable
+    from clustermesh_tools.clusters.clusterdir import enable
 
     if args.shared_ca_key is not None and args.shared_ca is None:
         raise ValueError("--shared-ca-key needs --shared-ca")
@@ -213,8 +211,8 @@ def _cmd_enable(args: argparse.Namespace) -> int:
 
 
 def _cmd_connect(args: argparse.Namespace) -> int:
-    from .clusterdir import ClusterDir
-    from .pairing import connect
+    from clustermesh_tools.clusters.clusterdir import ClusterDir
+    from clustermesh_tools.clusters.pairing import connect
 
     a, b = ClusterDir.load(args.source), ClusterDir.load(args.destination)
     connect(a, b, auth_mode=args.auth_mode)
@@ -226,8 +224,8 @@ def _cmd_connect(args: argparse.Namespace) -> int:
 
 
 def _cmd_disconnect(args: argparse.Namespace) -> int:
-    from .clusterdir import ClusterDir
-    from .pairing import disconnect
+    from clustermesh_tools.clusters.clusterdir import ClusterDir
+    from clustermesh_tools.clusters.pairing import disconnect
 
     a, b = ClusterDir.load(args.source), ClusterDir.load(args.destination)
     if not disconnect(a, b):
@@ -240,7 +238,8 @@ def _cmd_disconnect(args: argparse.Namespace) -> int:
 
 
 def _targets_from_args(args: argparse.Namespace) -> list[Target]:
-    from .clusterdir import ClusterDir
+    from clustermesh_tools.clusters.clusterdir import ClusterDir
+
     from .status import Target, targets_from_dirs
 
     targets = targets_from_dirs([ClusterDir.load(p) for p in args.cluster_dir])
@@ -262,15 +261,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from clustermesh_tools.clusters.clusterdir import ClusterDir
+
     from .check import CheckTarget, check_and_print
-    from .clusterdir import ClusterDir
 
     return check_and_print([CheckTarget.from_dir(ClusterDir.load(p)) for p in args.cluster_dir],
                            timeout=args.timeout)
 
 
 def _cmd_troubleshoot(args: argparse.Namespace) -> int:
-    from .clusterdir import ClusterDir
+    from clustermesh_tools.clusters.clusterdir import ClusterDir
+
     from .troubleshoot import troubleshoot
 
     report = troubleshoot([ClusterDir.load(p) for p in args.cluster_dir])

@@ -32,8 +32,7 @@ from apiserver.sources import KINDS_BY_NAME
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import EtcdConfig
 from clustermesh.keys import RESOURCES
-
-from .clusterdir import ClusterDir, write_atomic
+from clustermesh_tools.clusters.clusterdir import ClusterDir, write_atomic
 
 PROBE_FILE = "zz-clustermesh-check.yaml"
 PROBE_NAMESPACE = "clustermesh-check"

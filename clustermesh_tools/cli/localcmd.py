@@ -6,10 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from clustermesh_tools.clusters.clusterdir import ClusterDir
 from clustermesh_tools.localmesh import procs
 from clustermesh_tools.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
-
-from .clusterdir import ClusterDir
 
 
 def _mesh(args: argparse.Namespace) -> LocalMesh:

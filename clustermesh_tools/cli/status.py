@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clustermesh_tools.localmesh.mesh import fetch_status
-
-from .clusterdir import ClusterDir
+from clustermesh_tools.clusters.clusterdir import ClusterDir
+from clustermesh_tools.clusters.probes import fetch_status
 
 
 @dataclass

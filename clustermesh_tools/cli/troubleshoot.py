@@ -37,9 +37,8 @@ from clustermesh.keys import (
     cluster_config_key,
 )
 from clustermesh.pki import EXPIRY_WARNING, certificate_problems, load_certificate
-from clustermesh_tools.localmesh.mesh import fetch_status, http_ok
-
-from .clusterdir import ClusterDir
+from clustermesh_tools.clusters.clusterdir import ClusterDir
+from clustermesh_tools.clusters.probes import fetch_status, http_ok
 
 HEARTBEAT_MAX_AGE = dt.timedelta(minutes=2)  # Cilium: 2 x the 1-minute write interval
 

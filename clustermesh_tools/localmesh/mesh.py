@@ -26,7 +26,7 @@ Directory::
     <dir>/
       state.json            clusters, ports, processes (pid + start time + argv)
       ca/ca.crt, ca.key     the mesh CA
-      <cluster>/            a cluster directory (clustermesh_tools/cli/clusterdir.py) plus
+      <cluster>/            a cluster directory (clustermesh_tools/clusters/clusterdir.py) plus
         etcd/               etcd's data directory
         manifests/          the apiserver's source (workload.yaml; check adds a probe)
         logs/               etcd.log, apiserver.log, kvstoremesh.log
@@ -51,13 +51,13 @@ import yaml
 from clustermesh.clusterconfig import validate_cluster_name
 from clustermesh.etcdbin import find_etcd_binary
 from clustermesh.pki import CertificateAuthority
-from clustermesh_tools.cli.authmode import DEFAULT_AUTH_MODE, check_mode
-from clustermesh_tools.cli.clusterdir import ClusterDir, enable, write_atomic
-from clustermesh_tools.cli.pairing import connect
+from clustermesh_tools.clusters.authmode import DEFAULT_AUTH_MODE, check_mode
+from clustermesh_tools.clusters.clusterdir import ClusterDir, enable, write_atomic
+from clustermesh_tools.clusters.pairing import connect
+from clustermesh_tools.clusters.probes import fetch_status, http_ok, log_tail
 
 from . import procs
 from .errors import LocalMeshError
-from .probes import fetch_status, http_ok, log_tail
 from .procs import ProcRecord
 from .startup import init_etcds, wait_remote_access
 

@@ -25,14 +25,14 @@ from clustermesh.etcd import auth as etcd_auth
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.keys import cluster_config_key
+from clustermesh_tools.clusters.probes import log_tail
 
 from . import procs
 from .errors import LocalMeshError
-from .probes import log_tail
 from .procs import ProcRecord
 
 if TYPE_CHECKING:
-    from clustermesh_tools.cli.clusterdir import ClusterDir
+    from clustermesh_tools.clusters.clusterdir import ClusterDir
 
     from .mesh import LocalCluster
 

@@ -42,11 +42,11 @@ processes).  Layout::
                             ca.crt, tls.crt, tls.key)
 
 The auth mode (Cilium's ``tls.authMode``) and its rules are in
-:mod:`clustermesh_tools.cli.authmode`.
+:mod:`clustermesh_tools.clusters.authmode`.
 
 Every path inside the directory is written relative to it, so the directory can
 be moved or mounted elsewhere.  ``connect`` and ``disconnect`` are in
-:mod:`clustermesh_tools.cli.pairing`.
+:mod:`clustermesh_tools.clusters.pairing`.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class ClusterDir:
 
     def save(self) -> None:
         header = ("# clustermesh cluster directory (written by `clustermesh enable`, updated by\n"
-                  "# `clustermesh connect`/`disconnect`); see clustermesh_tools/cli/clusterdir.py\n"
+                  "# `clustermesh connect`/`disconnect`); see clustermesh_tools/clusters/clusterdir.py\n"
                   "# for the layout.\n")
         write_atomic(self.path / CLUSTER_FILE,
                      header + yaml.safe_dump(self.to_doc(), sort_keys=False))

@@ -5,7 +5,7 @@ Connecting A and B writes B's etcd client config into A's KVStoreMesh config dir
 directories' generated files (values.yaml, users.yaml, secrets.yaml), which list the
 remotes.  It refuses what cannot work, saying why: the same name or ID twice in a mesh,
 different maxConnectedClusters, and a pair of auth modes in which one cluster could not
-authenticate to the other (:mod:`clustermesh_tools.cli.authmode`).  Disconnecting undoes it:
+authenticate to the other (:mod:`clustermesh_tools.clusters.authmode`).  Disconnecting undoes it:
 both config files (and certificates issued for them) go, each stops listing the other,
 and the generated files are rewritten (users.yaml without ``remote-<peer>``).
 
@@ -141,7 +141,7 @@ def connect(a: ClusterDir, b: ClusterDir, *, auth_mode: str | None = None) -> No
     With ``auth_mode``, both clusters move to that mode first (re-issuing their remote
     certificate if its CN changes), provided their other remotes still accept them;
     without it each keeps its own.  Refused when one cluster could not authenticate to
-    the other (:func:`clustermesh_tools.cli.authmode.accepts`).  users.yaml of both is
+    the other (:func:`clustermesh_tools.clusters.authmode.accepts`).  users.yaml of both is
     rewritten with the new peer.
     """
     check_connectable(a, b)

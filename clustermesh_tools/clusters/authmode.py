@@ -20,7 +20,7 @@ fails: a cluster in ``cluster`` mode connecting to one in ``legacy`` mode, whose
 has no ``remote-<peer>`` users.  Hence the order of a migration: every cluster to
 ``migration`` first (users created, certificates unchanged), then to ``cluster``.
 
-This module holds the rules as plain functions; :mod:`clustermesh_tools.cli.clusterdir`
+This module holds the rules as plain functions; :mod:`clustermesh_tools.clusters.clusterdir`
 applies them to cluster directories.
 """
 
