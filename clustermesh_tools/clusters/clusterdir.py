@@ -189,8 +189,8 @@ class ClusterDir:
 
     def save(self) -> None:
         header = ("# clustermesh cluster directory (written by `clustermesh enable`, updated by\n"
-                  "# `clustermesh connect`/`disconnect`); see clustermesh_tools/clusters/clusterdir.py\n"
-                  "# for the layout.\n")
+                  "# `clustermesh connect`/`disconnect`); see\n"
+                  "# clustermesh_tools/clusters/clusterdir.py for the layout.\n")
         write_atomic(self.path / CLUSTER_FILE,
                      header + yaml.safe_dump(self.to_doc(), sort_keys=False))
         self.write_values()
