@@ -97,9 +97,9 @@ class Reflector:
         self._last_received = 0.0
 
     def status(self) -> ReflectorStatus:
-        return ReflectorStatus(resource=self.resource, listed=self._listed,
-                               synced=self._synced, cached_keys=len(self._store),
-                               relists=self._relists, last_received=self._last_received)
+        # Positional, in the field order of ReflectorStatus (see RemoteCluster.status).
+        return ReflectorStatus(self.resource, self._listed, self._synced, len(self._store),
+                               self._relists, self._last_received)
 
     async def run(self) -> None:
         """Mirror until cancelled; an etcd error ends the run (and the session)."""
