@@ -37,18 +37,28 @@ async def keep_asserted(client: EtcdClient, key: bytes, value: bytes, *,
                         runs: ControllerRuns | None = None,
                         clock: Clock = REAL_CLOCK) -> None:
     while True:
+        # Not a TaskGroup: when our task is cancelled while the follower fails (the local
+        # etcd stopping with the pod), the group would raise only the follower's error and
+        # the cancellation would be lost, retrying forever instead of shutting down.
+        follower = asyncio.ensure_future(_assert_on_change(client, key, value, lease=lease,
+                                                           runs=runs))
+        refreshed = asyncio.ensure_future(clock.sleep(refresh))
         try:
-            async with asyncio.TaskGroup() as group:
-                follower = group.create_task(_assert_on_change(client, key, value,
-                                                               lease=lease, runs=runs))
-                await clock.sleep(refresh)
-                follower.cancel()
-        except* EtcdError as failed:
-            if runs is not None:
-                runs.record(GROUP_CLUSTER_CONFIG, ok=False)
-            log.warning("keeping %s asserted: %s; retrying in %.0fs", key.decode(errors="replace"),
-                        failed.exceptions[0], RETRY_DELAY)
-            await clock.sleep(RETRY_DELAY)
+            await asyncio.wait({follower, refreshed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (follower, refreshed):
+                task.cancel()
+            await asyncio.gather(follower, refreshed, return_exceptions=True)
+        failed = None if follower.cancelled() else follower.exception()
+        if failed is None:
+            continue  # the periodic refresh: assert again
+        if not isinstance(failed, EtcdError):
+            raise failed
+        if runs is not None:
+            runs.record(GROUP_CLUSTER_CONFIG, ok=False)
+        log.warning("keeping %s asserted: %s; retrying in %.0fs", key.decode(errors="replace"),
+                    failed, RETRY_DELAY)
+        await clock.sleep(RETRY_DELAY)
 
 
 async def _assert_on_change(client: EtcdClient, key: bytes, value: bytes, *, lease: int,
