@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
-import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 from harness import EtcdFactory, EtcdServer
 from harness.tcpproxy import TcpProxy
+from test_etcd_watch import wait_for_watchers
 
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
@@ -86,25 +85,6 @@ class Mirror:
                     self.apply(await anext(items))
         except TimeoutError:
             pytest.fail(f"after {timeout}s: state {self.state}, lists {self.lists}")
-
-
-def watchers(server: EtcdServer) -> float:
-    """etcd's own gauge of open watchers (``/metrics``)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.client_port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    match = re.search(r"^etcd_debugging_mvcc_watcher_total (\S+)$", text, re.MULTILINE)
-    assert match, "etcd_debugging_mvcc_watcher_total missing from /metrics"
-    return float(match.group(1))
-
-
-async def wait_for_watchers(server: EtcdServer, expected: float) -> None:
-    async with asyncio.timeout(10):
-        while await asyncio.to_thread(watchers, server) != expected:
-            await asyncio.sleep(0.02)
 
 
 async def test_pages_at_one_revision_then_listed_then_changes(etcd: EtcdServer,
