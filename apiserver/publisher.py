@@ -77,6 +77,7 @@ class Publisher:
             r: SyncStore(writer=writer, local=local, prefix=r.state_prefix(self.cluster).encode(),
                          canary=r.state_canary(self.cluster).encode(), clock=clock)
             for r in self.resources}
+        self._fits = writer.fits  # whether a put can ever be committed (request limit)
         self._claims: dict[Owner, tuple[str, ...]] = {}  # owner -> keys it claims
         self._problems: ReportedOnce[Owner] = ReportedOnce(log.warning)
         self._clock = clock
@@ -122,10 +123,10 @@ class Publisher:
             log.exception("cannot convert %s; keeping what was published",
                           self.exports.describe(owner))
             return None
-        store = self.stores[owner[0]]
+        fits = self._fits
         fitting = {}
         for key, value in desired.items():
-            if store.fits(key.encode(), value):
+            if fits(key.encode(), value):
                 fitting[key] = value
             else:
                 problems.append(f"{key} is {len(value)} bytes, more than etcd accepts in one "

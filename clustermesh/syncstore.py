@@ -46,9 +46,6 @@ class SyncStore:
     def __len__(self) -> int:
         return len(self._digests)
 
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._digests
-
     def keys(self) -> Iterator[bytes]:
         """A snapshot of the keys the store holds (safe to mutate the store meanwhile)."""
         return iter(list(self._digests))
@@ -89,17 +86,9 @@ class SyncStore:
         self.writer.delete(key, observed=observed)
         return True
 
-    def fits(self, key: bytes, value: bytes) -> bool:
-        """Whether one put of ``key`` can ever be committed (the writer's request limit)."""
-        return self.writer.fits(key, value)
-
     async def pace(self) -> None:
         """Let the writer run; wait while its queue is long (see ``SyncWriter.pace``)."""
         await self.writer.pace()
-
-    async def flush(self) -> None:
-        """Wait until every write queued so far is committed."""
-        await self.writer.flush()
 
     async def mark_synced(self) -> None:
         """Once what was queued is committed, write the canary if it is missing."""
