@@ -287,6 +287,6 @@ class _StateCollector(Collector):
             if publisher.ready:
                 bootstrap.add_metric([cluster], max(publisher.synced_after.values(), default=0))
         writer = self.server.writer
-        queue = metrics.sync_queue_family(writer.queued_keys() if writer is not None else (),
+        queue = metrics.sync_queue_family(writer.queue_sizes() if writer is not None else {},
                                           default_cluster=cluster)
         yield from (initial, bootstrap, queue, contested, promotions)

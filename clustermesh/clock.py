@@ -23,6 +23,24 @@ class Clock(NamedTuple):
 REAL_CLOCK = Clock()
 
 
+async def wait_event(event: asyncio.Event, timeout: float | None, *,
+                     clock: Clock = REAL_CLOCK) -> bool:
+    """Wait until ``event`` is set, or ``timeout`` seconds on ``clock`` (None: no
+    timeout); whether it is set."""
+    if event.is_set():
+        return True
+    waits = [asyncio.ensure_future(event.wait())]
+    if timeout is not None:
+        waits.append(asyncio.ensure_future(clock.sleep(timeout)))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    return event.is_set()
+
+
 def rfc3339(seconds: float) -> bytes:
     """``seconds`` since the epoch as Go's ``time.RFC3339`` renders a UTC time."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)).encode()

@@ -9,6 +9,7 @@ prefix delete ends in ``/``, so ``cluster1`` never matches ``cluster10``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 BASE = "cilium"
@@ -122,3 +123,28 @@ def cluster_of(key: str) -> str | None:
     if len(parts) >= 3 and parts[0] == BASE and parts[1] in ("synced", "cluster-config"):
         return parts[2]
     return None
+
+
+def queue_labels(key: bytes) -> tuple[str, str | None]:
+    """``(metrics_scope, cluster_of)`` of a key, as the sync-queue gauge counts it.
+
+    Called for every key a writer queues, so the common case is memoised: the labels of
+    a ``state`` or ``cache`` key with six segments or more depend on its first five only
+    (``cilium/cache/<res>/<ver>/<cluster>``), a few thousand heads at most.
+    """
+    if key.startswith(_STATE_OR_CACHE):
+        head = key.split(b"/", 5)
+        if len(head) == 6:
+            return _head_labels(b"/".join(head[:5]))
+    return _labels(key)
+
+
+_STATE_OR_CACHE = (f"{STATE_PREFIX}/".encode(), f"{CACHE_PREFIX}/".encode())
+
+
+def _labels(key: bytes) -> tuple[str, str | None]:
+    text = key.decode(errors="replace")
+    return metrics_scope(text), cluster_of(text)
+
+
+_head_labels = functools.lru_cache(maxsize=8192)(_labels)

@@ -17,7 +17,7 @@ one extra series per counter and histogram for nothing.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -113,14 +113,14 @@ class KVStoreMetrics:
                                  "Duration in seconds to complete bootstrap",
                                  labels=["source_cluster"])
 
-    def sync_queue_family(self, keys: Iterable[bytes], *, default_cluster: str = ""
-                          ) -> GaugeMetricFamily:
-        """``kvstore_sync_queue_size{scope, source_cluster}`` of the writer's queued keys;
-        a key that names no cluster counts for ``default_cluster``."""
+    def sync_queue_family(self, queued: Mapping[tuple[str, str | None], int], *,
+                          default_cluster: str = "") -> GaugeMetricFamily:
+        """``kvstore_sync_queue_size{scope, source_cluster}`` of the writer's
+        :meth:`~clustermesh.syncwriter.SyncWriter.queue_sizes`; keys that name no cluster
+        count for ``default_cluster``."""
         sizes: Tally[tuple[str, str]] = Tally()
-        for key in keys:
-            text = key.decode(errors="replace")
-            sizes[(metrics_scope(text), cluster_of(text) or default_cluster)] += 1
+        for (scope, cluster), size in queued.items():
+            sizes[(scope, cluster or default_cluster)] += size
         family = GaugeMetricFamily(f"{self.namespace}_kvstore_sync_queue_size",
                                    "Number of elements queued for synchronization in the "
                                    "kvstore", labels=["scope", "source_cluster"])

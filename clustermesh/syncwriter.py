@@ -41,18 +41,22 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 
 from .backoff import LOCAL_WRITE, Backoff
 from .clock import REAL_CLOCK, Clock
 from .etcd.client import OP_OVERHEAD, REQUEST_OVERHEAD, EtcdClient
 from .etcd.errors import EtcdError
 from .etcd.pb import rpc_pb2
+from .keys import queue_labels
 
 log = logging.getLogger(__name__)
 
 _DELETE = None  # queue value meaning "delete this key"
-_Entry = tuple[bytes | None, int, float | None]
+# (value or _DELETE, sequence number, time the change was observed or None, its
+# queue_labels: computed once, when the key enters the queue)
+_Entry = tuple[bytes | None, int, float | None, tuple[str, str | None]]
 
 
 class RateLimiter:
@@ -104,6 +108,9 @@ class SyncWriter:
         # key -> (value or _DELETE, sequence number, time the change was observed or None)
         self._queue: dict[bytes, _Entry] = {}
         self._holes = 0  # entries popped from the front of _queue since it was built
+        # len(_queue) by queue_labels(key), kept as keys come and go: a scrape reads it in
+        # O(labels); counting the queue itself took 0.4 s at 150k keys, on the event loop.
+        self._sizes: Counter[tuple[str, str | None]] = Counter()
         self._seq = 0
         self._busy: set[bytes] = set()  # keys of the txns in flight
         self._inflight: dict[int, int] = {}  # txn number -> lowest sequence number in it
@@ -119,7 +126,8 @@ class SyncWriter:
         # pace(): producers wait at high water until the queue is back at low water.
         self._high_water = max(65536, max_txn_ops * max_inflight * 16)
         self._room = asyncio.Event()
-        self._flushers: list[tuple[int, asyncio.Future[None]]] = []
+        # (marker, future) of each flush() waiting, in marker order (markers only grow).
+        self._flushers: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._on_commit = on_commit
         self._on_error = on_error
@@ -148,8 +156,14 @@ class SyncWriter:
 
     def _enqueue(self, key: bytes, value: bytes | None, observed: float | None) -> None:
         self._seq += 1
-        self._queue.pop(key, None)  # re-queued keys go to the back: first entry = oldest
-        self._queue[key] = (value, self._seq, observed)
+        # Re-queued keys go to the back: the first entry is always the oldest.
+        queued = self._queue.pop(key, None)
+        if queued is None:
+            labels = queue_labels(key)
+            self._sizes[labels] += 1
+        else:
+            labels = queued[3]
+        self._queue[key] = (value, self._seq, observed, labels)
         self._wakeup.set()
 
     async def pace(self) -> None:
@@ -165,9 +179,10 @@ class SyncWriter:
         self._room.clear()
         await self._room.wait()
 
-    def queued_keys(self) -> list[bytes]:
-        """A snapshot of the keys waiting to be written (for per-scope metrics)."""
-        return list(self._queue)
+    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
+        """How many keys wait to be written, by :func:`~clustermesh.keys.queue_labels`
+        (labels with none queued are absent)."""
+        return {labels: n for labels, n in self._sizes.items() if n}
 
     async def flush(self) -> None:
         """Wait until every write queued before this call is committed."""
@@ -257,11 +272,11 @@ class SyncWriter:
         self._next_txn += 1
         if not self._take_was_full:
             self._partial.add(txn)
-        self._inflight[txn] = min(seq for _, seq, _ in batch.values())
+        self._inflight[txn] = min(entry[1] for entry in batch.values())
         self._busy.update(batch)
         request = rpc_pb2.TxnRequest()
         add = request.success.add  # built in place: ~2x cheaper than RequestOp objects
-        for key, (value, _, _) in batch.items():
+        for key, (value, _, _, _) in batch.items():
             if value is not None:
                 put = add().request_put
                 put.key = key
@@ -284,7 +299,7 @@ class SyncWriter:
         # One pass over the front of the queue. (Popping ``next(iter(queue))`` once per key
         # is quadratic: a dict keeps the slots of popped entries until it is rebuilt, and
         # every iteration starts by skipping them.)  Busy keys are at most len(busy).
-        for key, (value, _, _) in itertools.islice(queue.items(), limit + len(busy)):
+        for key, (value, _, _, _) in itertools.islice(queue.items(), limit + len(busy)):
             if key in busy:
                 continue
             size = len(key) + (len(value) if value is not None else len(key)) + OP_OVERHEAD
@@ -301,9 +316,11 @@ class SyncWriter:
         if len(keys) == len(queue):
             self._queue = {}
             self._holes = 0
+            self._sizes.clear()
             self._room.set()
             return queue
         batch = {key: queue.pop(key) for key in keys}
+        self._sizes.subtract([entry[3] for entry in batch.values()])
         self._holes += len(keys)
         if self._holes > len(queue):  # more holes than entries: rebuild it compactly
             self._queue = dict(queue)
@@ -331,7 +348,8 @@ class SyncWriter:
             self._backoff.reset()
             if self._on_commit is not None:
                 now = self._clock.monotonic()
-                self._on_commit([(k, now - t) for k, (_, _, t) in batch.items() if t is not None])
+                self._on_commit([(k, now - entry[2]) for k, entry in batch.items()
+                                 if entry[2] is not None])
         finally:
             del self._inflight[txn]
             self._partial.discard(txn)
@@ -357,6 +375,7 @@ class SyncWriter:
         # word wins), so the first entry is still the oldest outstanding write.
         stale = [(k, v) for k, v in batch.items() if k not in self._queue]
         if stale:
+            self._sizes.update([entry[3] for _, entry in stale])
             merged = sorted([*stale, *self._queue.items()], key=lambda item: item[1][1])
             self._queue = dict(merged)
             self._holes = 0
@@ -365,11 +384,10 @@ class SyncWriter:
         if not self._flushers:
             return
         oldest = self._oldest_outstanding()
-        keep = []
-        for marker, future in self._flushers:
-            if marker < oldest:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                keep.append((marker, future))
-        self._flushers = keep
+        flushers = self._flushers
+        # Only the front can be released: once per commit, scanning every waiting flush
+        # (one per syncing reflector: thousands) cost more than the commit's own work.
+        while flushers and flushers[0][0] < oldest:
+            _, future = flushers.popleft()
+            if not future.done():
+                future.set_result(None)

@@ -7,7 +7,8 @@
   range, our own ID, a different ``maxConnectedClusters``).
 * :func:`pod_cidrs` / :func:`overlapping_pod_cidrs` — the Cluster Mesh guide
   requires non-conflicting PodCIDRs and nothing checks it: we read them from the
-  cached nodes' ``IPv4AllocCIDR`` / ``IPv6AllocCIDR``.
+  cached nodes' ``IPv4AllocCIDR`` / ``IPv6AllocCIDR``.  :class:`PodCidrOverlaps`
+  keeps that check cheap enough for every ``/readyz`` of a mesh of 511 clusters.
 * :func:`expiring_certificates` — a client certificate or CA of a remote's
   config that expires within 30 days.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -123,7 +124,7 @@ def overlapping_pod_cidrs(cidrs: Mapping[str, Iterable[Network]]) -> list[Proble
     entries = sorted(
         ((net.version, int(net.network_address), int(net.broadcast_address), cluster, net)
          for cluster, nets in cidrs.items() for net in set(nets)),
-        key=lambda e: (e[0], e[1]))
+        key=lambda e: e[:4])  # by start; ties in a fixed order, whatever the input's
     found: dict[tuple[str, str], Problem] = {}
     open_by_cluster: dict[str, tuple[int, int, Network]] = {}  # cluster -> (version, end, net)
     for version, start, end, cluster, net in entries:
@@ -141,6 +142,77 @@ def overlapping_pod_cidrs(cidrs: Mapping[str, Iterable[Network]]) -> list[Proble
         if current is None or current[0] != version or current[1] < end:
             open_by_cluster[cluster] = (version, end, net)
     return [found[pair] for pair in sorted(found)]
+
+
+class PodCidrOverlaps:
+    """:func:`overlapping_pod_cidrs` of a whole mesh, asked again whenever a cluster's
+    CIDRs may have changed (every ``/readyz`` during an initial sync).
+
+    Each cluster's networks are merged into disjoint address ranges once per version of
+    them — a few ranges for a hundred nodes' CIDRs carved from one block — and a check
+    sweeps only those ranges; just the pairs of clusters whose ranges meet are swept
+    network by network, for the message.  Same problems, same order, as one
+    :func:`overlapping_pod_cidrs` of every network.
+    """
+
+    def __init__(self) -> None:
+        # cluster -> (version, its networks, its merged (ip version, start, end) ranges)
+        self._clusters: dict[str, tuple[Hashable, list[Network], list[tuple[int, int, int]]]]
+        self._clusters = {}
+        self._found: tuple[object, list[Problem]] = (None, [])
+
+    def check(self, versions: Mapping[str, Hashable],
+              networks: Callable[[str], Iterable[Network]]) -> list[Problem]:
+        """The overlaps between the clusters named by ``versions``; ``networks(name)``
+        is read only for a cluster whose version differs from the last check's."""
+        key = tuple(sorted(versions.items()))
+        if self._found[0] == key:
+            return self._found[1]
+        for name in [n for n in self._clusters if n not in versions]:
+            del self._clusters[name]
+        for name, version in versions.items():
+            cached = self._clusters.get(name)
+            if cached is None or cached[0] != version:
+                nets = list(set(networks(name)))
+                self._clusters[name] = (version, nets, _merged_ranges(nets))
+        ranges = sorted((ip, start, end, name) for name, (_, _, merged) in self._clusters.items()
+                        for ip, start, end in merged)
+        problems: list[Problem] = []
+        for pair in _meeting_pairs(ranges):
+            problems.extend(overlapping_pod_cidrs({name: self._clusters[name][1]
+                                                   for name in pair}))
+        self._found = (key, problems)
+        return problems
+
+
+def _merged_ranges(nets: Iterable[Network]) -> list[tuple[int, int, int]]:
+    """The (ip version, first, last address) ranges the networks cover, disjoint."""
+    merged: list[tuple[int, int, int]] = []
+    for ip, start, end in sorted((net.version, int(net.network_address),
+                                  int(net.broadcast_address)) for net in nets):
+        if merged and merged[-1][0] == ip and start <= merged[-1][2] + 1:
+            if end > merged[-1][2]:
+                merged[-1] = (ip, merged[-1][1], end)
+        else:
+            merged.append((ip, start, end))
+    return merged
+
+
+def _meeting_pairs(ranges: list[tuple[int, int, int, str]]) -> list[tuple[str, str]]:
+    """Pairs of clusters (in name order, sorted) with a range each that overlap, from
+    ranges sorted by start; each cluster's own ranges are disjoint."""
+    pairs: set[tuple[str, str]] = set()
+    open_by_cluster: dict[str, tuple[int, int]] = {}  # cluster -> (ip version, end)
+    for ip, start, end, cluster in ranges:
+        for other, (o_ip, o_end) in list(open_by_cluster.items()):
+            if o_ip != ip or o_end < start:
+                del open_by_cluster[other]
+            elif other != cluster:
+                pairs.add((min(cluster, other), max(cluster, other)))
+        current = open_by_cluster.get(cluster)
+        if current is None or current[0] != ip or current[1] < end:
+            open_by_cluster[cluster] = (ip, end)
+    return sorted(pairs)
 
 
 def expiring_certificates(config: EtcdConfig, *, remote: str, now: datetime,

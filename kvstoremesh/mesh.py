@@ -37,7 +37,7 @@ through the Protocols they declare (``ReadinessSource``, ``StatusSource``,
 ``MeshState``), which :class:`KVStoreMesh` satisfies: :meth:`KVStoreMesh.remotes_status`
 (one frozen :class:`~kvstoremesh.snapshot.RemoteStatus` per remote),
 :meth:`KVStoreMesh.problems` of those snapshots, ``revocations`` and
-:meth:`KVStoreMesh.queued_keys`; so they never import this module or a remote.  The
+:meth:`KVStoreMesh.queue_sizes`; so they never import this module or a remote.  The
 daemon itself reads a remote only through its snapshot and its few public members.
 
 Every timer of the daemon (readiness, removal, the cache TTL, the problems log, the
@@ -52,11 +52,11 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from aiohttp import web
 
-from clustermesh.clock import REAL_CLOCK, Clock
+from clustermesh.clock import REAL_CLOCK, Clock, wait_event
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
@@ -67,7 +67,7 @@ from clustermesh.serving import bound_port, health_app, json_app, metrics_app, s
 from clustermesh.syncwriter import SyncWriter
 
 from .configdir import ClusterFile, ConfigDirectory
-from .diagnostics import ClusterIds, Network, Problem, overlapping_pod_cidrs
+from .diagnostics import ClusterIds, Network, PodCidrOverlaps, Problem
 from .metrics import MeshMetrics
 from .options import MeshOptions
 from .remote import RemoteCluster
@@ -79,7 +79,6 @@ from .status import Readiness, status_models
 log = logging.getLogger(__name__)
 
 PROBLEMS_LOG_INTERVAL = 5.0  # seconds between two looks for new or resolved problems
-READINESS_POLL_INTERVAL = 0.2
 
 
 class KVStoreMesh:
@@ -96,15 +95,16 @@ class KVStoreMesh:
         self.quorum: QuorumCheck | None = None
         self.started_at = clock.monotonic()
         self.initial_clusters: set[str] = set()
-        self.config_ready = asyncio.Event()
+        self.config_ready = asyncio.Event()  # set once initial_clusters is known
+        # Set by whatever can make the mesh ready (a remote ready, one removed, the config
+        # directory read); the readiness watcher waits for it rather than polling.
+        self._maybe_ready = asyncio.Event()
         self.local_connected = False
         self.metrics = MeshMetrics(controller_groups=options.controller_group_metrics)
         self.metrics.attach(self, clock=clock)
         self.readiness = Readiness(self, per_cluster_timeout=options.per_cluster_ready_timeout,
                                    global_timeout=options.global_ready_timeout, clock=clock)
-        # overlapping_pod_cidrs() of the last problems() call, and the remotes' pod CIDR
-        # versions it was computed from (25k nodes take ~0.2 s: not on every /readyz).
-        self._overlaps: tuple[object, list[Problem]] = (None, [])
+        self._overlaps = PodCidrOverlaps()
         self.cluster_ids = ClusterIds()
         self.runners: dict[str, web.AppRunner] = {}
 
@@ -134,7 +134,8 @@ class KVStoreMesh:
         self.writer.start()
         directory = ConfigDirectory(o.config_dir, local_cluster_name=o.cluster_name,
                                     interval=o.config_poll_interval, clock=self.clock)
-        background = [asyncio.create_task(directory.run(self, ready=self.config_ready),
+        first_read = asyncio.Event()
+        background = [asyncio.create_task(directory.run(self, ready=first_read),
                                           name="config-dir"),
                       asyncio.create_task(self._watch_readiness(), name="readiness"),
                       asyncio.create_task(self._log_problems(), name="problems"),
@@ -144,8 +145,12 @@ class KVStoreMesh:
                 write_heartbeats(self.local, runs=self.metrics.controllers, clock=self.clock),
                 name="heartbeat"))
         try:
-            await self.config_ready.wait()
+            await first_read.wait()
+            # Both at once: readiness must never see the directory read without knowing
+            # which clusters it has to wait for.
             self.initial_clusters = set(directory.known)
+            self.config_ready.set()
+            self._maybe_ready.set()
             await self._remove_orphans(set(directory.known))
             if o.cache_ttl > 0:
                 background.append(asyncio.create_task(self._revoke_stale_caches(),
@@ -168,8 +173,8 @@ class KVStoreMesh:
         """One snapshot of every running remote, by name, in name order."""
         return {name: self.remotes[name].status() for name in sorted(self.remotes)}
 
-    def queued_keys(self) -> list[bytes]:
-        return self.writer.queued_keys() if self.writer is not None else []
+    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
+        return self.writer.queue_sizes() if self.writer is not None else {}
 
     def removals_in_progress(self) -> frozenset[str]:
         """Names of the clusters whose cached data is being removed now."""
@@ -185,16 +190,14 @@ class KVStoreMesh:
             if status.problem is not None:
                 found.append(status.problem)
             found.extend(status.certificate_problems)
-        live = {name: self.remotes[name] for name in sorted(remotes) if name in self.remotes}
-        versions = tuple((name, remote.created, remotes[name].pod_cidrs_version)
-                         for name, remote in live.items())
-        if self._overlaps[0] != versions:
-            cidrs: dict[str, list[Network]] = {
-                name: [net for nets in remote.pod_cidrs.values() for net in nets]
-                for name, remote in live.items()}
-            self._overlaps = (versions, overlapping_pod_cidrs(cidrs))
-        found.extend(self._overlaps[1])
+        versions = {name: (self.remotes[name].created, remotes[name].pod_cidrs_version)
+                    for name in remotes if name in self.remotes}
+        found.extend(self._overlaps.check(versions, self._pod_cidrs_of))
         return found
+
+    def _pod_cidrs_of(self, name: str) -> Iterator[Network]:
+        for nets in self.remotes[name].pod_cidrs.values():
+            yield from nets
 
     async def _log_problems(self) -> None:
         """One log line when a problem appears and one when it is gone."""
@@ -254,18 +257,24 @@ class KVStoreMesh:
         self.runners.clear()
 
     async def _watch_readiness(self) -> None:
-        """Log the transition to ready and end the writer's bootstrap rate."""
+        """Log the transition to ready and end the writer's bootstrap rate.
+
+        A check snapshots every remote, so it runs only when the verdict can have
+        changed: something set ``_maybe_ready``, or a ready timeout ran out.
+        """
         while True:
+            self._maybe_ready.clear()
             remotes = self.remotes_status()
             ready, _ = self.readiness.check(remotes)
             if ready:
-                assert self.writer is not None
+                assert self.writer is not None and self.readiness.ready_since is not None
                 self.writer.bootstrap_done()
                 log.info("KVStoreMesh ready: %d/%d remote clusters ready (%.1fs after start)",
                          sum(1 for s in remotes.values() if s.ready), len(remotes),
-                         self.clock.monotonic() - self.started_at)
+                         self.readiness.ready_since - self.started_at)
                 return
-            await self.clock.sleep(READINESS_POLL_INTERVAL)
+            await wait_event(self._maybe_ready, self.readiness.next_timeout(),
+                             clock=self.clock)
 
     # ------------------------------------------------------ config directory
 
@@ -284,6 +293,7 @@ class KVStoreMesh:
         await self._stop_remote(name)
         self.remotes.pop(name, None)
         self.cluster_ids.release(name)
+        self._maybe_ready.set()  # readiness no longer waits for it
         if remote is None:
             return
         if self.options.disable_drain_on_disconnection:
@@ -303,7 +313,8 @@ class KVStoreMesh:
                                  clock=self.clock)
         return RemoteCluster(name=name, config_path=file.path, local=self.local,
                              writer=self.writer, options=self.options, metrics=self.metrics,
-                             cluster_ids=self.cluster_ids, clock=self.clock)
+                             cluster_ids=self.cluster_ids, clock=self.clock,
+                             on_ready=self._maybe_ready.set)
 
     def _start_remote(self, file: ClusterFile) -> None:
         previous = self.remotes.get(file.name)

@@ -66,8 +66,8 @@ class MeshState(Protocol):
         """The mesh's misconfigurations, as of the snapshots ``remotes``."""
         ...
 
-    def queued_keys(self) -> list[bytes]:
-        """The keys waiting in the local etcd writer's queue."""
+    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
+        """The local etcd writer's queue, by key labels (``SyncWriter.queue_sizes``)."""
         ...
 
 
@@ -173,4 +173,4 @@ class _StateCollector(Collector):
         yield from (failures, last, readiness, revocations, heartbeat, cached, initial,
                     bootstrap, problems)
 
-        yield self.metrics.sync_queue_family(mesh.queued_keys())
+        yield self.metrics.sync_queue_family(mesh.queue_sizes())

@@ -95,15 +95,23 @@ class Reflector:
         # Clock time data last arrived from the remote (a list page, watch events):
         # proof that the connection is alive, counted like a heartbeat by the session.
         self._last_received = 0.0
+        # status() until one of its fields changes: every /readyz, scrape and status
+        # request asks each of the (up to 6 x 511) reflectors, and most are unchanged.
+        # Whatever changes a field, or the store's size, sets it to None.
+        self._status: ReflectorStatus | None = None
 
     def status(self) -> ReflectorStatus:
-        # Positional, in the field order of ReflectorStatus (see RemoteCluster.status).
-        return ReflectorStatus(self.resource, self._listed, self._synced, len(self._store),
-                               self._relists, self._last_received)
+        if self._status is None:
+            # Positional, in the field order of ReflectorStatus (see RemoteCluster.status).
+            self._status = ReflectorStatus(self.resource, self._listed, self._synced,
+                                           len(self._store), self._relists,
+                                           self._last_received)
+        return self._status
 
     async def run(self) -> None:
         """Mirror until cancelled; an etcd error ends the run (and the session)."""
         await self._store.load()
+        self._status = None
         seen: set[bytes] = set()  # cache keys of the list in progress
         async with aclosing(list_and_watch(self._remote, self._source,
                                            page_size=self._page_size)) as items:
@@ -112,6 +120,7 @@ class Reflector:
                     self._apply(item.events)
                 elif isinstance(item, Page):
                     self._last_received = self._clock.monotonic()
+                    self._status = None
                     await self._read_page(item.kvs, seen)
                 else:
                     await self._list_complete(item, seen)
@@ -121,7 +130,11 @@ class Reflector:
         """Delete everything this reflector's prefix holds in the cache (the reflector
         must not be running); how many keys were deleted."""
         await self._store.load()
-        return await self._store.drain()
+        self._status = None
+        try:
+            return await self._store.drain()
+        finally:
+            self._status = None
 
     async def mark_synced_empty(self) -> None:
         """For a resource the remote does not export but readers wait for
@@ -142,6 +155,7 @@ class Reflector:
         """Someone else deleted its cache canary (the remote's data was drained): not
         synced until a session writes the canary again."""
         self._synced = False
+        self._status = None
 
     # ---------------------------------------------------------------- internals
 
@@ -162,6 +176,7 @@ class Reflector:
         if listed.relist:
             self._relists += 1
         self._listed = True
+        self._status = None
         known = self._store.keys()  # a snapshot: deleting from the store meanwhile is safe
         for key in known:
             if key not in seen:
@@ -172,6 +187,7 @@ class Reflector:
     def _apply(self, events: Sequence[Event]) -> None:
         observed = self._clock.monotonic()
         self._last_received = observed
+        self._status = None
         target, cut = self._target, len(self._source)
         actions: Counter[str] = Counter()
         for event in events:
@@ -201,11 +217,13 @@ class Reflector:
         if self._observe is not None:
             self._observe(key, value)
         self._store.upsert(key, value, observed=observed)
+        self._status = None
 
     def _remove(self, key: bytes, observed: float | None) -> None:
         if self._observe is not None:
             self._observe(key, None)
         self._store.delete(key, observed=observed)
+        self._status = None
 
     def _reject(self, suffix: str, reason: str) -> None:
         if self._rejections is not None:
@@ -219,5 +237,6 @@ class Reflector:
         log.info("cluster %s: %s synced (%d keys)", self._cluster, self.resource.name,
                  len(self._store))
         self._synced = True
+        self._status = None
         if self._on_synced is not None:
             self._on_synced()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -104,7 +105,8 @@ class RemoteCluster:
 
     def __init__(self, *, name: str, config_path: Path, local: EtcdClient, writer: SyncWriter,
                  options: MeshOptions, metrics: MeshMetrics | None = None,
-                 cluster_ids: ClusterIds | None = None, clock: Clock = REAL_CLOCK) -> None:
+                 cluster_ids: ClusterIds | None = None, clock: Clock = REAL_CLOCK,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.name = name
         self.rejections = Rejections(name)
         # Cached node key -> its pod CIDRs, for the mesh's overlap check (which reads it
@@ -118,6 +120,7 @@ class RemoteCluster:
         self._metrics = metrics
         self._cluster_ids = cluster_ids if cluster_ids is not None else ClusterIds()
         self._clock = clock
+        self._on_ready = on_ready
         self._state = _State(disconnected_since=self.created)
         self._heartbeat = Heartbeat(timeout=options.heartbeat_timeout, clock=clock)
         self._pod_cidrs_version = 0  # bumped whenever pod_cidrs changes
@@ -155,12 +158,17 @@ class RemoteCluster:
         return (s.connected and s.config_retrieved and s.registered
                 and all(r.synced for r in reflectors))
 
-    def _reflector_synced(self) -> None:
-        if self._state.ready_after is None and self._ready(
-                tuple(r.status() for r in self._reflectors.values())):
+    def _maybe_ready(self) -> None:
+        """After a change that can make the remote ready (a reflector synced, the
+        reflectors registered): note its first ready, and tell ``on_ready``."""
+        if not self._ready(tuple(r.status() for r in self._reflectors.values())):
+            return
+        if self._state.ready_after is None:
             self._state.ready_after = self._clock.monotonic() - self.created
             log.info("cluster %s: all resources synced, ready (%.2fs after start)", self.name,
                      self._state.ready_after)
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _node_seen(self, key: bytes, value: bytes | None) -> None:
         if value is None:
@@ -314,7 +322,7 @@ class RemoteCluster:
                 writer=self._writer, remote_cached=config.cached, page_size=o.page_size,
                 # Its canary is written already: readiness is not lost by reconnecting.
                 synced=old is not None and old.status().synced,
-                clock=self._clock, metrics=self._metrics, on_synced=self._reflector_synced,
+                clock=self._clock, metrics=self._metrics, on_synced=self._maybe_ready,
                 validate=validate, rejections=self.rejections,
                 observe=self._node_seen if rules.observed else None)
             if how is Reflection.OFF:
@@ -329,6 +337,7 @@ class RemoteCluster:
             group.create_task(self._reflect(reflector, canaries, canary))
         self._state.registered = True
         self._count_connection(ok=True)
+        self._maybe_ready()  # reconnected with every canary still written
 
     @staticmethod
     async def _reflect(reflector: Reflector, canaries: CanaryWatcher | None,

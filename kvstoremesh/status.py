@@ -80,6 +80,11 @@ class Readiness:
         self._clock = clock
         self._ready_since: float | None = None
 
+    @property
+    def ready_since(self) -> float | None:
+        """Clock time of the first check that found the mesh ready (it stays ready)."""
+        return self._ready_since
+
     def check(self, remotes: Mapping[str, RemoteStatus]) -> tuple[bool, list[str]]:
         """(ready, what is being waited for — or why it is ready), given one snapshot of
         each running remote (by name; the caller's, so that what it reports beside, e.g.
@@ -113,6 +118,18 @@ class Readiness:
             return True, [f"global ready timeout ({self.global_timeout:g}s) elapsed",
                           *waiting]
         return False, waiting + notes
+
+    def next_timeout(self) -> float | None:
+        """Seconds until a ready timeout next runs out — a little past it, as each
+        counts only once *more* than its time has elapsed — or None when both have (the
+        verdict then changes only with the remotes)."""
+        elapsed = self._clock.monotonic() - self.source.started_at
+        ahead = [t for t in (self.per_cluster_timeout, self.global_timeout) if t >= elapsed]
+        return min(ahead) - elapsed + _PAST_TIMEOUT if ahead else None
+
+
+# How far past a ready timeout the readiness watcher looks again.
+_PAST_TIMEOUT = 0.01
 
 
 def waiting_for(status: RemoteStatus) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from harness import EtcdFactory, Pki
+from hypothesis import given
+from hypothesis import strategies as st
 from harness.fakeclock import FakeClock
 from harness.mesh import MeshEnv, sample_state
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +22,7 @@ from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.keys import NODES
 from kvstoremesh.diagnostics import (
+    PodCidrOverlaps,
     config_problem,
     expiring_certificates,
     overlapping_pod_cidrs,
@@ -58,6 +61,34 @@ def test_overlaps_are_found_across_clusters_only() -> None:
     assert pairs == {("a", "d"), ("b", "d"), ("c", "d"), ("b", "c")}
     assert all(p.kind == "pod-cidr-overlap" for p in problems)
     assert overlapping_pod_cidrs({"a": [net("10.1.0.0/16")], "b": [net("10.2.0.0/16")]}) == []
+
+
+# Small address blocks, so that random ones overlap, touch and nest often.
+networks = st.one_of(
+    st.builds(lambda i, p: ipaddress.ip_network((i << (32 - p) % 2**32, p)),
+              st.integers(0, 15), st.integers(24, 28)),
+    st.builds(lambda i, p: ipaddress.ip_network((i << (128 - p), p)),
+              st.integers(0, 3), st.integers(124, 126)))
+meshes = st.dictionaries(st.sampled_from("abcdef"), st.lists(networks, max_size=6),
+                         max_size=5)
+
+
+@given(st.lists(meshes, min_size=1, max_size=4))
+def test_the_incremental_overlap_check_finds_what_a_full_sweep_finds(
+        steps: list[dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]]]) -> None:
+    """Whatever changes between two checks (clusters added, removed, their networks
+    changed), the check says what one sweep of every network says, in the same order."""
+    overlaps = PodCidrOverlaps()
+    reads: list[str] = []
+    previous: dict[str, object] = {}
+    for mesh in steps:
+        versions = {name: tuple(nets) for name, nets in mesh.items()}
+        reads.clear()
+        found = overlaps.check(versions, lambda name: reads.append(name) or mesh[name])
+        assert found == overlapping_pod_cidrs(mesh)
+        # Only a cluster whose version changed is read again.
+        assert sorted(reads) == sorted(n for n, v in versions.items() if previous.get(n) != v)
+        previous = dict(versions)
 
 
 def test_config_problems() -> None:

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import pytest
 from harness.fakeclock import FakeClock
 
 from clustermesh.clusterconfig import EXPORT_SERVICES_AND_ENDPOINTSLICES, CiliumClusterConfig
@@ -141,6 +142,18 @@ def test_the_global_timeout_needs_the_config_directory_read() -> None:
     assert check.check({}) == (True, [])
 
 
+def test_next_timeout_is_just_past_the_next_ready_timeout() -> None:
+    fake = FakeClock()
+    check, _ = readiness(fake, "cluster1")
+    assert check.next_timeout() == pytest.approx(PER_CLUSTER + 0.01)
+    fake.advance(PER_CLUSTER)  # not past it yet: still the next one
+    assert check.next_timeout() == pytest.approx(0.01)
+    fake.advance(0.01)
+    assert check.next_timeout() == pytest.approx(GLOBAL - PER_CLUSTER)
+    fake.advance(GLOBAL)
+    assert check.next_timeout() is None
+
+
 def test_only_the_initial_clusters_are_waited_for() -> None:
     fake = FakeClock()
     check, _ = readiness(fake, "cluster1", "cluster2")
@@ -200,7 +213,7 @@ class FakeMesh:
 
     remotes: dict[str, RemoteStatus]
     revocations: dict[str, int] = field(default_factory=dict)
-    queued: list[bytes] = field(default_factory=list)
+    queued: dict[tuple[str, str | None], int] = field(default_factory=dict)
     snapshots: int = 0
 
     def remotes_status(self) -> Mapping[str, RemoteStatus]:
@@ -210,7 +223,7 @@ class FakeMesh:
     def problems(self, remotes: Mapping[str, RemoteStatus]) -> list[Problem]:
         return [p for name in sorted(remotes) if (p := remotes[name].problem) is not None]
 
-    def queued_keys(self) -> list[bytes]:
+    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
         return self.queued
 
 
@@ -234,7 +247,7 @@ def test_state_gauges_follow_the_snapshots_and_the_rules() -> None:
     new = replace(session("new", config=NEW_PEER, resources=RESOURCES), ready_after=1.5)
     mesh = FakeMesh({"old": old, "new": new, "never": never_connected("never")},
                     revocations={"old": 2},
-                    queued=[b"cilium/cache/nodes/v1/new/n1", b"cilium/cache/nodes/v1/new/n2"])
+                    queued={("nodes/v1", "new"): 2})
     metrics = MeshMetrics()
     metrics.attach(mesh, clock=fake.clock)
 

@@ -225,8 +225,32 @@ async def _readyz_if(mesh: KVStoreMesh, accept: Callable[[str], bool]
     return (status, text) if accept(text) else None
 
 
+def ready_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "kvstoremesh.mesh" and r.getMessage().startswith("KVStoreMesh ready")]
+
+
+async def test_ready_is_noticed_when_the_last_remote_syncs(
+        mesh_env: MeshEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """The readiness watcher wakes when a remote turns ready, not on a poll: the fake
+    clock never moves here, so a poll would never run."""
+    caplog.set_level(logging.INFO, logger="kvstoremesh.mesh")
+    await synced_remote(mesh_env, "cluster1", 1)
+    stuck = await mesh_env.add_remote("cluster2", 2)
+    await stuck.publish(sample_state("cluster2", 2))  # canaries come later
+    fake = FakeClock()
+    mesh = await start(mesh_env, clock=fake.clock, heartbeat_timeout=86400.0)
+    await wait_until(lambda: mesh.remotes["cluster1"].status().ready, "cluster1 to sync")
+    assert ready_logged(caplog) == []  # cluster2 is still waited for
+    await stuck.write_canaries()
+    await wait_until(lambda: ready_logged(caplog), "the daemon to log that it is ready")
+    assert ready_logged(caplog) == ["KVStoreMesh ready: 2/2 remote clusters ready "
+                                    "(0.0s after start)"]
+
+
 async def test_per_cluster_ready_timeout_drops_an_unreachable_remote(
-        mesh_env: MeshEnv) -> None:
+        mesh_env: MeshEnv, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kvstoremesh.mesh")
     await synced_remote(mesh_env, "cluster1", 1)
     write_unreachable_remote(mesh_env, "cluster2")
     fake = FakeClock()  # the ready timeouts count on it: no waiting for them in real time
@@ -252,6 +276,10 @@ async def test_per_cluster_ready_timeout_drops_an_unreachable_remote(
     # Ready latches; liveness is unaffected by the dead remote.
     fake.advance(60.0)
     assert await http_get(mesh, "health", "/readyz") == (200, "Ready\n")
+    # The readiness watcher, parked until just past the timeout, woke and logged when.
+    await wait_until(lambda: ready_logged(caplog), "the daemon to log that it is ready")
+    assert ready_logged(caplog) == ["KVStoreMesh ready: 1/2 remote clusters ready "
+                                    "(15.0s after start)"]
     assert await http_get(mesh, "health", "/healthz") == (200, "OK\n")
     assert await http_get(mesh, "health", "/healthz?verbose") == (200, "OK\n")
 

@@ -39,12 +39,26 @@ async def test_mirrors_every_resource_byte_for_byte(mesh_env: MeshEnv) -> None:
         b'{"id":1,"capabilities":{"syncedCanaries":true,"cached":true,'
         b'"maxConnectedClusters":255,"serviceExportsEnabled":true}}')
 
+    await assert_snapshot_counts(mesh_env, c1.name, c10.name)
+
     # Live updates, deletes, and a value with arbitrary bytes.
     await c1.put(NODES, "node-new", b'{"Name":"node-new","Cluster":"cluster1","ClusterID":1}')
     await c1.delete(SERVICES, "default/svc-1")
     labels = "k8s:app=\u00e9t\u00e9 \u2603;k8s:io.cilium.k8s.policy.cluster=cluster10;"
     await c10.put(IDENTITIES, "655370", labels.encode())
     await mesh_env.assert_converged()
+    await assert_snapshot_counts(mesh_env, c1.name, c10.name)
+
+
+async def assert_snapshot_counts(env: MeshEnv, *names: str) -> None:
+    """Each reflector's snapshot (kept between changes) counts what the cache holds."""
+    tree = await env.local_tree()
+    assert env.mesh is not None
+    for name in names:
+        for reflector in env.mesh.remotes[name].status().reflectors:
+            prefix = reflector.resource.cache_prefix(name).encode()
+            assert reflector.cached_keys == sum(k.startswith(prefix) for k in tree), (
+                name, reflector)
 
 
 async def test_canaries_gate_each_resource(mesh_env: MeshEnv) -> None:

@@ -2,7 +2,9 @@
 is retried after a :data:`~clustermesh.backoff.LOCAL_WRITE` backoff that grows while the
 local etcd keeps failing and starts over once a txn commits; the rate limiter's token
 bucket refills and waits on the clock.  The etcd is real (behind a proxy that refuses
-connections while it is "down"); only the writer's time is fake.
+connections while it is "down"); only the writer's time is fake.  Also: the queue sizes
+the writer keeps for the sync-queue gauge follow the queue through coalescing, failed
+txns and commits.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import pytest
 from harness import EtcdServer
 from harness.fakeclock import FakeClock
 from harness.tcpproxy import TcpProxy
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
+from clustermesh.keys import cluster_of, metrics_scope, queue_labels
 from clustermesh.syncwriter import RateLimiter, SyncWriter
 
 
@@ -93,3 +98,47 @@ async def test_rate_limiter_refills_and_waits_on_the_clock() -> None:
 
     unlimited = RateLimiter(0, clock=fake.clock)
     assert all(unlimited.try_acquire() for _ in range(1000))
+
+
+async def test_queue_sizes_follow_coalescing_failures_and_commits(
+        etcd: EtcdServer, tmp_path: Path) -> None:
+    fake = FakeClock()
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(asyncio.timeout(60))
+        proxy = await stack.enter_async_context(TcpProxy.to_url(etcd.client_url))
+        path = etcd.client_config(tmp_path / "local.yaml", endpoints=[proxy.url])
+        client = await stack.enter_async_context(
+            EtcdClient(load_etcd_config(path), name="local", dial_timeout=1.0))
+        failed: list[list[bytes]] = []
+        writer = SyncWriter(client, max_txn_ops=2, max_inflight=1, clock=fake.clock,
+                            on_error=failed.append)
+        stack.push_async_callback(writer.stop)
+        proxy.refuse()
+        writer.put(b"cilium/cache/nodes/v1/c1/n1", b"1")
+        writer.put(b"cilium/cache/nodes/v1/c1/n2", b"1")
+        writer.put(b"cilium/cache/nodes/v1/c1/n1", b"2")  # coalesced: still one key
+        writer.delete(b"cilium/cache/identities/v1/c2/id/7")
+        writer.put(b"cilium/synced/c1/cilium/cache/nodes/v1", b"now")
+        writer.put(b"cilium/.heartbeat", b"now")
+        queued = {("nodes/v1", "c1"): 2, ("identities/v1", "c2"): 1,
+                  ("synced/nodes/v1", "c1"): 1, ("heartbeat", None): 1}
+        assert writer.queue_sizes() == queued
+
+        writer.start()  # the first txn (two keys) fails and is put back
+        await parked(fake, 1)
+        assert failed == [[b"cilium/cache/nodes/v1/c1/n2", b"cilium/cache/nodes/v1/c1/n1"]]
+        assert writer.queue_sizes() == queued
+
+        proxy.forward()
+        fake.advance(fake.sleeps[-1])
+        await writer.flush()
+        assert writer.queue_sizes() == {}
+        assert await asyncio.to_thread(etcd.get, "cilium/cache/nodes/v1/c1/n1") == "2"
+
+
+@given(st.lists(st.sampled_from(["cilium", "state", "cache", "synced", "cluster-config",
+                                 ".heartbeat", "nodes", "v1", "c1", "", "x"]),
+                max_size=9))
+def test_queue_labels_are_the_scope_and_cluster_of_the_key(parts: list[str]) -> None:
+    key = "/".join(parts)
+    assert queue_labels(key.encode()) == (metrics_scope(key), cluster_of(key))
