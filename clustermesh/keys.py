@@ -9,7 +9,6 @@ prefix delete ends in ``/``, so ``cluster1`` never matches ``cluster10``.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 BASE = "cilium"
@@ -128,23 +127,27 @@ def cluster_of(key: str) -> str | None:
 def queue_labels(key: bytes) -> tuple[str, str | None]:
     """``(metrics_scope, cluster_of)`` of a key, as the sync-queue gauge counts it.
 
-    Called for every key a writer queues, so the common case is memoised: the labels of
-    a ``state`` or ``cache`` key with six segments or more depend on its first five only
-    (``cilium/cache/<res>/<ver>/<cluster>``), a few thousand heads at most.
+    Called for every key a writer queues, so the common case is memoised by the key's
+    parent: the labels of a ``state`` or ``cache`` key of six segments or more depend
+    only on its first five (``cilium/cache/<res>/<ver>/<cluster>``), which its parent
+    holds — one entry per cluster and resource (and namespace, for services).
     """
-    if key.startswith(_STATE_OR_CACHE):
-        head = key.split(b"/", 5)
-        if len(head) == 6:
-            return _head_labels(b"/".join(head[:5]))
-    return _labels(key)
+    if key.count(b"/") < 5 or not key.startswith(_STATE_OR_CACHE):
+        return _labels(key)
+    parent = key[:key.rindex(b"/")]
+    labels = _BY_PARENT.get(parent)
+    if labels is None:
+        if len(_BY_PARENT) >= _BY_PARENT_MAX:
+            _BY_PARENT.clear()
+        labels = _BY_PARENT[parent] = _labels(key)
+    return labels
 
 
 _STATE_OR_CACHE = (f"{STATE_PREFIX}/".encode(), f"{CACHE_PREFIX}/".encode())
+_BY_PARENT: dict[bytes, tuple[str, str | None]] = {}
+_BY_PARENT_MAX = 65536
 
 
 def _labels(key: bytes) -> tuple[str, str | None]:
     text = key.decode(errors="replace")
     return metrics_scope(text), cluster_of(text)
-
-
-_head_labels = functools.lru_cache(maxsize=8192)(_labels)

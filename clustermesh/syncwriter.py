@@ -320,7 +320,7 @@ class SyncWriter:
             self._room.set()
             return queue
         batch = {key: queue.pop(key) for key in keys}
-        self._sizes.subtract([entry[3] for entry in batch.values()])
+        self._sizes.subtract(Counter([entry[3] for entry in batch.values()]))
         self._holes += len(keys)
         if self._holes > len(queue):  # more holes than entries: rebuild it compactly
             self._queue = dict(queue)
@@ -375,7 +375,7 @@ class SyncWriter:
         # word wins), so the first entry is still the oldest outstanding write.
         stale = [(k, v) for k, v in batch.items() if k not in self._queue]
         if stale:
-            self._sizes.update([entry[3] for _, entry in stale])
+            self._sizes.update(Counter([entry[3] for _, entry in stale]))
             merged = sorted([*stale, *self._queue.items()], key=lambda item: item[1][1])
             self._queue = dict(merged)
             self._holes = 0
