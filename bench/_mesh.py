@@ -474,7 +474,7 @@ class Daemon:
                 "--health-port", str(self.health_port),
                 "--api-serve-addr", f"127.0.0.1:{self.api_port}",
                 "--prometheus-serve-addr", f"127.0.0.1:{self.metrics_port}",
-                "--log-level", "warning", *self.extra_args]
+                "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning"), *self.extra_args]
         if self.profile_output is not None:
             py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) \
                 or shutil.which("py-spy")
@@ -591,7 +591,10 @@ def workdir(prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print("kept", path, file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
