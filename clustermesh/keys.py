@@ -124,30 +124,22 @@ def cluster_of(key: str) -> str | None:
     return None
 
 
-def queue_labels(key: bytes) -> tuple[str, str | None]:
-    """``(metrics_scope, cluster_of)`` of a key, as the sync-queue gauge counts it.
-
-    Called for every key a writer queues, so the common case is memoised by the key's
-    parent: the labels of a ``state`` or ``cache`` key of six segments or more depend
-    only on its first five (``cilium/cache/<res>/<ver>/<cluster>``), which its parent
-    holds — one entry per cluster and resource (and namespace, for services).
-    """
-    if key.count(b"/") < 5 or not key.startswith(_STATE_OR_CACHE):
-        return _labels(key)
-    parent = key[:key.rindex(b"/")]
-    labels = _BY_PARENT.get(parent)
-    if labels is None:
-        if len(_BY_PARENT) >= _BY_PARENT_MAX:
-            _BY_PARENT.clear()
-        labels = _BY_PARENT[parent] = _labels(key)
-    return labels
+QueueLabels = tuple[str, str | None]
 
 
-_STATE_OR_CACHE = (f"{STATE_PREFIX}/".encode(), f"{CACHE_PREFIX}/".encode())
-_BY_PARENT: dict[bytes, tuple[str, str | None]] = {}
-_BY_PARENT_MAX = 65536
-
-
-def _labels(key: bytes) -> tuple[str, str | None]:
+def queue_labels(key: bytes) -> QueueLabels:
+    """``(metrics_scope, cluster_of)`` of a key, as the sync-queue gauge counts it."""
     text = key.decode(errors="replace")
     return metrics_scope(text), cluster_of(text)
+
+
+def prefix_queue_labels(prefix: bytes) -> QueueLabels | None:
+    """The :func:`queue_labels` of every key under ``prefix``, if they are all the same:
+    under ``cilium/state/<res>/<ver>/`` and ``cilium/cache/<res>/<ver>/<cluster>/`` (the
+    labels use no later segment); None for a shorter prefix."""
+    parts = prefix.decode(errors="replace").split("/")
+    if parts[-1] != "" or parts[0] != BASE or len(parts) < 5:
+        return None
+    if parts[1] == "state" or (parts[1] == "cache" and len(parts) >= 6):
+        return queue_labels(prefix + b"_")
+    return None

@@ -32,7 +32,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from .controllers import ControllerRuns
-from .keys import cluster_of, metrics_scope
+from .keys import QueueLabels, cluster_of, metrics_scope
 
 _METHOD_ACTIONS = {"Range": "Get", "Put": "Update", "DeleteRange": "Delete", "Txn": "Txn",
                    "Compact": "Compact", "Status": "Status", "Authenticate": "Authenticate"}
@@ -113,7 +113,7 @@ class KVStoreMetrics:
                                  "Duration in seconds to complete bootstrap",
                                  labels=["source_cluster"])
 
-    def sync_queue_family(self, queued: Mapping[tuple[str, str | None], int], *,
+    def sync_queue_family(self, queued: Mapping[QueueLabels, int], *,
                           default_cluster: str = "") -> GaugeMetricFamily:
         """``kvstore_sync_queue_size{scope, source_cluster}`` of the writer's
         :meth:`~clustermesh.syncwriter.SyncWriter.queue_sizes`; keys that name no cluster

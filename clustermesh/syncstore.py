@@ -29,6 +29,7 @@ from collections.abc import Iterator
 
 from .clock import REAL_CLOCK, Clock, rfc3339_now
 from .etcd.client import EtcdClient
+from .keys import prefix_queue_labels
 from .syncwriter import SyncWriter
 
 
@@ -42,6 +43,7 @@ class SyncStore:
         self._page_size = page_size
         self._clock = clock
         self._digests: dict[bytes, int] = {}  # key -> hash of the value etcd holds (or will)
+        self._labels = prefix_queue_labels(prefix)  # the writer's, once for all our keys
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -76,14 +78,14 @@ class SyncStore:
         if self._digests.get(key) == digest:
             return False
         self._digests[key] = digest
-        self.writer.put(key, value, observed=observed)
+        self.writer.put(key, value, observed=observed, labels=self._labels)
         return True
 
     def delete(self, key: bytes, *, observed: float | None = None) -> bool:
         """Queue the deletion of ``key`` if the store holds it; True if queued."""
         if self._digests.pop(key, None) is None:
             return False
-        self.writer.delete(key, observed=observed)
+        self.writer.delete(key, observed=observed, labels=self._labels)
         return True
 
     async def pace(self) -> None:

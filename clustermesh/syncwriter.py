@@ -49,14 +49,14 @@ from .clock import REAL_CLOCK, Clock
 from .etcd.client import OP_OVERHEAD, REQUEST_OVERHEAD, EtcdClient
 from .etcd.errors import EtcdError
 from .etcd.pb import rpc_pb2
-from .keys import queue_labels
+from .keys import QueueLabels, queue_labels
 
 log = logging.getLogger(__name__)
 
 _DELETE = None  # queue value meaning "delete this key"
 # (value or _DELETE, sequence number, time the change was observed or None, its
 # queue_labels: computed once, when the key enters the queue)
-_Entry = tuple[bytes | None, int, float | None, tuple[str, str | None]]
+_Entry = tuple[bytes | None, int, float | None, QueueLabels]
 
 
 class RateLimiter:
@@ -110,7 +110,7 @@ class SyncWriter:
         self._holes = 0  # entries popped from the front of _queue since it was built
         # len(_queue) by queue_labels(key), kept as keys come and go: a scrape reads it in
         # O(labels); counting the queue itself took 0.4 s at 150k keys, on the event loop.
-        self._sizes: Counter[tuple[str, str | None]] = Counter()
+        self._sizes: Counter[QueueLabels] = Counter()
         self._seq = 0
         self._busy: set[bytes] = set()  # keys of the txns in flight
         self._inflight: dict[int, int] = {}  # txn number -> lowest sequence number in it
@@ -139,9 +139,12 @@ class SyncWriter:
         return len(key) + len(value) + OP_OVERHEAD + REQUEST_OVERHEAD <= (
             self._max_request_bytes)
 
-    def put(self, key: bytes, value: bytes, *, observed: float | None = None) -> None:
+    def put(self, key: bytes, value: bytes, *, observed: float | None = None,
+            labels: QueueLabels | None = None) -> None:
         """Queue a write. ``observed`` (the writer's ``clock.monotonic()`` when the change
         was seen at its source) makes the commit report the propagation lag of this key.
+        ``labels``: the key's :func:`~clustermesh.keys.queue_labels`, from a caller that
+        knows them (a store, for every key of its prefix); else they are worked out.
 
         ValueError for a write that can never fit a request (check :meth:`fits`):
         retrying it forever would stall every flush behind it.
@@ -149,17 +152,20 @@ class SyncWriter:
         if not self.fits(key, value):
             raise ValueError(f"key {key!r}: a {len(value)}-byte value exceeds the etcd "
                              f"request limit of {self._max_request_bytes} bytes")
-        self._enqueue(key, value, observed)
+        self._enqueue(key, value, observed, labels)
 
-    def delete(self, key: bytes, *, observed: float | None = None) -> None:
-        self._enqueue(key, _DELETE, observed)
+    def delete(self, key: bytes, *, observed: float | None = None,
+               labels: QueueLabels | None = None) -> None:
+        self._enqueue(key, _DELETE, observed, labels)
 
-    def _enqueue(self, key: bytes, value: bytes | None, observed: float | None) -> None:
+    def _enqueue(self, key: bytes, value: bytes | None, observed: float | None,
+                 labels: QueueLabels | None) -> None:
         self._seq += 1
         # Re-queued keys go to the back: the first entry is always the oldest.
         queued = self._queue.pop(key, None)
         if queued is None:
-            labels = queue_labels(key)
+            if labels is None:
+                labels = queue_labels(key)
             self._sizes[labels] += 1
         else:
             labels = queued[3]
@@ -179,7 +185,7 @@ class SyncWriter:
         self._room.clear()
         await self._room.wait()
 
-    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
+    def queue_sizes(self) -> Mapping[QueueLabels, int]:
         """How many keys wait to be written, by :func:`~clustermesh.keys.queue_labels`
         (labels with none queued are absent)."""
         return {labels: n for labels, n in self._sizes.items() if n}

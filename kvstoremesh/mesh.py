@@ -62,6 +62,7 @@ from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.flags import listen_address
 from clustermesh.heartbeat import write_heartbeats
+from clustermesh.keys import QueueLabels
 from clustermesh.quorum import QuorumCheck
 from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
@@ -173,7 +174,7 @@ class KVStoreMesh:
         """One snapshot of every running remote, by name, in name order."""
         return {name: self.remotes[name].status() for name in sorted(self.remotes)}
 
-    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
+    def queue_sizes(self) -> Mapping[QueueLabels, int]:
         return self.writer.queue_sizes() if self.writer is not None else {}
 
     def removals_in_progress(self) -> frozenset[str]:

@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from clustermesh.clock import REAL_CLOCK, Clock
-from clustermesh.keys import cluster_of
+from clustermesh.keys import QueueLabels, cluster_of
 from clustermesh.metrics import KVStoreMetrics
 
 from .diagnostics import Problem
@@ -66,7 +66,7 @@ class MeshState(Protocol):
         """The mesh's misconfigurations, as of the snapshots ``remotes``."""
         ...
 
-    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
+    def queue_sizes(self) -> Mapping[QueueLabels, int]:
         """The local etcd writer's queue, by key labels (``SyncWriter.queue_sizes``)."""
         ...
 

@@ -26,6 +26,7 @@ from clustermesh.keys import (
     RESOURCES,
     SERVICE_EXPORTS,
     SERVICES,
+    QueueLabels,
     Resource,
 )
 from kvstoremesh.diagnostics import Problem
@@ -213,7 +214,7 @@ class FakeMesh:
 
     remotes: dict[str, RemoteStatus]
     revocations: dict[str, int] = field(default_factory=dict)
-    queued: dict[tuple[str, str | None], int] = field(default_factory=dict)
+    queued: dict[QueueLabels, int] = field(default_factory=dict)
     snapshots: int = 0
 
     def remotes_status(self) -> Mapping[str, RemoteStatus]:
@@ -223,7 +224,7 @@ class FakeMesh:
     def problems(self, remotes: Mapping[str, RemoteStatus]) -> list[Problem]:
         return [p for name in sorted(remotes) if (p := remotes[name].problem) is not None]
 
-    def queue_sizes(self) -> Mapping[tuple[str, str | None], int]:
+    def queue_sizes(self) -> Mapping[QueueLabels, int]:
         return self.queued
 
 

@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
-from clustermesh.keys import cluster_of, metrics_scope, queue_labels
+from clustermesh.keys import (
+    RESOURCES,
+    Resource,
+    cluster_of,
+    metrics_scope,
+    prefix_queue_labels,
+    queue_labels,
+)
 from clustermesh.syncwriter import RateLimiter, SyncWriter
 
 
@@ -142,3 +149,18 @@ async def test_queue_sizes_follow_coalescing_failures_and_commits(
 def test_queue_labels_are_the_scope_and_cluster_of_the_key(parts: list[str]) -> None:
     key = "/".join(parts)
     assert queue_labels(key.encode()) == (metrics_scope(key), cluster_of(key))
+
+
+@given(st.sampled_from(RESOURCES), st.sampled_from(["c1", "cluster-7"]),
+       st.text(st.sampled_from("ab/._"), min_size=1, max_size=8))
+def test_a_store_prefix_gives_every_key_under_it_the_same_labels(
+        resource: Resource, cluster: str, suffix: str) -> None:
+    for prefix in (resource.state_prefix(cluster), resource.cache_prefix(cluster)):
+        key = (prefix + suffix).encode()
+        assert prefix_queue_labels(prefix.encode()) == queue_labels(key), key
+
+
+def test_a_prefix_too_short_to_fix_the_labels_has_none() -> None:
+    for prefix in (b"cilium/", b"cilium/state/", b"cilium/state/ip/", b"cilium/cache/ip/v1/",
+                   b"cilium/synced/c1/", b"cilium/state/ip/v1"):
+        assert prefix_queue_labels(prefix) is None, prefix
