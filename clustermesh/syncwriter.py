@@ -42,7 +42,7 @@ import itertools
 import logging
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .backoff import LOCAL_WRITE, Backoff
 from .clock import REAL_CLOCK, Clock
@@ -110,7 +110,8 @@ class SyncWriter:
         self._holes = 0  # entries popped from the front of _queue since it was built
         # len(_queue) by queue_labels(key), kept as keys come and go: a scrape reads it in
         # O(labels); counting the queue itself took 0.4 s at 150k keys, on the event loop.
-        self._sizes: Counter[QueueLabels] = Counter()
+        # (A plain dict: Counter's += costs a put 0.3 µs more.)
+        self._sizes: dict[QueueLabels, int] = {}
         self._seq = 0
         self._busy: set[bytes] = set()  # keys of the txns in flight
         self._inflight: dict[int, int] = {}  # txn number -> lowest sequence number in it
@@ -166,7 +167,8 @@ class SyncWriter:
         if queued is None:
             if labels is None:
                 labels = queue_labels(key)
-            self._sizes[labels] += 1
+            sizes = self._sizes
+            sizes[labels] = sizes.get(labels, 0) + 1
         else:
             labels = queued[3]
         self._queue[key] = (value, self._seq, observed, labels)
@@ -326,7 +328,7 @@ class SyncWriter:
             self._room.set()
             return queue
         batch = {key: queue.pop(key) for key in keys}
-        self._sizes.subtract(Counter([entry[3] for entry in batch.values()]))
+        self._tally(batch.values(), -1)
         self._holes += len(keys)
         if self._holes > len(queue):  # more holes than entries: rebuild it compactly
             self._queue = dict(queue)
@@ -376,12 +378,17 @@ class SyncWriter:
             self._crashed = task.exception()
             self._wakeup.set()
 
+    def _tally(self, entries: Iterable[_Entry], sign: int) -> None:
+        sizes = self._sizes
+        for labels, n in Counter([entry[3] for entry in entries]).items():
+            sizes[labels] = sizes.get(labels, 0) + sign * n
+
     def _requeue(self, batch: dict[bytes, _Entry]) -> None:
         # Back in order of sequence, except keys that were updated meanwhile (the newer
         # word wins), so the first entry is still the oldest outstanding write.
         stale = [(k, v) for k, v in batch.items() if k not in self._queue]
         if stale:
-            self._sizes.update(Counter([entry[3] for _, entry in stale]))
+            self._tally([entry for _, entry in stale], +1)
             merged = sorted([*stale, *self._queue.items()], key=lambda item: item[1][1])
             self._queue = dict(merged)
             self._holes = 0
