@@ -105,8 +105,7 @@ class SyncWriter:
         self._max_txn_ops = max_txn_ops
         self._max_request_bytes = max_request_bytes
         self._max_inflight = max_inflight
-        # key -> (value or _DELETE, sequence number, time the change was observed or None)
-        self._queue: dict[bytes, _Entry] = {}
+        self._queue: dict[bytes, _Entry] = {}  # key -> its pending write
         self._holes = 0  # entries popped from the front of _queue since it was built
         # len(_queue) by queue_labels(key), kept as keys come and go: a scrape reads it in
         # O(labels); counting the queue itself took 0.4 s at 150k keys, on the event loop.
@@ -190,7 +189,7 @@ class SyncWriter:
     def queue_sizes(self) -> Mapping[QueueLabels, int]:
         """How many keys wait to be written, by :func:`~clustermesh.keys.queue_labels`
         (labels with none queued are absent)."""
-        return {labels: n for labels, n in self._sizes.items() if n}
+        return dict(self._sizes)
 
     async def flush(self) -> None:
         """Wait until every write queued before this call is committed."""
@@ -381,7 +380,11 @@ class SyncWriter:
     def _tally(self, entries: Iterable[_Entry], sign: int) -> None:
         sizes = self._sizes
         for labels, n in Counter([entry[3] for entry in entries]).items():
-            sizes[labels] = sizes.get(labels, 0) + sign * n
+            left = sizes.get(labels, 0) + sign * n
+            if left:
+                sizes[labels] = left
+            else:
+                del sizes[labels]
 
     def _requeue(self, batch: dict[bytes, _Entry]) -> None:
         # Back in order of sequence, except keys that were updated meanwhile (the newer

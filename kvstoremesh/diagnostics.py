@@ -21,10 +21,11 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 
@@ -33,6 +34,7 @@ from clustermesh.etcd.config import EtcdConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXPIRY_WARNING = timedelta(days=30)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,22 +128,30 @@ def overlapping_pod_cidrs(cidrs: Mapping[str, Iterable[Network]]) -> list[Proble
          for cluster, nets in cidrs.items() for net in set(nets)),
         key=lambda e: e[:4])  # by start; ties in a fixed order, whatever the input's
     found: dict[tuple[str, str], Problem] = {}
-    open_by_cluster: dict[str, tuple[int, int, Network]] = {}  # cluster -> (version, end, net)
-    for version, start, end, cluster, net in entries:
-        for other, (o_version, o_end, o_net) in list(open_by_cluster.items()):
+    for cluster, net, other, o_net in _meetings(entries):
+        pair = (min(cluster, other), max(cluster, other))
+        found.setdefault(pair, Problem(
+            "pod-cidr-overlap", pair[0],
+            f"pod CIDR {o_net} of cluster {other} overlaps {net} of cluster "
+            f"{cluster}: PodCIDRs must not conflict across a mesh"))
+    return [found[pair] for pair in sorted(found)]
+
+
+def _meetings(entries: Iterable[tuple[int, int, int, str, T]]
+              ) -> Iterator[tuple[str, T, str, T]]:
+    """The sweep of both overlap checks: ``(ip version, start, end, cluster, item)``
+    sorted by start; yields ``(cluster, item, other cluster, its item)`` whenever an
+    entry starts inside the open entry (the one reaching furthest) of another cluster."""
+    open_by_cluster: dict[str, tuple[int, int, T]] = {}  # cluster -> (version, end, item)
+    for version, start, end, cluster, item in entries:
+        for other, (o_version, o_end, o_item) in list(open_by_cluster.items()):
             if o_version != version or o_end < start:
                 del open_by_cluster[other]
-                continue
-            if other != cluster:
-                pair = (min(cluster, other), max(cluster, other))
-                found.setdefault(pair, Problem(
-                    "pod-cidr-overlap", pair[0],
-                    f"pod CIDR {o_net} of cluster {other} overlaps {net} of cluster "
-                    f"{cluster}: PodCIDRs must not conflict across a mesh"))
+            elif other != cluster:
+                yield cluster, item, other, o_item
         current = open_by_cluster.get(cluster)
         if current is None or current[0] != version or current[1] < end:
-            open_by_cluster[cluster] = (version, end, net)
-    return [found[pair] for pair in sorted(found)]
+            open_by_cluster[cluster] = (version, end, item)
 
 
 class PodCidrOverlaps:
@@ -201,18 +211,8 @@ def _merged_ranges(nets: Iterable[Network]) -> list[tuple[int, int, int]]:
 def _meeting_pairs(ranges: list[tuple[int, int, int, str]]) -> list[tuple[str, str]]:
     """Pairs of clusters (in name order, sorted) with a range each that overlap, from
     ranges sorted by start; each cluster's own ranges are disjoint."""
-    pairs: set[tuple[str, str]] = set()
-    open_by_cluster: dict[str, tuple[int, int]] = {}  # cluster -> (ip version, end)
-    for ip, start, end, cluster in ranges:
-        for other, (o_ip, o_end) in list(open_by_cluster.items()):
-            if o_ip != ip or o_end < start:
-                del open_by_cluster[other]
-            elif other != cluster:
-                pairs.add((min(cluster, other), max(cluster, other)))
-        current = open_by_cluster.get(cluster)
-        if current is None or current[0] != ip or current[1] < end:
-            open_by_cluster[cluster] = (ip, end)
-    return sorted(pairs)
+    return sorted({(min(cluster, other), max(cluster, other)) for cluster, _, other, _
+                   in _meetings((*r, None) for r in ranges)})
 
 
 def expiring_certificates(config: EtcdConfig, *, remote: str, now: datetime,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import EtcdServer
@@ -33,6 +35,22 @@ from clustermesh.keys import (
 from clustermesh.syncwriter import RateLimiter, SyncWriter
 
 
+@contextlib.asynccontextmanager
+async def proxied_writer(etcd: EtcdServer, tmp_path: Path, **options: Any
+                         ) -> AsyncIterator[tuple[TcpProxy, SyncWriter]]:
+    """A writer (not started) on a client that reaches ``etcd`` through a proxy; stopped
+    on the way out.  The whole block has 60 s."""
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(asyncio.timeout(60))
+        proxy = await stack.enter_async_context(TcpProxy.to_url(etcd.client_url))
+        path = etcd.client_config(tmp_path / "local.yaml", endpoints=[proxy.url])
+        client = await stack.enter_async_context(
+            EtcdClient(load_etcd_config(path), name="local", dial_timeout=1.0))
+        writer = SyncWriter(client, **options)
+        stack.push_async_callback(writer.stop)
+        yield proxy, writer
+
+
 async def parked(fake: FakeClock, sleeps: int) -> float:
     """The delay of the writer's ``sleeps``-th sleep, parked on the clock now."""
     await fake.wait_for_sleeps(sleeps, timeout=10)
@@ -43,16 +61,10 @@ async def parked(fake: FakeClock, sleeps: int) -> float:
 async def test_failed_txns_back_off_on_the_clock_and_start_over_after_a_commit(
         etcd: EtcdServer, tmp_path: Path) -> None:
     fake = FakeClock()
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(asyncio.timeout(60))
-        proxy = await stack.enter_async_context(TcpProxy.to_url(etcd.client_url))
-        path = etcd.client_config(tmp_path / "local.yaml", endpoints=[proxy.url])
-        client = await stack.enter_async_context(
-            EtcdClient(load_etcd_config(path), name="local", dial_timeout=1.0))
-        failed: list[list[bytes]] = []
-        writer = SyncWriter(client, clock=fake.clock, on_error=failed.append)
+    failed: list[list[bytes]] = []
+    async with proxied_writer(etcd, tmp_path, clock=fake.clock,
+                              on_error=failed.append) as (proxy, writer):
         writer.start()
-        stack.push_async_callback(writer.stop)
 
         proxy.refuse()
         writer.put(b"sw/a", b"1")
@@ -110,16 +122,9 @@ async def test_rate_limiter_refills_and_waits_on_the_clock() -> None:
 async def test_queue_sizes_follow_coalescing_failures_and_commits(
         etcd: EtcdServer, tmp_path: Path) -> None:
     fake = FakeClock()
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(asyncio.timeout(60))
-        proxy = await stack.enter_async_context(TcpProxy.to_url(etcd.client_url))
-        path = etcd.client_config(tmp_path / "local.yaml", endpoints=[proxy.url])
-        client = await stack.enter_async_context(
-            EtcdClient(load_etcd_config(path), name="local", dial_timeout=1.0))
-        failed: list[list[bytes]] = []
-        writer = SyncWriter(client, max_txn_ops=2, max_inflight=1, clock=fake.clock,
-                            on_error=failed.append)
-        stack.push_async_callback(writer.stop)
+    failed: list[list[bytes]] = []
+    async with proxied_writer(etcd, tmp_path, max_txn_ops=2, max_inflight=1,
+                              clock=fake.clock, on_error=failed.append) as (proxy, writer):
         proxy.refuse()
         writer.put(b"cilium/cache/nodes/v1/c1/n1", b"1")
         writer.put(b"cilium/cache/nodes/v1/c1/n2", b"1")
