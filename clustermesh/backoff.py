@@ -22,6 +22,7 @@ policy                        initial  maximum  factor  jitter  reset after
 :data:`KUBERNETES`             0.8 s    30 s      2      0.5      60 s
 :data:`USER_MANAGEMENT`        1 s      60 s      2      0.5      60 s
 :data:`ETCD_STARTING`          0.05 s   0.5 s     2      0        never
+:data:`LEADER_ELECTION`        0.5 s    5 s       2      0.2      60 s
 ============================  =======  =======  ======  ======  ===========
 
 What is never retried: an error that a retry cannot fix.  The etcd client's one
@@ -67,6 +68,7 @@ CLUSTER_REMOVAL = BackoffPolicy(initial=2.0, maximum=30.0, reset_after=None)
 WAIT_FOR_DATA = BackoffPolicy(initial=1.0, maximum=10.0, reset_after=None)
 KUBERNETES = BackoffPolicy(initial=0.8, maximum=30.0, jitter=0.5)
 USER_MANAGEMENT = BackoffPolicy(initial=1.0, maximum=60.0, jitter=0.5)
+LEADER_ELECTION = BackoffPolicy(initial=0.5, maximum=5.0)  # a campaign failed on etcd
 # etcd coming up beside etcdinit (its sidecar, or its own child): poll fast; one client,
 # nobody to desynchronise from.
 ETCD_STARTING = BackoffPolicy(initial=0.05, maximum=0.5, jitter=0.0, reset_after=None)

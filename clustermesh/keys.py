@@ -17,6 +17,11 @@ CACHE_PREFIX = "cilium/cache"
 CLUSTER_CONFIG_PREFIX = "cilium/cluster-config"
 SYNCED_PREFIX = "cilium/synced"
 HEARTBEAT_KEY = "cilium/.heartbeat"
+# KVStoreMesh's leader lock (upstream's name; etcd's Go concurrency.Mutex layout below
+# it: one empty key per candidate, named after its lease in hex) and, ours, one key per
+# replica saying who holds each of those leases.
+KVSTOREMESH_LOCK = "cilium/kvstoremesh-lock"
+KVSTOREMESH_REPLICAS = "cilium/kvstoremesh-replicas"
 
 
 def state_to_cache_prefix(prefix: str) -> str:

@@ -31,6 +31,7 @@ import grpc
 
 from .connection import EtcdConnection
 from .errors import EtcdError, EtcdUnavailable
+from .fence import Fence
 from .pb import kv_pb2, rpc_pb2
 from .watch import Watch
 
@@ -122,7 +123,12 @@ class EtcdClient(EtcdConnection):
     Use as ``async with EtcdClient(config) as client: ...`` or call
     :meth:`connect` and :meth:`close` yourself.  The constructor's options (timeouts,
     keepalive, TLS reload interval, ``observer``, ``clock``) are :class:`EtcdConnection`'s.
+    The owner may set :attr:`fence`: then every write (``put``, ``delete``, ``txn``)
+    goes out as a txn guarded by the fence's lock, and fails with ``EtcdFenced`` when it
+    is not held (see :mod:`clustermesh.etcd.fence`).
     """
+
+    fence: Fence | None = None
 
     # ------------------------------------------------------------------------ KV
 
@@ -140,9 +146,10 @@ class EtcdClient(EtcdConnection):
 
     async def range_pages(
         self, prefix: bytes, *, page_size: int = DEFAULT_PAGE_SIZE, revision: int = 0,
-        keys_only: bool = False,
+        keys_only: bool = False, range_end: bytes = b"",
     ) -> AsyncIterator[tuple[Sequence[KeyValue], int]]:
-        """Yield ``(kvs, revision)`` pages of every key under ``prefix``.
+        """Yield ``(kvs, revision)`` pages of every key under ``prefix`` (or, with
+        ``range_end``, of every key in ``[prefix, range_end)``).
 
         Every page is read at the revision of the first one (``revision`` if given),
         so together they are one consistent snapshot at that revision.  Raises
@@ -151,7 +158,7 @@ class EtcdClient(EtcdConnection):
         The next page is requested before this one is yielded, so the server reads
         it while the caller processes the current one.
         """
-        end = prefix_range_end(prefix)
+        end = range_end or prefix_range_end(prefix)
         resp = await self.range(prefix, end, revision=revision, limit=page_size,
                                 keys_only=keys_only)
         if revision == 0:
@@ -186,11 +193,19 @@ class EtcdClient(EtcdConnection):
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         """Write ``key``; returns the revision of the write."""
+        if self.fence is not None:
+            resp = await self.txn_request(rpc_pb2.TxnRequest(
+                success=[put_op(key, value, lease=lease)]))
+            return resp.header.revision
         resp = await self.call("kv", "Put", rpc_pb2.PutRequest(key=key, value=value, lease=lease))
         return resp.header.revision
 
     async def delete(self, key: bytes, *, prefix: bool = False) -> int:
         """Delete ``key`` (or every key under it); returns how many were deleted."""
+        if self.fence is not None:
+            resp = await self.txn_request(rpc_pb2.TxnRequest(
+                success=[delete_op(key, prefix=prefix)]))
+            return resp.responses[0].response_delete_range.deleted
         end = prefix_range_end(key) if prefix else b""
         resp = await self.call("kv", "DeleteRange",
                                rpc_pb2.DeleteRangeRequest(key=key, range_end=end))
@@ -199,12 +214,22 @@ class EtcdClient(EtcdConnection):
     async def txn(self, *, compare: Sequence[Compare] = (), success: Sequence[RequestOp] = (),
                   failure: Sequence[RequestOp] = ()) -> rpc_pb2.TxnResponse:
         request = rpc_pb2.TxnRequest(compare=compare, success=success, failure=failure)
-        return await self.call("kv", "Txn", request)
+        return await self.txn_request(request)
 
     async def txn_request(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """Send a ``TxnRequest`` the caller built in place (``request.success.add()``):
-        for big txns, it saves building every op twice."""
-        return await self.call("kv", "Txn", request)
+        for big txns, it saves building every op twice.  Through a fence, the request may
+        have no compare of its own (a refusal would not say whose compare failed)."""
+        fence = self.fence
+        if fence is None:
+            return await self.call("kv", "Txn", request)
+        if request.compare or request.failure:
+            raise ValueError("a fenced client's txn carries only the fence's compare")
+        fence.guard(request)
+        resp = await self.call("kv", "Txn", request)
+        if not resp.succeeded:
+            raise fence.refused()
+        return resp
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         await self.call("kv", "Compact",
@@ -212,13 +237,14 @@ class EtcdClient(EtcdConnection):
 
     def watch(self, key: bytes, *, prefix: bool = True, start_revision: int = 0,
               prev_kv: bool = False, progress_notify: bool = True,
-              cluster_id: int = 0) -> Watch:
-        """A watch on ``key`` (a prefix by default) from ``start_revision`` (0: now).
+              cluster_id: int = 0, range_end: bytes = b"") -> Watch:
+        """A watch on ``key`` (a prefix by default; ``[key, range_end)`` with
+        ``range_end``) from ``start_revision`` (0: now).
 
         ``cluster_id``: the etcd cluster ``start_revision`` belongs to (0: whichever the
         first stream reaches); a stream resumed elsewhere raises ``EtcdClusterChanged``.
         """
-        end = prefix_range_end(key) if prefix else b""
+        end = range_end or (prefix_range_end(key) if prefix else b"")
         return Watch(self, key=key, range_end=end, start_revision=start_revision,
                      prev_kv=prev_kv, progress_notify=progress_notify, cluster_id=cluster_id)
 

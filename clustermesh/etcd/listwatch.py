@@ -77,15 +77,18 @@ Item = Page | Listed | Changes
 
 
 async def list_and_watch(client: EtcdClient, key: bytes, *, prefix: bool = True,
+                         range_end: bytes = b"",
                          page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[Item]:
-    """Follow ``key`` (every key under it with ``prefix``, else that key alone) until
-    the caller stops iterating; see the module docstring."""
+    """Follow ``key`` (every key under it with ``prefix``, else that key alone; every
+    key of ``[key, range_end)`` with ``range_end``: several neighbouring prefixes in one
+    ordered stream) until the caller stops iterating; see the module docstring."""
     reason = ""
     while True:
         try:
             revision = 0
-            if prefix:
-                async for kvs, revision in client.range_pages(key, page_size=page_size):
+            if prefix or range_end:
+                async for kvs, revision in client.range_pages(key, page_size=page_size,
+                                                              range_end=range_end):
                     yield Page(kvs, revision)
                 # Not held while watching: a page of 5000 values is megabytes per prefix.
                 del kvs
@@ -97,7 +100,7 @@ async def list_and_watch(client: EtcdClient, key: bytes, *, prefix: bool = True,
             cluster_id = client.cluster_id
             yield Listed(revision, relist=bool(reason), reason=reason)
             async with client.watch(key, prefix=prefix, start_revision=revision + 1,
-                                    cluster_id=cluster_id) as watch:
+                                    cluster_id=cluster_id, range_end=range_end) as watch:
                 async for batch in watch:
                     if batch.events:
                         yield Changes(batch.events, batch.revision)
