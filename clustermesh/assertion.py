@@ -2,10 +2,11 @@
 
 The enforcer follows the key with :func:`~clustermesh.etcd.listwatch.list_and_watch`:
 its value when the enforcer starts (or relists), then every change; whenever the key
-is missing or holds something else, the value is written again.  Every ``refresh``
-seconds it starts over from a fresh read anyway (Cilium re-asserts every 5 minutes):
-the refresh is a sleep on the :class:`~clustermesh.clock.Clock` raced against the
-watch, so a fake clock drives it in tests.  An unchanged key is never rewritten, so
+is missing, holds something else or is bound to another lease, the value is written
+again.  Every ``refresh`` seconds it starts over from a fresh read anyway (Cilium
+re-asserts every 5 minutes): the refresh is a sleep on the
+:class:`~clustermesh.clock.Clock` raced against the watch, so a fake clock drives it in
+tests.  An unchanged key is never rewritten, so
 this costs no writes in the steady state.
 
 Each pass that checks the key — the read, or a change that needs a write — counts as
@@ -65,11 +66,15 @@ async def _assert_on_change(client: EtcdClient, key: bytes, value: bytes, *, lea
                             runs: ControllerRuns | None) -> None:
     async with contextlib.aclosing(list_and_watch(client, key, prefix=False)) as items:
         async for item in items:
+            # A key on another lease than ours counts as missing (upstream's KVStoreMesh
+            # wrote it on its session lease: it would vanish with it).
             if isinstance(item, Page):
-                current = item.kvs[0].value if item.kvs else None
+                kv = item.kvs[0] if item.kvs else None
+                current = kv.value if kv is not None and kv.lease == lease else None
             elif isinstance(item, Changes):
                 last = item.events[-1]  # the key's value now
-                current = last.kv.value if last.type == PUT else None
+                current = (last.kv.value if last.type == PUT and last.kv.lease == lease
+                           else None)
                 if current == value:
                     continue  # our own write coming back, or put back by someone
             else:

@@ -93,6 +93,7 @@ class LeaderElection:
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self._keepalive: asyncio.Task[None] | None = None
+        self._lease_gone = False  # the keepalive found the lease expired: nothing to revoke
 
     # ------------------------------------------------------------ the campaign
 
@@ -123,7 +124,7 @@ class LeaderElection:
         lease = self.lease
         await self._stop_keepalive()
         self.lease = 0
-        if not lease:
+        if not lease or self._lease_gone:
             return
         try:
             async with asyncio.timeout(RESIGN_TIMEOUT):
@@ -137,6 +138,7 @@ class LeaderElection:
         await self._stop_keepalive()
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self._lease_gone = False
         self.lease = await self._client.lease_grant(self.ttl)
         self._keepalive = asyncio.create_task(self._keep_alive(self.lease),
                                               name="leader-election-keepalive")
@@ -240,6 +242,7 @@ class LeaderElection:
                 failing = True
                 continue
             if ttl <= 0:
+                self._lease_gone = True
                 self.end_session(f"lease {lease:x} expired or revoked")
                 return
             answered = self._clock.monotonic()

@@ -58,8 +58,10 @@ def metrics_app(registry: CollectorRegistry) -> web.Application:
     return app
 
 
-def json_app(routes: dict[str, Callable[[], Awaitable[Any] | Any]]) -> web.Application:
-    """GET routes returning JSON documents built by the given callables."""
+def json_app(routes: dict[str, Callable[[], Awaitable[Any] | Any]], *,
+             headers: Callable[[], dict[str, str]] | None = None) -> web.Application:
+    """GET routes returning JSON documents built by the given callables; ``headers``
+    adds response headers to each (what does not fit a document whose shape is fixed)."""
     app = web.Application()
     for path, build in routes.items():
         async def handler(_: web.Request, build: Callable[[], Any] = build) -> web.Response:
@@ -67,7 +69,8 @@ def json_app(routes: dict[str, Callable[[], Awaitable[Any] | Any]]) -> web.Appli
             if isinstance(doc, Awaitable):
                 doc = await doc
             return web.Response(text=json.dumps(doc, indent=2) + "\n",
-                                content_type="application/json")
+                                content_type="application/json",
+                                headers=headers() if headers is not None else None)
 
         app.router.add_get(path, handler)
     return app

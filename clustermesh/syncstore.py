@@ -20,27 +20,53 @@ The digest is Python's keyed 64-bit SipHash (``hash``, seeded per process, so a
 remote cannot aim for a collision; digests never leave the process): about 5x
 cheaper than blake2b, and an int costs 17 bytes less per key than a 16-byte digest.
 
-The store is the only writer of its prefix; keys are full etcd keys (bytes).
+A key bound to a lease (written by upstream's KVStoreMesh, which puts every key on its
+session lease) counts as different from any value: it is rewritten once, without a
+lease, so it never expires under us (:data:`LEASED`).
+
+The store is the only writer of its prefix; keys are full etcd keys (bytes).  What it
+holds is read from the destination by :meth:`SyncStore.load` — or, for a replica that
+just took over from a warm standby, taken from what the standby followed (``seeds``:
+see :mod:`kvstoremesh.standby`), without a read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from .clock import REAL_CLOCK, Clock, rfc3339_now
-from .etcd.client import EtcdClient
+from .etcd.client import EtcdClient, KeyValue
 from .keys import prefix_queue_labels
 from .syncwriter import SyncWriter
+
+# The digest of a key bound to a lease: equal to no value's (``hash`` never returns -1).
+LEASED = -1
+
+
+def digest_of(kv: KeyValue) -> int:
+    """What a store remembers of a key the destination holds."""
+    return LEASED if kv.lease else hash(kv.value)
+
+
+class Seeds(Protocol):
+    """Digests of the destination known without reading it (a warm standby's)."""
+
+    def take(self, prefix: bytes) -> dict[bytes, int] | None:
+        """Every key under ``prefix`` with :func:`digest_of` it; None: read it."""
+        ...
 
 
 class SyncStore:
     def __init__(self, *, writer: SyncWriter, local: EtcdClient, prefix: bytes, canary: bytes,
-                 page_size: int = 5000, clock: Clock = REAL_CLOCK) -> None:
+                 page_size: int = 5000, seeds: Seeds | None = None,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.writer = writer
         self.local = local
         self.prefix = prefix
         self.canary = canary
         self._page_size = page_size
+        self._seeds = seeds
         self._clock = clock
         self._digests: dict[bytes, int] = {}  # key -> hash of the value etcd holds (or will)
         self._labels = prefix_queue_labels(prefix)  # the writer's, once for all our keys
@@ -63,10 +89,14 @@ class SyncStore:
         land after this read and be missed by a diff against it.
         """
         await self.writer.flush()
+        seeded = self._seeds.take(self.prefix) if self._seeds is not None else None
+        if seeded is not None:
+            self._digests = seeded
+            return
         digests: dict[bytes, int] = {}
         async for page, _ in self.local.range_pages(self.prefix, page_size=self._page_size):
             for kv in page:
-                digests[kv.key] = hash(kv.value)
+                digests[kv.key] = LEASED if kv.lease else hash(kv.value)  # digest_of, inline
         self._digests = digests
 
     def upsert(self, key: bytes, value: bytes, *, observed: float | None = None) -> bool:
@@ -93,9 +123,11 @@ class SyncStore:
         await self.writer.pace()
 
     async def mark_synced(self) -> None:
-        """Once what was queued is committed, write the canary if it is missing."""
+        """Once what was queued is committed, write the canary if it is missing (or bound
+        to a lease: see :data:`LEASED`)."""
         await self.writer.flush()
-        if await self.local.get(self.canary) is None:
+        canary = await self.local.get(self.canary)
+        if canary is None or canary.lease:
             self.writer.put(self.canary, rfc3339_now(self._clock))
             await self.writer.flush()
 

@@ -52,14 +52,15 @@ def _status(argv: Sequence[str], *, path: str) -> int:
         fs.fail(f'invalid argument "{args.output}" for "-o, --output" flag: {exc}')
     host = args.host.removeprefix("http://").rstrip("/")
     try:
-        models = fetch(host)
+        models, leadership = fetch(host)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         hint = (f" (is KVStoreMesh running and serving the API on {host}?)"
                 if isinstance(reason, ConnectionRefusedError) else "")
         print(f"Failed to retrieve status information: {reason}{hint}", file=sys.stderr)
         return 1
-    sys.stdout.write(render(models, output=args.output, verbose=args.verbose))
+    sys.stdout.write(render(models, output=args.output, verbose=args.verbose,
+                            leadership=leadership))
     return 0
 
 

@@ -7,7 +7,8 @@ place the flags are declared; their defaults are :class:`~kvstoremesh.options.Me
 fields. Flags of upstream's Go runtime (gops, pprof, the hive shell, ...) are accepted
 and named in one log line at start, with the reason they have no effect here.
 
-``kvstoremesh status`` (our own console script only) is :mod:`kvstoremesh.statuscmd`;
+``kvstoremesh status`` (our own console script only) is :mod:`kvstoremesh.statuscmd`,
+``kvstoremesh uninstall`` (the chart's post-delete hook) :mod:`kvstoremesh.uninstall`;
 upstream's spelling is ``clustermesh-apiserver kvstoremesh-dbg status``
 (:mod:`kvstoremesh.dbg`).
 """
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from clustermesh.flags import add_daemon_flags, daemon_settings, option_default
 from clustermesh.goflags import FlagSet, Parsed, log_no_effect
 from clustermesh.logs import setup_logging
 
-from . import statuscmd
+from . import statuscmd, uninstall
 from .mesh import KVStoreMesh
 from .options import MeshOptions
 
@@ -47,7 +48,8 @@ def build_parser(*, command: str = "kvstoremesh") -> FlagSet:
             "wire-compatible).\nEvery flag is also read from CILIUM_<FLAG_NAME> (e.g. "
             "CILIUM_CLUSTER_NAME); a flag on the command line wins.")
     if command == "kvstoremesh":
-        long += "\nRun 'kvstoremesh status --help' for the status command."
+        long += ("\nRun 'kvstoremesh status --help' for the status command; "
+                 "'kvstoremesh uninstall' (same flags) removes the cache.")
     fs = FlagSet(command=command, short="Run KVStoreMesh", long=long)
     add_daemon_flags(fs, options_cls=MeshOptions, gops_port=GOPS_PORT, pprof_port=PPROF_PORT)
     fs.string("clustermesh-config", default="",
@@ -75,6 +77,13 @@ def build_parser(*, command: str = "kvstoremesh") -> FlagSet:
                 no_effect="cache keys carry no lease; nothing needs refreshing",
                 help="Periodic kvstore synchronization interval")
     # Ours.
+    fs.duration("leader-election-lease-ttl", default=d("leader_election_lease_ttl"),
+                help="TTL of the leader election lease: how long a crashed leader keeps "
+                     "the lock (a graceful stop releases it at once); lower is a faster "
+                     "takeover but a leader cut off from etcd for that long steps down")
+    fs.string("leader-election-identity", default=d("leader_election_identity"),
+              help="Name of this replica in the leader lock's status, unique among "
+                   "replicas (default: the host name, i.e. the pod name)")
     fs.duration("cluster-removal-grace", default=d("removal_grace"),
                 help="Wait between deleting a removed cluster's config and its cached data")
     fs.duration("heartbeat-timeout", default=d("heartbeat_timeout"),
@@ -91,6 +100,10 @@ def options_from_args(args: Parsed) -> MeshOptions:
     """Validate the arguments as a whole; ValueError names what is wrong."""
     validate_local_cluster(name=args.cluster_name, cluster_id=args.cluster_id,
                            max_connected_clusters=args.max_connected_clusters)
+    if args.leader_election_lease_ttl < 1 or args.leader_election_lease_ttl % 1:
+        raise ValueError(f"--leader-election-lease-ttl must be a whole number of seconds, at "
+                         f"least 1s (etcd leases count in seconds; etcd itself may raise it "
+                         f"to its minimum), not {args.leader_election_lease_ttl:g}s")
     if not args.clustermesh_config:
         raise ValueError("--clustermesh-config DIR is required (the directory of remote "
                          "cluster configs)")
@@ -120,6 +133,8 @@ def options_from_args(args: Parsed) -> MeshOptions:
         disable_drain_on_disconnection=args.disable_drain_on_disconnection,
         max_consecutive_quorum_errors=args.kvstore_max_consecutive_quorum_errors,
         controller_group_metrics=common.controller_group_metrics,
+        leader_election_lease_ttl=args.leader_election_lease_ttl,
+        leader_election_identity=args.leader_election_identity,
         debug=args.debug,
     )
 
@@ -132,8 +147,15 @@ async def serve(options: MeshOptions) -> None:
     await KVStoreMesh(options).run(stop)
 
 
-def run(argv: Sequence[str], *, command: str, env: Mapping[str, str] | None = None) -> int:
-    """Parse, validate, run until SIGTERM/SIGINT; the exit status."""
+def _daemon(options: MeshOptions) -> int:
+    asyncio.run(serve(options))
+    return 0
+
+
+def run(argv: Sequence[str], *, command: str, env: Mapping[str, str] | None = None,
+        action: Callable[[MeshOptions], int] = _daemon) -> int:
+    """Parse, validate, run ``action`` (the daemon: until SIGTERM/SIGINT); the exit
+    status."""
     fs = build_parser(command=command)
     args = fs.parse_or_exit(argv, env=env)
     try:
@@ -144,17 +166,19 @@ def run(argv: Sequence[str], *, command: str, env: Mapping[str, str] | None = No
     setup_logging(level="debug" if args.debug else args.log_level, fmt=args.log_format)
     log_no_effect(fs, args, log)
     try:
-        asyncio.run(serve(options))
+        return action(options)
     except EtcdConfigError as exc:
         log.error("%s", exc)
         return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["status"]:
         return statuscmd.main(argv[1:])
+    if argv[:1] == ["uninstall"]:
+        # The daemon's flags: the chart's hook passes the same as its replicas'.
+        return run(argv[1:], command="kvstoremesh uninstall", action=uninstall.run)
     return run(argv, command="kvstoremesh")
 
 

@@ -50,21 +50,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import socket
 from collections import Counter as Tally
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import TypeVar
 
 from aiohttp import web
 
+from clustermesh.backoff import LEADER_ELECTION, Backoff
 from clustermesh.clock import REAL_CLOCK, Clock, wait_event
+from clustermesh.election import LeaderElection, SessionLost, Term
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
 from clustermesh.etcd.errors import EtcdError
+from clustermesh.etcd.fence import Fence
 from clustermesh.flags import listen_address
 from clustermesh.heartbeat import write_heartbeats
 from clustermesh.keys import QueueLabels
 from clustermesh.quorum import QuorumCheck
 from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
+from clustermesh.syncstore import Seeds
 from clustermesh.syncwriter import SyncWriter
 
 from .configdir import ClusterFile, ConfigDirectory
@@ -74,11 +81,13 @@ from .options import MeshOptions
 from .remote import RemoteCluster
 from .removal import Removals, orphaned_clusters
 from .resources import REVOKED_ON_TTL
-from .snapshot import RemoteStatus
-from .status import Readiness, status_models
+from .snapshot import LEADER, STANDBY, Leadership, RemoteStatus
+from .standby import CacheFollower
+from .status import LEADERSHIP_HEADER, Readiness, status_models
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PROBLEMS_LOG_INTERVAL = 5.0  # seconds between two looks for new or resolved problems
 
 
@@ -87,27 +96,22 @@ class KVStoreMesh:
         self.options = options
         self.clock = clock
         self.local: EtcdClient | None = None
-        self.writer: SyncWriter | None = None
-        self.remotes: dict[str, RemoteCluster] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._removals = Removals(grace=options.removal_grace, clock=clock)
-        self._revoked: set[str] = set()
+        self.writer: SyncWriter | None = None  # the current term's
         self.revocations: Tally[str] = Tally()  # cache TTL revocations per remote cluster
         self.quorum: QuorumCheck | None = None
-        self.started_at = clock.monotonic()
-        self.initial_clusters: set[str] = set()
-        self.config_ready = asyncio.Event()  # set once initial_clusters is known
-        # Set by whatever can make the mesh ready (a remote ready, one removed, the config
-        # directory read); the readiness watcher waits for it rather than polling.
-        self._maybe_ready = asyncio.Event()
         self.local_connected = False
+        self.identity = options.leader_election_identity or socket.gethostname()
+        self.election: LeaderElection | None = None
+        self.role = STANDBY
+        self.follower: CacheFollower | None = None  # while standby
+        self._fence = Fence(on_lost=self._fence_refused)
+        self._leader_key: str | None = None  # the lock's owner as last seen
+        self._was_ready = False  # ready once (as standby or leader): stays ready
+        self._took_over = False  # this term began when another replica's ended
         self.metrics = MeshMetrics(controller_groups=options.controller_group_metrics)
         self.metrics.attach(self, clock=clock)
-        self.readiness = Readiness(self, per_cluster_timeout=options.per_cluster_ready_timeout,
-                                   global_timeout=options.global_ready_timeout, clock=clock)
-        self._overlaps = PodCidrOverlaps()
-        self.cluster_ids = ClusterIds()
         self.runners: dict[str, web.AppRunner] = {}
+        self._new_term()
 
     # -------------------------------------------------------------- lifecycle
 
@@ -116,22 +120,136 @@ class KVStoreMesh:
         local_config = load_etcd_config(o.local_config)
         self.local = EtcdClient(local_config, name="local etcd",
                                 observer=self.metrics.etcd_operation)
-        self.writer = SyncWriter(self.local, max_txn_ops=o.max_txn_ops,
-                                 max_request_bytes=o.max_request_bytes,
-                                 max_inflight=o.max_inflight, qps=o.qps,
-                                 bootstrap_qps=o.bootstrap_qps,
-                                 on_commit=self.metrics.writes_committed,
-                                 on_error=self.metrics.writes_failed, clock=self.clock)
+        self.local.fence = self._fence  # every write of ours holds only while we lead
+        lock_client = EtcdClient(local_config, name="local etcd (leader election)")
+        self.election = LeaderElection(lock_client, identity=self.identity,
+                                       ttl=int(o.leader_election_lease_ttl), clock=self.clock)
         self.quorum = QuorumCheck(self.local, metrics=self.metrics,
                                   max_errors=o.max_consecutive_quorum_errors,
                                   interval=o.status_check_interval, clock=self.clock)
         await self._start_servers()
         try:
             await self.local.connect_retrying(stop=stop)
+            await lock_client.connect_retrying(stop=stop)
         except BaseException:
             await self._stop_servers()
+            await self.local.close()
+            await lock_client.close()
             raise
         self.local_connected = True
+        quorum = asyncio.create_task(self.quorum.run(), name="quorum-check")
+        try:
+            await self._alternate(stop)
+        finally:
+            quorum.cancel()
+            await asyncio.gather(quorum, return_exceptions=True)
+            await self.election.resign()  # a standby takes over now, not after the TTL
+            await self.local.close()
+            await lock_client.close()
+            await self._stop_servers()
+            log.info("stopped")
+
+    async def _alternate(self, stop: asyncio.Event) -> None:
+        """Standby until the lock is ours, leader until it is lost, and again, until
+        ``stop``."""
+        assert self.election is not None
+        while not stop.is_set():
+            follower = CacheFollower(self.local, page_size=self.options.page_size,
+                                     clock=self.clock, on_leader=self._leader_seen)
+            self.follower = follower
+            following = asyncio.create_task(self._follow(follower), name="standby-follower")
+            try:
+                term = await self._until(stop, self._campaign())
+                if term is None:
+                    return
+                # Every write of the leaders before us is in the follower's view once it
+                # has seen the revision our term starts at (later ones are fenced off).
+                if await self._until(stop, follower.caught_up(term.since)) is None:
+                    return
+                seeds = follower.seeds()
+                removed_at = dict(follower.config_removed_at)
+            finally:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+            self.follower = None
+            self._fence.hold(term.key, term.revision)
+            self._took_over = term.since != term.revision  # another replica led before
+            self.role = LEADER
+            self.metrics.leader.set(1)
+            self._leader_seen(term.key.decode())
+            log.info("leader election: lock acquired (%s, lease %x); leading",
+                     term.key.decode(), term.lease)
+            try:
+                await self._lead(seeds, removed_at, stop)
+            finally:
+                self._fence.drop()
+                self.metrics.leader.set(0)
+                self.role = STANDBY
+            if stop.is_set():
+                return
+            log.warning("leader election: leadership lost (%s); stepping down to standby",
+                        self.election.lost_reason)
+            await self.election.resign()
+
+    @staticmethod
+    async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+        """``work``'s result (never None), or None if ``stop`` comes first."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (task, stopping):
+                waiting.cancel()
+            await asyncio.gather(task, stopping, return_exceptions=True)
+        return None if task.cancelled() else task.result()
+
+    async def _campaign(self) -> Term:
+        assert self.election is not None
+        backoff = Backoff(LEADER_ELECTION, clock=self.clock)
+        while True:
+            try:
+                return await self.election.campaign()
+            except SessionLost as exc:
+                log.warning("leader election: session lost while waiting: %s", exc)
+            except EtcdError as exc:
+                log.warning("leader election: %s; retrying", exc)
+            await backoff.wait()
+
+    async def _follow(self, follower: CacheFollower) -> None:
+        backoff = Backoff(LEADER_ELECTION, clock=self.clock)
+        while True:
+            try:
+                await follower.run()
+            except EtcdError as exc:
+                log.warning("standby: following the local etcd failed: %s; retrying", exc)
+                await backoff.wait()
+
+    def _leader_seen(self, key: str | None) -> None:
+        """The lock's owner is ``key`` now (None: nobody): count a change."""
+        if key is not None and self._leader_key is not None and key != self._leader_key:
+            self.metrics.leader_changes.inc()
+        if key is not None:
+            self._leader_key = key
+
+    def _fence_refused(self, reason: str) -> None:
+        if self.election is not None:
+            self.election.end_session(reason)
+
+    async def _lead(self, seeds: Seeds, removed_at: Mapping[str, float],
+                    stop: asyncio.Event) -> None:
+        """One term: run the remotes until ``stop`` or the term is lost.  ``removed_at``:
+        when the standby saw each cluster-config deleted (removals to resume)."""
+        assert self.election is not None
+        o = self.options
+        self._new_term()
+        self.writer = SyncWriter(self.local, max_txn_ops=o.max_txn_ops,
+                                 max_request_bytes=o.max_request_bytes,
+                                 max_inflight=o.max_inflight, qps=o.qps,
+                                 bootstrap_qps=o.bootstrap_qps,
+                                 on_commit=self.metrics.writes_committed,
+                                 on_error=self.metrics.writes_failed, clock=self.clock)
+        self._seeds = seeds
         self.writer.start()
         directory = ConfigDirectory(o.config_dir, local_cluster_name=o.cluster_name,
                                     interval=o.config_poll_interval, clock=self.clock)
@@ -139,34 +257,60 @@ class KVStoreMesh:
         background = [asyncio.create_task(directory.run(self, ready=first_read),
                                           name="config-dir"),
                       asyncio.create_task(self._watch_readiness(), name="readiness"),
-                      asyncio.create_task(self._log_problems(), name="problems"),
-                      asyncio.create_task(self.quorum.run(), name="quorum-check")]
+                      asyncio.create_task(self._log_problems(), name="problems")]
         if o.enable_heartbeat:
             background.append(asyncio.create_task(
                 write_heartbeats(self.local, runs=self.metrics.controllers, clock=self.clock),
                 name="heartbeat"))
+        term_lost = self.election.lost
         try:
-            await first_read.wait()
+            if await _first_set(first_read, term_lost, stop) is not first_read:
+                return
             # Both at once: readiness must never see the directory read without knowing
             # which clusters it has to wait for.
             self.initial_clusters = set(directory.known)
             self.config_ready.set()
             self._maybe_ready.set()
-            await self._remove_orphans(set(directory.known))
+            await self._remove_orphans(set(directory.known), removed_at)
             if o.cache_ttl > 0:
                 background.append(asyncio.create_task(self._revoke_stale_caches(),
                                                       name="cache-ttl"))
-            await stop.wait()
+            await _first_set(stop, term_lost)
         finally:
-            log.info("shutting down (caches are kept)")
+            graceful = stop.is_set() and not term_lost.is_set()
+            if not graceful:
+                self._fence.drop()  # not one more write goes out under this term
+            log.info("%s (caches are kept)", "shutting down" if graceful
+                     else "leaving the leader's work")
             for task in [*background, *self._tasks.values()]:
                 task.cancel()
             await asyncio.gather(*background, *self._tasks.values(), self._removals.cancel(),
                                  return_exceptions=True)
-            await self.writer.stop(drain_timeout=5.0)
-            await self.local.close()
-            await self._stop_servers()
-            log.info("stopped")
+            # Queued writes get a few seconds on a graceful stop, none once the lock is
+            # lost (they would be refused anyway).
+            await self.writer.stop(drain_timeout=5.0 if graceful else 0)
+            if not stop.is_set():  # a standby shows none of its last term's work
+                self.remotes = {}
+                self.writer = None
+
+    def _new_term(self) -> None:
+        """The leader's state, anew for each term."""
+        o = self.options
+        self.remotes: dict[str, RemoteCluster] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._removals = Removals(grace=o.removal_grace, clock=self.clock)
+        self._revoked: set[str] = set()
+        self._seeds: Seeds | None = None  # the warm standby's view, for the first sessions
+        self.cluster_ids = ClusterIds()
+        self._overlaps = PodCidrOverlaps()
+        self.started_at = self.clock.monotonic()  # of the term: ready timeouts count from it
+        self.initial_clusters: set[str] = set()
+        self.config_ready = asyncio.Event()  # set once initial_clusters is known
+        # Set by whatever can make the mesh ready (a remote ready, one removed, the config
+        # directory read); the readiness watcher waits for it rather than polling.
+        self._maybe_ready = asyncio.Event()
+        self.readiness = Readiness(self, per_cluster_timeout=o.per_cluster_ready_timeout,
+                                   global_timeout=o.global_ready_timeout, clock=self.clock)
 
     # ------------------------------------------------- what the others read
 
@@ -217,9 +361,32 @@ class KVStoreMesh:
     def _quorum_problem(self) -> str | None:
         return self.quorum.problem if self.quorum is not None else None
 
+    def leadership(self) -> Leadership:
+        """This replica's role and who holds the leader lock, as known now."""
+        identity = self.identity
+        lease = self.election.lease if self.election is not None else 0
+        if self.role == LEADER:
+            return Leadership(LEADER, identity, lease, identity, lease)
+        holder = self.follower.leader() if self.follower is not None else None
+        if holder is None:
+            return Leadership(STANDBY, identity, lease, None, 0)
+        return Leadership(STANDBY, identity, lease, holder.identity or "", holder.lease)
+
     def _readiness_with_problems(self) -> tuple[bool, list[str]]:
         remotes = self.remotes_status()
-        ready, lines = self.readiness.check(remotes)
+        leadership = self.leadership()
+        if leadership.role == LEADER:
+            ready, lines = self.readiness.check(remotes)
+            if ready:
+                self._was_ready = True
+            elif self._was_ready:  # taking over: the pod stays ready while the term syncs
+                ready, lines = True, ["taken over; syncing", *lines]
+        else:
+            listed = self.follower is not None and self.follower.listed.is_set()
+            self._was_ready = self._was_ready or listed
+            ready = self._was_ready
+            lines = [] if listed else ["local etcd: not listed yet"]
+        lines = [*lines, leadership.describe()]
         quorum = self._quorum_problem()
         if quorum is not None:
             ready, lines = False, [quorum, *lines]
@@ -245,7 +412,10 @@ class KVStoreMesh:
             self.runners["metrics"] = await serve(metrics_app(self.metrics.registry), host, port)
         if o.api_serve_addr:
             host, port = listen_address(o.api_serve_addr)
-            api = json_app({"/v1/cluster": lambda: status_models(self)})
+            # The list is Cilium's RemoteCluster models; role and leader go in a header.
+            api = json_app({"/v1/cluster": lambda: status_models(self)},
+                           headers=lambda: {LEADERSHIP_HEADER: json.dumps(
+                               self.leadership().model())})
             self.runners["api"] = await serve(api, host, port)
 
     def port(self, server: str) -> int:
@@ -270,9 +440,10 @@ class KVStoreMesh:
             if ready:
                 assert self.writer is not None and self.readiness.ready_since is not None
                 self.writer.bootstrap_done()
-                log.info("KVStoreMesh ready: %d/%d remote clusters ready (%.1fs after start)",
+                log.info("KVStoreMesh ready: %d/%d remote clusters ready (%.1fs after %s)",
                          sum(1 for s in remotes.values() if s.ready), len(remotes),
-                         self.readiness.ready_since - self.started_at)
+                         self.readiness.ready_since - self.started_at,
+                         "taking over" if self._took_over else "start")
                 return
             await wait_event(self._maybe_ready, self.readiness.next_timeout(),
                              clock=self.clock)
@@ -315,7 +486,7 @@ class KVStoreMesh:
         return RemoteCluster(name=name, config_path=file.path, local=self.local,
                              writer=self.writer, options=self.options, metrics=self.metrics,
                              cluster_ids=self.cluster_ids, clock=self.clock,
-                             on_ready=self._maybe_ready.set)
+                             on_ready=self._maybe_ready.set, seeds=self._seeds)
 
     def _start_remote(self, file: ClusterFile) -> None:
         previous = self.remotes.get(file.name)
@@ -338,8 +509,12 @@ class KVStoreMesh:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _remove_orphans(self, configured: set[str]) -> None:
-        """Remove clusters the cache holds but the config directory no longer names."""
+    async def _remove_orphans(self, configured: set[str],
+                              removed_at: Mapping[str, float]) -> None:
+        """Remove clusters the cache holds but the config directory no longer names.
+
+        A removal another leader began (``removed_at``: when this replica, then a
+        standby, saw its cluster-config go) is resumed: its grace counts from then."""
         assert self.local is not None
         keep = configured | {self.options.cluster_name} | self._removals.in_progress()
         orphans = await orphaned_clusters(self.local, keep=keep)
@@ -347,9 +522,15 @@ class KVStoreMesh:
             log.warning("clusters %s: cached but no longer configured; kept: "
                         "--disable-drain-on-disconnection", ", ".join(orphans))
             return
+        now = self.clock.monotonic()
         for name in orphans:
-            log.info("cluster %s: cached but no longer configured; removing it", name)
-            self._removals.start(self._new_remote(name))
+            seen = removed_at.get(name)
+            if seen is None:
+                log.info("cluster %s: cached but no longer configured; removing it", name)
+            else:
+                log.info("cluster %s: resuming its removal, begun %.1fs ago", name, now - seen)
+            self._removals.start(self._new_remote(name),
+                                 waited=now - seen if seen is not None else 0.0)
 
     # -------------------------------------------------------------- cache TTL
 
@@ -378,3 +559,15 @@ class KVStoreMesh:
                     self.revocations[name] += 1
                 except EtcdError as exc:
                     log.warning("cluster %s: draining services failed: %s", name, exc)
+
+
+async def _first_set(*events: asyncio.Event) -> asyncio.Event:
+    """Wait until one of ``events`` is set; the first of them that is."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    return next(event for event in events if event.is_set())

@@ -29,7 +29,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -83,6 +83,15 @@ class MeshMetrics(KVStoreMetrics):
             f"{NS}_rejected_entries",
             "Remote entries kept out of the cache by validation",
             ["target_cluster", "resource", "reason"], registry=self.registry)
+
+        # Upstream's name and label (facts §7): 1 while this replica holds the lock.
+        self.leader = Gauge(f"{NS}_leader_election_master_status",
+                            "Whether this replica is the leader (holds the leader election "
+                            "lock)", ["name"], registry=self.registry).labels("kvstoremesh")
+        self.leader_changes = Counter(
+            f"{NS}_leader_changes",
+            "Changes of the holder of the leader election lock seen by this replica",
+            registry=self.registry)
 
     def entry_rejected(self, cluster: str, resource: str, reason: str) -> None:
         self.rejected_entries.labels(cluster, resource, reason).inc()

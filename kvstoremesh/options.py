@@ -40,4 +40,8 @@ class MeshOptions:
     disable_drain_on_disconnection: bool = False  # keep a removed remote's cached data
     max_consecutive_quorum_errors: int = 2  # local etcd status checks failing in a row
     controller_group_metrics: tuple[str, ...] = ()  # "all", or group names
+    # Leader election on the local etcd (upstream's LockLeaseTTL; our identity: the pod
+    # name, which is the host name in Kubernetes; "" means that).
+    leader_election_lease_ttl: float = 25.0
+    leader_election_identity: str = ""
     debug: bool = False

@@ -7,7 +7,8 @@ of ``cluster1``, from ``cilium/state/nodes/v1/cluster1/`` on the remote etcd to
 through one :class:`~clustermesh.syncstore.SyncStore` over the cache prefix:
 
 1. **Before the first list** the store learns what the local cache holds under the
-   prefix (:meth:`~clustermesh.syncstore.SyncStore.load`, once per session).
+   prefix (:meth:`~clustermesh.syncstore.SyncStore.load`, once per session; right after
+   a takeover, from what the standby followed instead of a read).
 2. **Pages** of the remote list: every key is translated (the suffix after the remote
    prefix is kept verbatim) and upserted; the store queues a write only for a value
    that differs from what the cache holds, so a restart with a full cache costs
@@ -38,7 +39,7 @@ from clustermesh.etcd.client import EtcdClient, Event, KeyValue
 from clustermesh.etcd.listwatch import Changes, Listed, Page, list_and_watch
 from clustermesh.etcd.watch import PUT
 from clustermesh.keys import Resource, metrics_scope
-from clustermesh.syncstore import SyncStore
+from clustermesh.syncstore import Seeds, SyncStore
 from clustermesh.syncwriter import SyncWriter
 
 from .snapshot import ReflectorStatus
@@ -61,6 +62,8 @@ class Reflector:
     readiness is not lost while this one lists again.  ``validate(key below the
     prefix, value)`` returns why an entry must not be cached; ``observe(cache key,
     value or None when removed)`` sees every entry as it is cached or removed.
+    ``seeds``: what the cache holds, known without reading it (a replica that took over
+    from a warm standby).
     """
 
     def __init__(self, *, resource: Resource, cluster: str, remote: EtcdClient,
@@ -70,7 +73,8 @@ class Reflector:
                  on_synced: Callable[[], None] | None = None,
                  validate: Callable[[str, bytes], str | None] | None = None,
                  rejections: Rejections | None = None,
-                 observe: Callable[[bytes, bytes | None], None] | None = None) -> None:
+                 observe: Callable[[bytes, bytes | None], None] | None = None,
+                 seeds: Seeds | None = None) -> None:
         self.resource = resource
         self._cluster = cluster
         self._remote = remote
@@ -79,7 +83,7 @@ class Reflector:
         self._target = resource.cache_prefix(cluster).encode()
         self._store = SyncStore(writer=writer, local=local, prefix=self._target,
                                 canary=resource.cache_canary(cluster).encode(),
-                                page_size=page_size, clock=clock)
+                                page_size=page_size, seeds=seeds, clock=clock)
         # The writer's own limit check, bound once: it runs for every listed key.
         self._fits = writer.fits
         self._scope = metrics_scope(self._target.decode())

@@ -49,6 +49,7 @@ from clustermesh.etcd.config import EtcdConfigError, load_etcd_config
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.keys import RESOURCES, Resource, cluster_config_key
 from clustermesh.keys import synced_prefix as synced_prefix_of
+from clustermesh.syncstore import Seeds
 from clustermesh.syncwriter import SyncWriter
 
 from .diagnostics import ClusterIds, Network, Problem, expiring_certificates, pod_cidrs
@@ -106,7 +107,8 @@ class RemoteCluster:
     def __init__(self, *, name: str, config_path: Path, local: EtcdClient, writer: SyncWriter,
                  options: MeshOptions, metrics: MeshMetrics | None = None,
                  cluster_ids: ClusterIds | None = None, clock: Clock = REAL_CLOCK,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 seeds: Seeds | None = None) -> None:
         self.name = name
         self.rejections = Rejections(name)
         # Cached node key -> its pod CIDRs, for the mesh's overlap check (which reads it
@@ -121,6 +123,7 @@ class RemoteCluster:
         self._cluster_ids = cluster_ids if cluster_ids is not None else ClusterIds()
         self._clock = clock
         self._on_ready = on_ready
+        self._seeds = seeds  # what the cache holds, from a warm standby (first session)
         self._state = _State(disconnected_since=self.created)
         self._heartbeat = Heartbeat(timeout=options.heartbeat_timeout, clock=clock)
         self._pod_cidrs_version = 0  # bumped whenever pod_cidrs changes
@@ -210,6 +213,11 @@ class RemoteCluster:
                 self._failed(_leaves(group))
             finally:
                 self._disconnected()
+            # Python 3.11's TaskGroup raises the children's errors, not CancelledError, when
+            # we are cancelled while one of them fails; the cancellation must not be lost
+            # to the retry (a step-down or a shutdown would wait for us forever).
+            if _cancelling():
+                raise asyncio.CancelledError
             await backoff.wait()
 
     def _failed(self, errors: list[Exception]) -> None:
@@ -324,7 +332,7 @@ class RemoteCluster:
                 synced=old is not None and old.status().synced,
                 clock=self._clock, metrics=self._metrics, on_synced=self._maybe_ready,
                 validate=validate, rejections=self.rejections,
-                observe=self._node_seen if rules.observed else None)
+                observe=self._node_seen if rules.observed else None, seeds=self._seeds)
             if how is Reflection.OFF:
                 # Not in _reflectors: readiness, status and metrics leave it out.
                 group.create_task(reflector.withdraw())
@@ -373,6 +381,11 @@ class RemoteCluster:
             reflector = self._reflectors.get(resource)
             if reflector is not None:
                 reflector.canary_deleted()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:

@@ -10,6 +10,7 @@ by :class:`Removals` in upstream's order:
 3. an etcd error retries the whole removal, up to :data:`REMOVAL_ATTEMPTS` times,
    waiting :data:`~clustermesh.backoff.CLUSTER_REMOVAL` backoff between attempts; the
    grace is waited once, after the first successful deletion of the cluster-config.
+   A removal taken over from another leader waits only what is left of its grace.
 
 Both waits read the mesh's :class:`~clustermesh.clock.Clock`.  Shutdown cancels a
 removal half-way; whatever it left (canaries and caches without a cluster-config) is
@@ -54,9 +55,11 @@ class Removals:
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def start(self, remote: Removable) -> None:
+    def start(self, remote: Removable, *, waited: float = 0.0) -> None:
+        """Remove ``remote``; ``waited``: seconds of its grace already gone by (a removal
+        begun by the previous leader, resumed)."""
         name = remote.name
-        task = asyncio.create_task(self._remove(remote), name=f"remove-{name}")
+        task = asyncio.create_task(self._remove(remote, waited), name=f"remove-{name}")
         self._tasks[name] = task
         task.add_done_callback(lambda _: self._tasks.pop(name, None))
 
@@ -79,7 +82,7 @@ class Removals:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _remove(self, remote: Removable) -> None:
+    async def _remove(self, remote: Removable, waited: float) -> None:
         backoff = Backoff(CLUSTER_REMOVAL, clock=self._clock)
         graced = False
         for attempt in range(1, REMOVAL_ATTEMPTS + 1):
@@ -87,8 +90,8 @@ class Removals:
                 await remote.delete_cached_config()
                 if not graced:
                     graced = True
-                    if self.grace > 0:
-                        await self._clock.sleep(self.grace)
+                    if self.grace - waited > 0:
+                        await self._clock.sleep(self.grace - waited)
                 await remote.drain()
                 log.info("cluster %s: cached data removed", remote.name)
                 return

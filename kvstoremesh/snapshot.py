@@ -68,3 +68,39 @@ class RemoteStatus(NamedTuple):
     def pending(self) -> list[str]:
         """Names of the reflected resources not synced yet."""
         return [r.resource.name for r in self.reflectors if not r.synced]
+
+
+LEADER = "leader"
+STANDBY = "standby"
+
+
+class Leadership(NamedTuple):
+    """This replica's role and the holder of the leader lock (see ``kvstoremesh.mesh``)."""
+
+    role: str  # LEADER or STANDBY
+    identity: str  # this replica's
+    lease: int  # of this replica's election session (0: none yet)
+    leader: str | None  # the holder's identity ("" if it registered none); None: no holder
+    leader_lease: int
+
+    def describe(self) -> str:
+        """One line for /readyz?verbose and ``kvstoremesh-dbg status``."""
+        if self.role == LEADER:
+            return f"leader: this replica ({self.identity}, lease {self.lease:x})"
+        if self.leader is None:
+            return f"standby ({self.identity}): no leader holds the lock"
+        who = self.leader or ("an unregistered replica (upstream's KVStoreMesh?)")
+        return f"standby ({self.identity}): the leader is {who} (lease {self.leader_lease:x})"
+
+    def model(self) -> dict[str, object]:
+        """Its JSON form: the ``Kvstoremesh-Leader-Election`` header of ``/v1/cluster``."""
+        return {"role": self.role, "identity": self.identity, "lease": f"{self.lease:x}",
+                "leader": self.leader, "leader-lease": f"{self.leader_lease:x}"}
+
+    @classmethod
+    def from_model(cls, model: dict[str, object]) -> Leadership:
+        """ValueError (or KeyError) if ``model`` is not what :meth:`model` makes."""
+        leader = model["leader"]
+        return cls(str(model["role"]), str(model["identity"]), int(str(model["lease"]), 16),
+                   None if leader is None else str(leader),
+                   int(str(model["leader-lease"]), 16))

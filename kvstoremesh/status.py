@@ -34,7 +34,7 @@ from clustermesh.clock import REAL_CLOCK, Clock
 
 from .diagnostics import Problem
 from .resources import RULES, Reflection, ResourceRules
-from .snapshot import RemoteStatus
+from .snapshot import Leadership, RemoteStatus
 
 
 class ReadinessSource(Protocol):
@@ -226,9 +226,14 @@ def _since(last_failure: str | None, now: datetime) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60}m ago"
 
 
+# The response header of ``/v1/cluster`` with this replica's Leadership.model() as JSON.
+LEADERSHIP_HEADER = "Kvstoremesh-Leader-Election"
+
+
 def format_status(models: list[dict[str, Any]], *, verbose: bool = False,
-                  now: datetime | None = None) -> str:
-    """Cilium's ``kvstoremesh-dbg status`` text for a list of RemoteCluster models."""
+                  now: datetime | None = None, leadership: Leadership | None = None) -> str:
+    """Cilium's ``kvstoremesh-dbg status`` text for a list of RemoteCluster models; then,
+    ours, a ``Leader election:`` line when the daemon said its role."""
     now = now or datetime.now(UTC)
     ready = sum(1 for m in models if m.get("ready"))
     lines = [f"KVStoreMesh:\t{ready}/{len(models)} clusters ready"]
@@ -261,6 +266,8 @@ def format_status(models: list[dict[str, Any]], *, verbose: bool = False,
             examples = ", ".join(f"{r['resource']} {r['key']!r}: {r['reason']}"
                                  for r in rejected["latest"])
             lines.append(f"   └  rejected entries: {rejected['total']} (latest: {examples})")
+    if leadership is not None:
+        lines.append(f"Leader election:\t{leadership.describe()}")
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -34,15 +34,29 @@ from clustermesh.flags import option_default
 from clustermesh.goflags import FlagSet, Parsed
 
 from .options import MeshOptions
-from .status import format_status
+from .snapshot import Leadership
+from .status import LEADERSHIP_HEADER, format_status
 
 WAIT_INTERVAL = 1.0  # seconds between two fetches with --wait
 _STEP = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\*|-?\d+)\]")
 
 
-def fetch(address: str, *, timeout: float = 5.0) -> list[dict[str, Any]]:
+class Fetched(NamedTuple):
+    models: list[dict[str, Any]]  # Cilium's RemoteCluster models
+    leadership: Leadership | None  # None: a daemon that does not say (upstream's)
+
+
+def fetch(address: str, *, timeout: float = 5.0) -> Fetched:
     with urllib.request.urlopen(f"http://{address}/v1/cluster", timeout=timeout) as resp:
-        return json.load(resp)
+        header = resp.headers.get(LEADERSHIP_HEADER)
+        models = json.load(resp)
+    leadership = None
+    if header:
+        try:
+            leadership = Leadership.from_model(json.loads(header))
+        except (ValueError, KeyError, TypeError):
+            leadership = None  # not ours to judge: the list is what counts
+    return Fetched(models, leadership)
 
 
 def check_output(output: str) -> None:
@@ -56,14 +70,15 @@ def check_output(output: str) -> None:
                      "jsonpath=TEMPLATE")
 
 
-def render(models: list[dict[str, Any]], *, output: str, verbose: bool) -> str:
+def render(models: list[dict[str, Any]], *, output: str, verbose: bool,
+           leadership: Leadership | None = None) -> str:
     if output == "json":
         return json.dumps(models, indent=2) + "\n"
     if output == "yaml":
         return yaml.safe_dump(models, sort_keys=False)
     if output.startswith("jsonpath="):
         return _jsonpath(output.removeprefix("jsonpath="), models) + "\n"
-    return format_status(models, verbose=verbose)
+    return format_status(models, verbose=verbose, leadership=leadership)
 
 
 def _jsonpath(template: str, doc: Any) -> str:
@@ -137,7 +152,7 @@ async def _status(args: Parsed, *, clock: Clock) -> int:
     deadline = clock.monotonic() + args.timeout
     while True:
         try:
-            models = await asyncio.to_thread(fetch, args.api_serve_addr)
+            models, leadership = await asyncio.to_thread(fetch, args.api_serve_addr)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             if not args.wait or clock.monotonic() > deadline:
                 print(f"kvstoremesh status: cannot reach the status API at "
@@ -149,7 +164,8 @@ async def _status(args: Parsed, *, clock: Clock) -> int:
         if all_ready or not args.wait or clock.monotonic() > deadline:
             break
         await clock.sleep(WAIT_INTERVAL)
-    sys.stdout.write(render(models, output=args.output, verbose=args.verbose))
+    sys.stdout.write(render(models, output=args.output, verbose=args.verbose,
+                            leadership=leadership))
     if not all_ready and args.wait:
         print(f"kvstoremesh status: not all clusters ready after {args.timeout:g}s",
               file=sys.stderr)

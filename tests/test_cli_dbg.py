@@ -43,7 +43,7 @@ async def test_kvstoremesh_dbg_status_against_a_running_daemon(mesh_env: MeshEnv
     c1 = await mesh_env.add_remote("cluster1", 1, service_exports=True)
     await c1.publish(sample_state("cluster1", 1))
     await c1.write_canaries()
-    mesh = await mesh_env.start_mesh()
+    mesh = await mesh_env.start_mesh(leader_election_identity="kvstoremesh-0")
     await mesh_env.wait_ready()
     host = f"127.0.0.1:{mesh.port('api')}"
     (code, out, err), (jcode, jout, _), (ycode, yout, _), (pcode, pout, _), \
@@ -56,16 +56,19 @@ async def test_kvstoremesh_dbg_status_against_a_running_daemon(mesh_env: MeshEnv
             # -H is a persistent flag of kvstoremesh-dbg, as upstream.
             run_cli("kvstoremesh-dbg", "-H", host, "status", "--verbose"))
     assert (code, err) == (0, ""), err
-    assert out.splitlines() == [
+    # Upstream's lines, then ours: the role of the replica that answered.
+    assert out.splitlines()[:-1] == [
         "KVStoreMesh:\t1/1 clusters ready",
         "   cluster1: ready, 2 nodes, 4 endpoints, 1 identities, 2 services, "
         "1 MCS-API service exports, 0 reconnections (last: never), 0 endpointslices"]
+    assert out.splitlines()[-1].startswith(
+        "Leader election:\tleader: this replica (kvstoremesh-0, lease "), out
     assert jcode == ycode == pcode == vcode == 0
     (doc,) = json.loads(jout)
     assert (doc["name"], doc["ready"], doc["num-endpoints"]) == ("cluster1", True, 4)
     assert yaml.safe_load(yout) == json.loads(jout)
     assert pout == "cluster1=true\n"
-    assert vout.splitlines()[-1] == (
+    assert vout.splitlines()[-2] == (
         "   └  synchronization status: nodes=true, endpoints=true, identities=true, "
         "services=true, service-exports=true")
 

@@ -407,7 +407,7 @@ async def test_kvstoremesh_process_configured_from_env(tmp_path: Path,
                         break
                 except OSError:
                     await asyncio.sleep(0.1)
-            assert fetch(f"127.0.0.1:{api}") == []
+            assert fetch(f"127.0.0.1:{api}").models == []
         proc.send_signal(signal.SIGTERM)
         _, rest = await asyncio.wait_for(proc.communicate(), 30)
     finally:

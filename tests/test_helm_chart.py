@@ -676,6 +676,83 @@ def test_args_are_flags_the_daemons_accept(helm: Path, tmp_path: Path, scenario:
     assert options.max_request_bytes == expected.get("maxRequestBytes", 1536 * 1024)
 
 
+EXTERNAL = {"kvstoremesh": {"kvstoreMode": "external", "external": {
+    "replicas": 3, "endpoints": ["https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379"]}},
+    "clustermesh": {"config": {"clusters": REMOTES}}}
+
+
+def test_external_mode_runs_fenced_replicas_on_the_agents_etcd(helm: Path,
+                                                                tmp_path: Path) -> None:
+    from kvstoremesh import main as kvstoremesh_main
+
+    docs = render(helm, tmp_path, EXTERNAL)
+    if kubernetes_validate is not None:
+        for doc in docs:
+            if (doc["apiVersion"], doc["kind"]) not in CRD_KINDS:
+                kubernetes_validate.validate(doc, kubernetes_validate.latest_version(),
+                                             strict=True)
+    # No etcd, no apiserver, no Service for the other clusters (they read the agents'
+    # etcd), no Kubernetes RBAC (KVStoreMesh reads no Kubernetes object): the only Service
+    # lists the replicas' metrics.
+    assert not [d for d in docs if d["kind"] == "ClusterRole"]
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["kvmesh-metrics"]
+    monitor = find(render(helm, tmp_path, {**EXTERNAL, "metrics": {
+        "serviceMonitor": {"enabled": True}}}), "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["kvmesh-metrics"]
+    deployment = find(docs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pod = spec["template"]["spec"]
+    assert "initContainers" not in pod and [c["name"] for c in pod["containers"]] == [
+        "kvstoremesh"]
+    kvm = pod["containers"][0]
+    args = parse(kvstoremesh_main.build_parser(), kvm["args"])
+    mesh = kvstoremesh_main.options_from_args(args)
+    assert mesh.enable_heartbeat and mesh.leader_election_lease_ttl == 25.0
+    assert mesh.leader_election_identity == "$(POD_NAME)"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} \
+        in kvm["env"]
+    # The etcd client config the chart renders names the agents' etcd and the files of the
+    # TLS Secret, mounted where it says.
+    config_map = find(docs, "ConfigMap", "clustermesh-apiserver-etcd-config")
+    mounts = {m["mountPath"]: m["name"] for m in kvm["volumeMounts"]}
+    assert mounts[str(mesh.local_config.parent)] == "external-etcd-config"
+    local = tmp_path / "etcd-config.yaml"
+    local.write_text(config_map["data"][mesh.local_config.name])
+    config = load_etcd_config(local)
+    assert [f"{e.scheme}://{e.host}:{e.port}" for e in config.endpoints] == EXTERNAL[
+        "kvstoremesh"]["external"]["endpoints"]
+    for path in (config.trusted_ca_file, config.cert_file, config.key_file):
+        assert mounts[str(path.parent)] == "external-etcd-secrets"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["external-etcd-secrets"]["secret"]["secretName"] == "cilium-etcd-secrets"
+    assert mounts[str(mesh.config_dir)] == "kvstoremesh-config"
+    # helm uninstall removes the cache from the agents' etcd: a post-delete hook running
+    # `kvstoremesh uninstall` with the replicas' settings, on its own copy of the config.
+    job = find(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
+    [hook] = job["spec"]["template"]["spec"]["containers"]
+    assert hook["command"] == ["kvstoremesh"] and hook["args"][0] == "uninstall"
+    hook_args = parse(kvstoremesh_main.build_parser(command="kvstoremesh uninstall"),
+                      hook["args"][1:])
+    removal = kvstoremesh_main.options_from_args(hook_args)
+    assert (removal.local_config, removal.cluster_name) == (mesh.local_config,
+                                                            mesh.cluster_name)
+    hook_map = find(docs, "ConfigMap", "clustermesh-apiserver-uninstall")
+    assert hook_map["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
+    assert hook_map["data"] == config_map["data"]
+
+
+def test_external_mode_needs_the_agents_etcd_endpoints(helm: Path, tmp_path: Path) -> None:
+    proc = run_helm(helm, "template", "mesh", str(CHART), tmp_path=tmp_path,
+                    values={"kvstoremesh": {"kvstoreMode": "external"}})
+    assert proc.returncode != 0
+    assert "kvstoremesh.external.endpoints" in proc.stderr
+
+
 @pytest.mark.parametrize("version", ["3.4", "3.5"])
 def test_etcd_args_are_flags_etcd_knows(helm: Path, tmp_path: Path, version: str) -> None:
     """Every etcd flag the chart passes is in ``etcd --help`` (of the test etcd binaries)."""

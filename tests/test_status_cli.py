@@ -194,8 +194,11 @@ async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str, flo
     return proc.returncode, out.decode(), err.decode(), time.monotonic() - started
 
 
+LEADER_LINE = "Leader election:\tleader: this replica (kvstoremesh-0, lease "
+
+
 async def start(env: MeshEnv, **overrides: Any) -> KVStoreMesh:
-    mesh = await env.start_mesh(**overrides)
+    mesh = await env.start_mesh(**{"leader_election_identity": "kvstoremesh-0", **overrides})
     async with asyncio.timeout(10):
         while "api" not in mesh.runners:
             await asyncio.sleep(0.02)
@@ -222,9 +225,11 @@ async def test_status_command_against_a_running_daemon(mesh_env: MeshEnv) -> Non
         run_cli("status", "--api-serve-addr", address, "--verbose"))
     assert (code, err) == (0, ""), err
     assert out.startswith("KVStoreMesh:\t1/1 clusters ready\n"), out
-    assert out.splitlines()[1:] == [
+    # Cilium's lines, then ours: the role of the replica that answered.
+    assert out.splitlines()[1:-1] == [
         "   cluster1: ready, 2 nodes, 4 endpoints, 1 identities, 2 services, "
         "1 MCS-API service exports, 0 reconnections (last: never), 0 endpointslices"]
+    assert out.splitlines()[-1].startswith(LEADER_LINE), out
 
     assert jcode == 0
     assert json.loads(jout) == await api_models(address)
@@ -235,11 +240,12 @@ async def test_status_command_against_a_running_daemon(mesh_env: MeshEnv) -> Non
     lines = vout.splitlines()
     assert lines[0] == "KVStoreMesh:\t1/1 clusters ready"
     assert lines[2].startswith("   └  etcd: 1/1 connected: http://127.0.0.1:")
-    assert lines[3:] == [
+    assert lines[3:-1] == [
         "   └  remote configuration: expected=true, retrieved=true, cluster-id=1, "
         "kvstoremesh=false, sync-canaries=true, service-exports=enabled",
         "   └  synchronization status: nodes=true, endpoints=true, identities=true, "
         "services=true, service-exports=true"]
+    assert lines[-1].startswith(LEADER_LINE), vout
 
 
 async def test_status_wait_gives_up_on_a_not_ready_cluster_and_succeeds_once_ready(

@@ -32,6 +32,8 @@ import os
 import random
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,23 +438,28 @@ class DaemonProcess:
     """KVStoreMesh as a real process (``python -m kvstoremesh.main``) for a
     :class:`~harness.mesh.MeshEnv`: what a kill -9 is tested against."""
 
-    def __init__(self, env: MeshEnv, log_file: Path, *args: str) -> None:
+    def __init__(self, env: MeshEnv, log_file: Path, *args: str,
+                 local_config: Path | None = None) -> None:
+        """``local_config``: the daemon's own local etcd config (default: the env's)."""
         self.env = env
         self.log_file = log_file
         self.args = args
+        self.local_config = local_config or env.local_config
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self.health_port = 0  # of the current run
 
     async def start(self, *extra: str) -> DaemonProcess:
         repo = _REPO
         self.starts += 1
+        self.health_port = free_port()
         with self.log_file.open("ab") as log:
             log.write(f"=== start #{self.starts}\n".encode())
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "kvstoremesh.main", "--cluster-name", "local",
                 "--cluster-id", "200", "--clustermesh-config", str(self.env.config_dir),
-                "--kvstore-opt", f"etcd.config={self.env.local_config}",
-                "--health-port", str(free_port()), "--api-serve-addr", "127.0.0.1:0",
+                "--kvstore-opt", f"etcd.config={self.local_config}",
+                "--health-port", str(self.health_port), "--api-serve-addr", "127.0.0.1:0",
                 *self.args, *extra, cwd=repo, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(repo)})
         return self
@@ -469,6 +476,26 @@ class DaemonProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    async def readyz(self) -> tuple[int, str]:
+        """``GET /readyz?verbose``: (status, body); (0, error) when nothing answers."""
+        url = f"http://127.0.0.1:{self.health_port}/readyz?verbose"
+
+        def get() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+            except OSError as exc:
+                return 0, str(exc)
+
+        return await asyncio.to_thread(get)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the daemon, which must still be running (ours, not reaped)."""
+        assert self.proc is not None and self.proc.returncode is None
+        self.proc.send_signal(sig)
 
     async def kill(self) -> int:
         """SIGKILL (no shutdown code runs) and reap; returns the exit status."""

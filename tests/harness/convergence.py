@@ -10,7 +10,8 @@ calls for — :mod:`harness.oracle` — and the cached cluster-config) and retur
 * ``missing`` / ``extra`` / ``different`` — keys expected but absent, present but
   not expected, present with another value;
 * ``outside`` — keys outside every prefix the daemon may write for the configured
-  clusters: ``cilium/cache/<resource>/v1/<cluster>/`` (any resource: one the remote
+  clusters (its leader lock and replica registrations, :data:`DAEMON_KEYS`, aside):
+  ``cilium/cache/<resource>/v1/<cluster>/`` (any resource: one the remote
   does not export is then ``extra``), ``cilium/synced/<cluster>/``
   and ``cilium/cluster-config/<cluster>`` (anything else, ``cilium/state/``
   included, is a key the daemon had no business writing);
@@ -33,12 +34,13 @@ from dataclasses import dataclass, field
 
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.errors import EtcdError
-from clustermesh.etcd.watch import Watch
+from clustermesh.etcd.watch import DELETE, Watch
 from clustermesh.keys import RESOURCES, cluster_config_key, synced_prefix
 
-from .mesh import CANARY, MeshEnv, value_matches
+from .mesh import CANARY, DAEMON_KEYS, MeshEnv, value_matches
 
 ALL_KEYS = (b"\x00", b"\x00")  # etcd's "every key" range
+_BARRIER = b"harness/write-log-barrier"  # WriteLog's end marker (put, then deleted)
 
 
 def allowed_prefixes(cluster: str) -> tuple[tuple[bytes, ...], bytes]:
@@ -133,8 +135,9 @@ async def convergence_report(env: MeshEnv, *,
     expected = await env.expected()
     if unstorable is not None:
         expected = {k: v for k, v in expected.items() if not unstorable(k, v)}
+    ignored = (*DAEMON_KEYS, *tolerate)
     actual = {k: v for k, v in (await read_keyspace(env.local)).items()
-              if not k.startswith(tolerate)} if tolerate else await read_keyspace(env.local)
+              if not k.startswith(ignored)}
     report = ConvergenceReport(clusters=clusters, expected=len(expected), actual=len(actual),
                                _expected_values=expected, _actual_values=actual)
     report.missing = sorted(expected.keys() - actual.keys())
@@ -209,7 +212,8 @@ class WriteAudit:
                 for event in batch.events:
                     self.events += 1
                     key = bytes(event.kv.key)
-                    if self.tolerate and key.startswith(self.tolerate):
+                    if key.startswith(DAEMON_KEYS) or (
+                            self.tolerate and key.startswith(self.tolerate)):
                         continue
                     if owner(key, list(self.clusters())) is None:
                         self.violations.append(key)
@@ -228,3 +232,62 @@ class WriteAudit:
                 await self._task
             self._task = None
         return self.violations
+
+
+class WriteLog:
+    """Every write (put or delete) to an etcd while the block runs, the election's own
+    keys (:data:`DAEMON_KEYS`) aside: ``async with WriteLog(client) as writes: ...``, then
+    ``writes.keys`` (in order) or ``writes.events`` ((revision, key, type) each).  What
+    "a restart writes nothing" is checked with: a global revision would count the leader
+    lock taken at every start."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+        self.events: list[tuple[int, bytes, int]] = []
+        self._barrier_passed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def keys(self) -> list[bytes]:
+        return [key for _, key, _ in self.events]
+
+    def after(self, revision: int) -> list[bytes]:
+        """Keys written at a revision above ``revision``."""
+        return [key for rev, key, _ in self.events if rev > revision]
+
+    async def __aenter__(self) -> WriteLog:
+        revision = (await self.client.range(*ALL_KEYS, count_only=True)).header.revision
+        self._task = asyncio.create_task(self._run(revision + 1))
+        return self
+
+    async def _run(self, start_revision: int) -> None:
+        watch = Watch(self.client, key=ALL_KEYS[0], range_end=ALL_KEYS[1],
+                      start_revision=start_revision, prev_kv=False, progress_notify=False)
+        async with watch:
+            async for batch in watch:
+                for event in batch.events:
+                    key = bytes(event.kv.key)
+                    if key == _BARRIER:
+                        if event.type == DELETE:
+                            self._barrier_passed.set()
+                    elif not key.startswith(DAEMON_KEYS):
+                        self.events.append((event.kv.mod_revision, key, event.type))
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Not before every write committed until now has come through the watch: a put
+        and delete of a barrier key (left out of the log) mark the end."""
+        assert self._task is not None
+        self._barrier_passed.clear()
+        await self.client.put(_BARRIER, b"")
+        await self.client.delete(_BARRIER)
+        passed = asyncio.ensure_future(self._barrier_passed.wait())
+        try:
+            async with asyncio.timeout(10):
+                await asyncio.wait({self._task, passed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            passed.cancel()
+        if self._task.done():
+            self._task.result()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -37,6 +37,8 @@ from clustermesh.keys import (
     ENDPOINTS,
     HEARTBEAT_KEY,
     IDENTITIES,
+    KVSTOREMESH_LOCK,
+    KVSTOREMESH_REPLICAS,
     NODES,
     RESOURCES,
     SERVICE_EXPORTS,
@@ -62,14 +64,21 @@ _RFC3339 = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 LOCAL_NAME = "local"
 
 
+# KVStoreMesh's own keys, of no cluster: its leader lock and the replicas' registrations
+# (the leader election tests check them; the cache's checks leave them out).
+DAEMON_KEYS = (f"{KVSTOREMESH_LOCK}/".encode(), f"{KVSTOREMESH_REPLICAS}/".encode())
+
+
 async def read_tree(client: EtcdClient, prefix: bytes = b"cilium/") -> dict[bytes, bytes]:
+    """Every key under ``prefix`` and its value (:data:`DAEMON_KEYS` left out)."""
     kvs, _ = await client.list_prefix(prefix)
-    return {kv.key: kv.value for kv in kvs}
+    return {kv.key: kv.value for kv in kvs if not kv.key.startswith(DAEMON_KEYS)}
 
 
 async def tree_revisions(client: EtcdClient, prefix: bytes = b"cilium/") -> dict[bytes, int]:
+    """Each key's mod revision (:data:`DAEMON_KEYS` left out)."""
     kvs, _ = await client.list_prefix(prefix)
-    return {kv.key: kv.mod_revision for kv in kvs}
+    return {kv.key: kv.mod_revision for kv in kvs if not kv.key.startswith(DAEMON_KEYS)}
 
 
 def sample_state(name: str, cluster_id: int, *, nodes: int = 2, endpoints: int = 3,
@@ -210,11 +219,19 @@ class MeshEnv:
 
     @classmethod
     async def create(cls, dir: Path, factory: EtcdFactory,
-                     local_server: EtcdServer | None = None) -> MeshEnv:
+                     local_server: EtcdServer | EtcdCluster | None = None, *,
+                     daemon_user: tuple[str, str] | None = None) -> MeshEnv:
+        """``daemon_user``: (name, password) the daemon's local etcd config logs in with
+        (auth on); the test's own client is root then."""
         local_server = local_server or factory(name="local")
         (dir / "clustermesh").mkdir(parents=True, exist_ok=True)
-        local_server.client_config(dir / "local-etcd.yaml")
-        local = EtcdClient(load_etcd_config(dir / "local-etcd.yaml"), name="test local")
+        user, password = daemon_user or (None, None)
+        local_server.client_config(dir / "local-etcd.yaml", username=user, password=password)
+        own = dir / "local-etcd.yaml"
+        if local_server.auth_enabled:
+            own = local_server.client_config(dir / "harness-local-etcd.yaml", username="root",
+                                             password=local_server.root_password)
+        local = EtcdClient(load_etcd_config(own), name="test local")
         await local.connect()
         return cls(dir=dir, factory=factory, local_server=local_server, local=local)
 
@@ -355,10 +372,12 @@ class MeshEnv:
         return key
 
     async def local_tree(self) -> dict[bytes, bytes]:
-        """The local ``cilium/`` tree minus the local cluster's own keys."""
+        """The local ``cilium/`` tree minus the local cluster's own keys and the leader
+        election's."""
         tree = await read_tree(self.local)
         own = (f"cilium/cluster-config/{LOCAL_NAME}".encode(),
-               f"cilium/synced/{LOCAL_NAME}/".encode(), b"cilium/state/", b"cilium/.heartbeat")
+               f"cilium/synced/{LOCAL_NAME}/".encode(), b"cilium/state/", b"cilium/.heartbeat",
+               *DAEMON_KEYS)
         return {k: v for k, v in tree.items() if not k.startswith(own)}
 
     async def diff(self) -> dict[str, list[bytes]]:

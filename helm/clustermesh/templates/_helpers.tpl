@@ -152,3 +152,37 @@ livenessProbe:
   timeoutSeconds: {{ $v.livenessProbe.timeoutSeconds }}
   failureThreshold: {{ $v.livenessProbe.failureThreshold }}
 {{- end -}}
+
+{{/* KVStoreMesh's cluster config directory: one file per remote cluster (from the config
+Secret) plus the common client certificate for remote etcds. */}}
+{{- define "clustermesh.kvstoremeshConfigVolume" -}}
+- name: kvstoremesh-config
+  projected:
+    defaultMode: 0400
+    sources:
+      - secret:
+          name: {{ .Values.clustermesh.config.secretName }}
+          optional: true
+      - secret:
+          name: {{ .Values.tls.remoteSecret }}
+          optional: true
+          items:
+            - key: tls.crt
+              path: common-etcd-client.crt
+            - key: tls.key
+              path: common-etcd-client.key
+            - key: ca.crt
+              path: common-etcd-client-ca.crt
+{{- end -}}
+
+{{/* kvstoreMode external: the etcd client config of the agents' etcd (its TLS Secret is
+mounted at /var/lib/etcd-secrets, as in Cilium's agents). */}}
+{{- define "clustermesh.externalEtcdConfig" -}}
+endpoints:
+{{- range .Values.kvstoremesh.external.endpoints }}
+  - {{ . }}
+{{- end }}
+trusted-ca-file: /var/lib/etcd-secrets/ca.crt
+cert-file: /var/lib/etcd-secrets/tls.crt
+key-file: /var/lib/etcd-secrets/tls.key
+{{- end -}}
