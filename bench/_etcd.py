@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 ETCD_BIN_ENV = "CLUSTERMESH_ETCD_BIN"
 LOOPBACK = "127.0.0.1"
@@ -127,7 +128,7 @@ class EtcdProcess:
 
     def __init__(self, *, binary: Path | None = None, extra_args: Sequence[str] = (),
                  quota_backend_bytes: int = 8 * GIB, keep_dir: bool = False,
-                 start_timeout: float = 20.0) -> None:
+                 start_timeout: float = 20.0, name: str = "bench") -> None:
         if binary is None:
             binary, self.found_via = find_etcd_binary()
         else:
@@ -142,6 +143,8 @@ class EtcdProcess:
         self.log_path = self.dir / "etcd.log"
         self.client_port = 0
         self.peer_port = 0
+        self.name = name
+        self.initial_cluster = ""  # a member of an EtcdCluster: every member's peer URL
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -151,13 +154,13 @@ class EtcdProcess:
     def args(self) -> list[str]:
         peer_url = f"http://{LOOPBACK}:{self.peer_port}"
         return [
-            "--name=bench",
+            f"--name={self.name}",
             f"--data-dir={self.dir / 'data'}",
             f"--listen-client-urls={self.client_url}",
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={peer_url}",
             f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=bench={peer_url}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={peer_url}'}",
             "--initial-cluster-state=new",
             f"--quota-backend-bytes={self.quota_backend_bytes}",
             "--logger=zap",
@@ -296,3 +299,40 @@ class EtcdProcess:
         self._terminate()
         if not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster; use as a context manager."""
+
+    def __init__(self, size: int = 3, **options: Any) -> None:
+        self.members = [EtcdProcess(name=f"member{i}", **options) for i in range(size)]
+
+    @property
+    def client_urls(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    @property
+    def version(self) -> str:
+        return self.members[0].version
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            for m in self.members:
+                m.client_port, m.peer_port = free_port(), free_port()
+            initial = ",".join(f"{m.name}=http://{LOOPBACK}:{m.peer_port}" for m in self.members)
+            for m in self.members:  # all at once: none is healthy before a quorum is up
+                m.initial_cluster = initial
+                m._spawn()
+            for m in self.members:
+                m._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()

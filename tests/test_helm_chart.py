@@ -746,6 +746,14 @@ def test_external_mode_runs_fenced_replicas_on_the_agents_etcd(helm: Path,
     assert hook_map["data"] == config_map["data"]
 
 
+def test_readme_gives_the_replica_role_as_the_code_declares_it() -> None:
+    from kvstoremesh.access import etcdctl_commands
+
+    readme = (CHART / "README.md").read_text()
+    for line in etcdctl_commands():
+        assert f"  {line}\n" in readme, line
+
+
 def test_external_mode_needs_the_agents_etcd_endpoints(helm: Path, tmp_path: Path) -> None:
     proc = run_helm(helm, "template", "mesh", str(CHART), tmp_path=tmp_path,
                     values={"kvstoremesh": {"kvstoreMode": "external"}})
