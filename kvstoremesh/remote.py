@@ -16,7 +16,8 @@ to the remote etcd and lives until something fails:
 5. run the checks of :mod:`kvstoremesh.liveness`: heartbeat, status and cluster ID,
    config changes.
 
-Any task of the session failing ends the whole session (a TaskGroup); the failure
+Any task of the session failing ends the whole session (a
+:class:`~clustermesh.tasks.TaskSet`); the failure
 is counted, and a new session starts after a
 :data:`~clustermesh.backoff.REMOTE_SESSION` backoff, which starts over after a
 session that synced.  Because every session begins with a list-and-diff, whatever
@@ -51,6 +52,7 @@ from clustermesh.keys import RESOURCES, Resource, cluster_config_key
 from clustermesh.keys import synced_prefix as synced_prefix_of
 from clustermesh.syncstore import Seeds
 from clustermesh.syncwriter import SyncWriter
+from clustermesh.tasks import TaskSet
 
 from .diagnostics import ClusterIds, Network, Problem, expiring_certificates, pod_cidrs
 from .liveness import (
@@ -213,11 +215,6 @@ class RemoteCluster:
                 self._failed(_leaves(group))
             finally:
                 self._disconnected()
-            # Python 3.11's TaskGroup raises the children's errors, not CancelledError, when
-            # we are cancelled while one of them fails; the cancellation must not be lost
-            # to the retry (a step-down or a shutdown would wait for us forever).
-            if _cancelling():
-                raise asyncio.CancelledError
             await backoff.wait()
 
     def _failed(self, errors: list[Exception]) -> None:
@@ -268,7 +265,8 @@ class RemoteCluster:
                                                config_path=self._config_path,
                                                clock=self._clock, report=self._report_waiting)
             await self._judge(config)
-            async with asyncio.TaskGroup() as group:
+            # Not asyncio.TaskGroup: on 3.11 it can swallow our cancellation (see TaskSet).
+            async with TaskSet() as group:
                 group.create_task(self._assert_cached_config(config))
                 group.create_task(self._heartbeat.watch(remote,
                                                         data_received=self._data_received))
@@ -311,7 +309,7 @@ class RemoteCluster:
         log.info("cluster %s: cluster configuration retrieved: %s", self.name,
                  config.to_json().decode())
 
-    def _register(self, group: asyncio.TaskGroup, remote: EtcdClient,
+    def _register(self, group: TaskSet, remote: EtcdClient,
                   config: CiliumClusterConfig, canaries: CanaryWatcher | None) -> None:
         previous = self._reflectors
         self._reflectors = {}
@@ -381,11 +379,6 @@ class RemoteCluster:
             reflector = self._reflectors.get(resource)
             if reflector is not None:
                 reflector.canary_deleted()
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
