@@ -293,3 +293,48 @@ async def test_cluster_auth_mode_mesh_converges(tmp_path: Path) -> None:
         r = cm("local", "down", "--dir", d)
         _kill_leftovers(d)
     assert r.returncode == 0, _out(r)
+
+
+def test_replicas_on_a_three_member_etcd(tmp_path: Path) -> None:
+    """``--etcd-members 3 --kvstoremesh-replicas 2``: each cluster's etcd is a 3-member
+    cluster and two KVStoreMesh replicas share it, one leading; ``local status`` names
+    the leader, and after the leader is killed the other one leads and the mesh is
+    ready again."""
+    d = tmp_path / "mesh"
+    r = cm("local", "up", "--dir", d, "--clusters", "2", "--etcd-members", "3",
+           "--kvstoremesh-replicas", "2")
+    try:
+        assert r.returncode == 0, _out(r)
+        mesh = LocalMesh.load(d)
+        assert sorted(k for k in mesh.processes if k.startswith("cluster1/")) == [
+            "cluster1/apiserver", "cluster1/etcd", "cluster1/etcd-1", "cluster1/etcd-2",
+            "cluster1/kvstoremesh", "cluster1/kvstoremesh-1"]
+        r = cm("local", "status", "--dir", d, "-o", "json")
+        assert r.returncode == 0, _out(r)
+        leaders = {c["name"]: c["kvstoremeshLeader"] for c in json.loads(r.stdout)}
+        assert set(leaders) == {"cluster1", "cluster2"}
+        first = leaders["cluster1"]
+        assert first in ("cluster1-kvstoremesh-0", "cluster1-kvstoremesh-1"), leaders
+        r = cm("local", "status", "--dir", d)
+        assert f"KVStoreMesh leader {first}" in r.stdout, _out(r)
+
+        leading = "kvstoremesh" if first.endswith("-0") else "kvstoremesh-1"
+        r = cm("local", "stop", "--dir", d, "--cluster", "cluster1", "--component", leading,
+               "--kill")
+        assert r.returncode == 0 and "killed" in r.stdout, _out(r)
+        r = cm("local", "restart", "--dir", d, "--cluster", "cluster1", "--timeout", "60s")
+        assert r.returncode == 0, _out(r)
+        r = cm("local", "status", "--dir", d, "--wait", "--timeout", "60s", "-o", "json")
+        assert r.returncode == 0, _out(r)
+        (c1,) = [c for c in json.loads(r.stdout) if c["name"] == "cluster1"]
+        assert c1["ready"] and c1["kvstoremeshLeader"] not in (first, "none"), c1
+        # One etcd member down: the cluster keeps its quorum, the mesh stays ready.
+        r = cm("local", "stop", "--dir", d, "--cluster", "cluster2", "--component", "etcd-2",
+               "--kill")
+        assert r.returncode == 0, _out(r)
+        r = cm("local", "check", "--dir", d)
+        assert r.returncode == 0, _out(r)
+    finally:
+        r = cm("local", "down", "--dir", d)
+        _kill_leftovers(d)
+    assert r.returncode == 0, _out(r)

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start a KVStoreMesh per cluster (default: yes)")
     up.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION",
                     help="give up waiting for readiness after this (default 2m)")
+    up.add_argument("--etcd-members", type=int, default=1, metavar="N",
+                    help="etcd members per cluster: 1, 3 or 5 (default 1)")
+    up.add_argument("--kvstoremesh-replicas", type=int, default=1, metavar="N",
+                    help="KVStoreMesh replicas per cluster, one leading (default 1)")
     up.add_argument("--auth-mode", choices=AUTH_MODES, default=DEFAULT_AUTH_MODE,
                     help="Cilium's tls.authMode for every cluster (default "
                          f"{DEFAULT_AUTH_MODE}); migration and cluster run each apiserver "
@@ -95,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--timeout", type=duration_arg, default=60.0, metavar="DURATION")
     sp = with_dir(lsub.add_parser("stop", help="stop one process (fault injection)"))
     sp.add_argument("--cluster", required=True)
-    sp.add_argument("--component", required=True, choices=("etcd", "apiserver", "kvstoremesh"))
+    sp.add_argument("--component", required=True, metavar="COMPONENT",
+                    help="etcd, apiserver or kvstoremesh; etcd-N / kvstoremesh-N for the "
+                         "other members and replicas (N from 1)")
     sp.add_argument("--kill", action="store_true", help="SIGKILL instead of SIGTERM")
     dn = with_dir(lsub.add_parser("down", help="stop every process of the mesh, remove the "
                                               "state directory"))

@@ -31,6 +31,7 @@ def _up(args: argparse.Namespace) -> int:
     mesh = LocalMesh(args.dir or default_dir())
     mesh.up(names=names, max_connected_clusters=args.max_connected_clusters,
             kvstoremesh=args.kvstoremesh, auth_mode=args.auth_mode, timeout=args.timeout,
+            etcd_members=args.etcd_members, kvstoremesh_replicas=args.kvstoremesh_replicas,
             say=lambda s: print(s, flush=True))
     flag = _dir_flag(mesh)
     print(f"\nthe mesh runs in the background (logs: {mesh.dir}/<cluster>/logs/).\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clustermesh_tools.clusters.clusterdir import ClusterDir
-from clustermesh_tools.clusters.probes import fetch_status
+from clustermesh_tools.clusters.probes import fetch_leader
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Target:
 class ClusterStatus:
     target: Target
     models: list[dict[str, Any]] | None  # None: API unreachable
+    leader: str | None = None  # with several replicas: the identity of the one leading
 
     @property
     def remotes(self) -> list[str]:
@@ -65,7 +66,15 @@ def targets_from_dirs(dirs: list[ClusterDir]) -> list[Target]:
 
 
 def collect(targets: list[Target]) -> list[ClusterStatus]:
-    return [ClusterStatus(t, fetch_status(t.api)) for t in targets]
+    statuses = []
+    for t in targets:
+        answer = fetch_leader(t.api)
+        leader = None
+        if answer is not None and "," in t.api and answer.leadership is not None:
+            leader = answer.leadership.leader or "none"
+        statuses.append(ClusterStatus(t, answer.models if answer is not None else None,
+                                      leader))
+    return statuses
 
 
 def wait(targets: list[Target], *, timeout: float,
@@ -107,6 +116,7 @@ def format_statuses(statuses: list[ClusterStatus]) -> str:
         lines.append(
             f"{t.name}{ident}: {_frac(configured, len(remotes))} remotes configured, "
             f"{_frac(connected, len(remotes))} connected, {_frac(ready, len(remotes))} ready"
+            + (f", KVStoreMesh leader {s.leader}" if s.leader is not None else "")
             + (f" [{'; '.join(t.notes)}]" if t.notes else ""))
         for r in remotes:
             m = s.model(r)
@@ -136,7 +146,8 @@ def format_statuses(statuses: list[ClusterStatus]) -> str:
 
 def statuses_json(statuses: list[ClusterStatus]) -> list[dict[str, Any]]:
     return [{"name": s.target.name, "api": s.target.api, "reachable": s.models is not None,
-             "ready": s.ready, "notes": s.target.notes, "remotes": s.models or []}
+             "ready": s.ready, "notes": s.target.notes, "remotes": s.models or [],
+             **({"kvstoremeshLeader": s.leader} if s.leader is not None else {})}
             for s in statuses]
 
 

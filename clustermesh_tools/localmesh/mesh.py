@@ -42,7 +42,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +106,26 @@ class LocalCluster:
     apiserver_health_port: int
     kvstoremesh_health_port: int
     kvstoremesh_api_port: int
+    # The other etcd members ([client, peer] ports) and KVStoreMesh replicas ([health,
+    # API] ports) beyond the first, with --etcd-members / --kvstoremesh-replicas.
+    etcd_members: list[list[int]] = field(default_factory=list)
+    kvstoremesh_replicas: list[list[int]] = field(default_factory=list)
 
     @property
     def cluster_dir(self) -> ClusterDir:
         return ClusterDir.load(self.dir)
 
     @property
+    def etcd_endpoints(self) -> list[str]:
+        ports = [self.etcd_port, *(client for client, _ in self.etcd_members)]
+        return [f"https://{LOOPBACK}:{port}" for port in ports]
+
+    @property
     def kvstoremesh_api(self) -> str:
-        return f"{LOOPBACK}:{self.kvstoremesh_api_port}"
+        """The status API, or every replica's, comma separated (the leader answers for
+        the cluster: see ``clustermesh_tools.clusters.probes.fetch_leader``)."""
+        ports = [self.kvstoremesh_api_port, *(api for _, api in self.kvstoremesh_replicas)]
+        return ",".join(f"{LOOPBACK}:{port}" for port in ports)
 
     def to_json(self) -> dict[str, Any]:
         doc = dict(self.__dict__)
@@ -187,11 +199,20 @@ class LocalMesh:
 
     def up(self, *, names: list[str], max_connected_clusters: int = 255,
            kvstoremesh: bool = True, auth_mode: str = DEFAULT_AUTH_MODE,
+           etcd_members: int = 1, kvstoremesh_replicas: int = 1,
            timeout: float = 90.0, say: Say = print) -> None:
         try:
             check_mode(auth_mode)
         except ValueError as exc:
             raise LocalMeshError(str(exc)) from None
+        if etcd_members not in (1, 3, 5):
+            raise LocalMeshError(f"--etcd-members must be 1, 3 or 5, not {etcd_members}")
+        if not 1 <= kvstoremesh_replicas <= 5:
+            raise LocalMeshError(f"--kvstoremesh-replicas must be 1 to 5, not "
+                                 f"{kvstoremesh_replicas}")
+        if kvstoremesh_replicas > 1 and not kvstoremesh:
+            raise LocalMeshError("--kvstoremesh-replicas needs KVStoreMesh (not with "
+                                 "--no-kvstoremesh)")
         if len(set(names)) != len(names):
             raise LocalMeshError(f"cluster names must be unique: {', '.join(names)}")
         if not 1 <= len(names) <= max_connected_clusters:
@@ -221,7 +242,10 @@ class LocalMesh:
         self.max_connected_clusters = max_connected_clusters
         self.auth_mode = auth_mode
         say(f"local mesh in {self.dir}: {len(names)} clusters ({', '.join(names)}), "
-            f"authMode {auth_mode}, etcd {etcd_bin}")
+            f"authMode {auth_mode}, etcd {etcd_bin}"
+            + (f", {etcd_members} etcd members" if etcd_members > 1 else "")
+            + (f", {kvstoremesh_replicas} KVStoreMesh replicas" if kvstoremesh_replicas > 1
+               else "") + " per cluster")
 
         # 1. enable every cluster (one CA) and connect every pair.
         ca = CertificateAuthority(self.dir / "ca", name="ca")
@@ -232,7 +256,11 @@ class LocalMesh:
                              etcd_port=ports.free(), etcd_peer_port=ports.free(),
                              apiserver_health_port=ports.free(),
                              kvstoremesh_health_port=ports.free(),
-                             kvstoremesh_api_port=ports.free())
+                             kvstoremesh_api_port=ports.free(),
+                             etcd_members=[[ports.free(), ports.free()]
+                                           for _ in range(etcd_members - 1)],
+                             kvstoremesh_replicas=[[ports.free(), ports.free()]
+                                                   for _ in range(kvstoremesh_replicas - 1)])
             cdir = enable(c.dir, name=name, cluster_id=c.id,
                           max_connected_clusters=max_connected_clusters,
                           service_type="ClusterIP", kvstoremesh=kvstoremesh,
@@ -251,13 +279,16 @@ class LocalMesh:
             for b in dirs[i + 1:]:
                 connect(a, b)
         for c in self.clusters:
+            if c.etcd_members:
+                _list_every_member(c, self.clusters)
             self.add_process_records(c, etcd_bin)
         self.save()
 
         # 2. processes.
         try:
             for c in self.clusters:
-                self._spawn(f"{c.name}/etcd")
+                for key in self._keys(c, "etcd"):
+                    self._spawn(key)
             self.save()
             asyncio.run(init_etcds(self.clusters, self.processes, timeout=min(timeout, 60.0)))
             say("etcd: " + ", ".join(f"{c.name} https://{LOOPBACK}:{c.etcd_port}"
@@ -269,7 +300,8 @@ class LocalMesh:
                 asyncio.run(wait_remote_access(self.clusters, self.processes,
                                                timeout=min(timeout, 60.0)))
                 for c in self.clusters:
-                    self._spawn(f"{c.name}/kvstoremesh")
+                    for key in self._keys(c, "kvstoremesh"):
+                        self._spawn(key)
                 self.save()
             self.wait_ready(timeout=timeout, say=say)
         except BaseException:
@@ -280,23 +312,31 @@ class LocalMesh:
 
     def add_process_records(self, c: LocalCluster, etcd_bin: Path) -> None:
         """The command lines of ``c``'s etcd, apiserver and KVStoreMesh (not started)."""
-        peer = f"http://{LOOPBACK}:{c.etcd_peer_port}"
-        client = f"https://{LOOPBACK}:{c.etcd_port}"
         certs = c.dir / "certs"
         logs = c.dir / "logs"
-        self.processes[f"{c.name}/etcd"] = ProcRecord(
-            name=f"{c.name}/etcd", log=str(logs / "etcd.log"), argv=[
-                str(etcd_bin), f"--name={c.name}", f"--data-dir={c.dir / 'etcd'}",
-                f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster={c.name}={peer}",
-                f"--initial-cluster-token=clustermesh-local-{c.name}",
-                "--initial-cluster-state=new",
-                f"--cert-file={certs / 'server.crt'}", f"--key-file={certs / 'server.key'}",
-                "--client-cert-auth", f"--trusted-ca-file={certs / 'ca.crt'}",
-                "--heartbeat-interval=50", "--election-timeout=500",
-                "--auto-compaction-retention=1", "--logger=zap", "--log-outputs=stderr",
-            ])
+        # Member 0 is "etcd" (name, data dir and log as with one member), then etcd-1, ...
+        members = [(c.etcd_port, c.etcd_peer_port), *((a, b) for a, b in c.etcd_members)]
+        suffixes = ["", *(f"-{i}" for i in range(1, len(members)))]
+        initial = ",".join(f"{c.name}{sfx}=http://{LOOPBACK}:{peer_port}"
+                           for sfx, (_, peer_port) in zip(suffixes, members, strict=True))
+        for sfx, (client_port, peer_port) in zip(suffixes, members, strict=True):
+            peer = f"http://{LOOPBACK}:{peer_port}"
+            client = f"https://{LOOPBACK}:{client_port}"
+            self.processes[f"{c.name}/etcd{sfx}"] = ProcRecord(
+                name=f"{c.name}/etcd{sfx}", log=str(logs / f"etcd{sfx}.log"), argv=[
+                    str(etcd_bin), f"--name={c.name}{sfx}",
+                    f"--data-dir={c.dir / f'etcd{sfx}'}",
+                    f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+                    f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster={initial}",
+                    f"--initial-cluster-token=clustermesh-local-{c.name}",
+                    "--initial-cluster-state=new",
+                    f"--cert-file={certs / 'server.crt'}",
+                    f"--key-file={certs / 'server.key'}",
+                    "--client-cert-auth", f"--trusted-ca-file={certs / 'ca.crt'}",
+                    "--heartbeat-interval=50", "--election-timeout=500",
+                    "--auto-compaction-retention=1", "--logger=zap", "--log-outputs=stderr",
+                ])
         env = {"PYTHONPATH": os.pathsep.join(
             p for p in (str(_source_root()), os.environ.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1"}
@@ -314,16 +354,31 @@ class LocalMesh:
                     "--cluster-users-enabled",
                     f"--cluster-users-config-path={c.dir / 'users.yaml'}"]),
             ])
-        if self.kvstoremesh:
-            self.processes[f"{c.name}/kvstoremesh"] = ProcRecord(
-                name=f"{c.name}/kvstoremesh", log=str(logs / "kvstoremesh.log"), env=env,
-                argv=[
+        if not self.kvstoremesh:
+            return
+        replicas = [(c.kvstoremesh_health_port, c.kvstoremesh_api_port),
+                    *((a, b) for a, b in c.kvstoremesh_replicas)]
+        for i, (health, api) in enumerate(replicas):
+            sfx = f"-{i}" if i else ""
+            # Several replicas share the cluster's etcd: each its own identity, and a
+            # short lease, so that a killed leader is replaced within seconds.
+            election = [] if len(replicas) == 1 else [
+                f"--leader-election-identity={c.name}-kvstoremesh-{i}",
+                "--leader-election-lease-ttl=5s"]
+            self.processes[f"{c.name}/kvstoremesh{sfx}"] = ProcRecord(
+                name=f"{c.name}/kvstoremesh{sfx}", log=str(logs / f"kvstoremesh{sfx}.log"),
+                env=env, argv=[
                     sys.executable, "-m", "kvstoremesh.main", *common,
                     f"--clustermesh-config={c.dir / 'clustermesh'}",
-                    f"--health-port={c.kvstoremesh_health_port}",
-                    f"--api-serve-addr={c.kvstoremesh_api}",
+                    f"--health-port={health}", f"--api-serve-addr={LOOPBACK}:{api}",
                     "--status-check-interval=1s", "--per-cluster-ready-timeout=30s",
+                    *election,
                 ])
+
+    def _keys(self, c: LocalCluster, component: str) -> list[str]:
+        """The process keys of ``c``'s ``component``: ``c/etcd``, ``c/etcd-1``, ..."""
+        return [key for key in self.processes
+                if key.startswith(f"{c.name}/") and _component(key) == component]
 
     def _spawn(self, key: str) -> None:
         rec = self.processes[key]
@@ -369,7 +424,7 @@ class LocalMesh:
 
     def stop_all(self, *, say: Say = print) -> list[str]:
         """Stop the recorded processes (KVStoreMesh, apiserver, then etcd)."""
-        order = sorted(self.processes, key=lambda k: -COMPONENTS.index(k.split("/")[1]))
+        order = sorted(self.processes, key=lambda k: -COMPONENTS.index(_component(k)))
         results = []
         for key in order:
             result = procs.stop(self.processes[key])
@@ -394,13 +449,13 @@ class LocalMesh:
             for c in self.clusters:
                 if cluster is not None and c.name != cluster:
                     continue
-                key = f"{c.name}/{component}"
-                rec = self.processes.get(key)
-                if rec is None or procs.is_running(rec):
-                    continue
-                self._spawn(key)
-                started.append(key)
-                say(f"  started {key} (pid {rec.pid})")
+                for key in self._keys(c, component):
+                    rec = self.processes[key]
+                    if procs.is_running(rec):
+                        continue
+                    self._spawn(key)
+                    started.append(key)
+                    say(f"  started {key} (pid {rec.pid})")
         self.save()
         if started:
             self.wait_ready(timeout=timeout, say=say)
@@ -413,13 +468,35 @@ class LocalMesh:
         key = f"{cluster}/{component}"
         rec = self.processes.get(key)
         if rec is None:
-            raise LocalMeshError(f"{key} is not part of this mesh")
+            known = ", ".join(k.split("/", 1)[1] for k in self.processes
+                              if k.startswith(f"{cluster}/"))
+            raise LocalMeshError(f"{key} is not part of this mesh (components of {cluster}: "
+                                 f"{known})")
         if kill:
             return "killed" if procs.kill(rec) else "not running"
         return procs.stop(rec)
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _component(key: str) -> str:
+    """``cluster1/etcd-2`` -> ``etcd``."""
+    return key.split("/", 1)[1].split("-", 1)[0]
+
+
+def _list_every_member(c: LocalCluster, clusters: list[LocalCluster]) -> None:
+    """Point every client of ``c``'s etcd at all its members: its own clients' configs
+    (admin, local) and the other clusters' config files for it (what their KVStoreMesh
+    and the CLI read), as a Kubernetes Service in front of the members would."""
+    files = [c.dir / "etcd-admin.yaml", c.dir / "etcd-local.yaml",
+             *(o.dir / "clustermesh" / c.name for o in clusters if o is not c)]
+    for path in files:
+        if not path.is_file():
+            continue
+        doc = yaml.safe_load(path.read_text())
+        doc["endpoints"] = c.etcd_endpoints
+        write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 def _write_workload(cdir: ClusterDir) -> None:
