@@ -62,8 +62,8 @@ from bench._mesh import (
     workdir,
 )
 from clustermesh.clusterconfig import CiliumClusterConfig
+from clustermesh.election import lock_holder
 from clustermesh.etcd.client import EtcdClient, prefix_range_end
-from clustermesh.etcd.pb import rpc_pb2
 from clustermesh.etcd.watch import Watch
 from clustermesh.keys import (
     KVSTOREMESH_LOCK,
@@ -117,16 +117,6 @@ class Events:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         return self.seen
-
-
-async def lock_owner(client: EtcdClient) -> str | None:
-    owner = await client.call("kv", "Range", rpc_pb2.RangeRequest(
-        key=LOCK, range_end=prefix_range_end(LOCK), limit=1,
-        sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.CREATE))
-    if not owner.kvs:
-        return None
-    who = await client.get(f"{KVSTOREMESH_REPLICAS}/{owner.kvs[0].lease:x}".encode())
-    return who.value.decode() if who is not None else ""
 
 
 async def until(check: Any, what: str, timeout: float = 300.0) -> float:
@@ -187,7 +177,8 @@ async def takeover(kind: str, replicas: Replicas, leader: str, client: EtcdClien
 
     async def leading() -> bool:
         new.check_alive()
-        return await lock_owner(client) == standby
+        holder = await lock_holder(client)
+        return holder is not None and holder.identity == standby
 
     t_leading = await until(leading, f"{standby} leading")
     t_ready = await until(lambda: all_ready(new, http, len(replicas.names)), f"{standby} ready")

@@ -18,7 +18,6 @@ daemon.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -28,6 +27,7 @@ from .etcd.client import EtcdClient
 from .etcd.errors import EtcdError
 from .etcd.listwatch import Changes, Page, list_and_watch
 from .etcd.watch import PUT
+from .tasks import race
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 1.0
@@ -38,19 +38,11 @@ async def keep_asserted(client: EtcdClient, key: bytes, value: bytes, *,
                         runs: ControllerRuns | None = None,
                         clock: Clock = REAL_CLOCK) -> None:
     while True:
-        # Not a TaskGroup: when our task is cancelled while the follower fails (the local
-        # etcd stopping with the pod), the group would raise only the follower's error and
-        # the cancellation would be lost, retrying forever instead of shutting down.
-        follower = asyncio.ensure_future(_assert_on_change(client, key, value, lease=lease,
-                                                           runs=runs))
-        refreshed = asyncio.ensure_future(clock.sleep(refresh))
-        try:
-            await asyncio.wait({follower, refreshed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (follower, refreshed):
-                task.cancel()
-            await asyncio.gather(follower, refreshed, return_exceptions=True)
-        failed = None if follower.cancelled() else follower.exception()
+        # The watch raced against the refresh timer (``race``, not a TaskGroup: on 3.11 a
+        # cancellation that meets the follower's failure would be lost to the retry).
+        first = await race(_assert_on_change(client, key, value, lease=lease, runs=runs),
+                           clock.sleep(refresh))
+        failed = first.exception()
         if failed is None:
             continue  # the periodic refresh: assert again
         if not isinstance(failed, EtcdError):

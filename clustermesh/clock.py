@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+from .tasks import race
+
 
 class Clock(NamedTuple):
     monotonic: Callable[[], float] = time.monotonic
@@ -29,15 +31,10 @@ async def wait_event(event: asyncio.Event, timeout: float | None, *,
     timeout); whether it is set."""
     if event.is_set():
         return True
-    waits = [asyncio.ensure_future(event.wait())]
-    if timeout is not None:
-        waits.append(asyncio.ensure_future(clock.sleep(timeout)))
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+    if timeout is None:
+        await event.wait()
+    else:
+        await race(event.wait(), clock.sleep(timeout))
     return event.is_set()
 
 

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .clock import REAL_CLOCK, Clock
 from .etcd.client import EtcdClient, get_op, prefix_range_end, put_op
@@ -45,6 +46,7 @@ from .etcd.errors import EtcdError, EtcdUnavailable
 from .etcd.pb import rpc_pb2
 from .etcd.watch import DELETE
 from .keys import KVSTOREMESH_LOCK, KVSTOREMESH_REPLICAS
+from .tasks import race
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,30 @@ class Term:
     revision: int
     lease: int
     since: int
+
+
+class LockHolder(NamedTuple):
+    """The owner of the leader lock: its lock key, lease and registered identity."""
+
+    key: str
+    lease: int
+    identity: str | None  # None: no registration (an upstream replica, say)
+
+
+async def lock_holder(client: EtcdClient, *, prefix: str = KVSTOREMESH_LOCK
+                      ) -> LockHolder | None:
+    """Who holds the lock now, read from etcd (None: nobody): the key created first
+    below it, and the identity registered for its lease."""
+    pfx = (prefix + "/").encode()
+    owner = await client.call("kv", "Range", rpc_pb2.RangeRequest(
+        key=pfx, range_end=prefix_range_end(pfx), limit=1,
+        sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.CREATE))
+    if not owner.kvs:
+        return None
+    kv = owner.kvs[0]
+    registered = await client.get(registration_key(kv.lease))
+    return LockHolder(kv.key.decode(errors="replace"), kv.lease,
+                      registered.value.decode(errors="replace") if registered else None)
 
 
 def lock_key(prefix: str, lease: int) -> bytes:
@@ -101,17 +127,10 @@ class LeaderElection:
         """Open a session and wait for the lock; :class:`SessionLost` if the session
         ends first (the caller opens the next), etcd errors as they come."""
         await self._open_session()
-        acquire = asyncio.ensure_future(self._acquire(self.lease))
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            await asyncio.wait({acquire, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (acquire, lost):
-                task.cancel()
-            await asyncio.gather(acquire, lost, return_exceptions=True)
+        first = await race(self._acquire(self.lease), self.lost.wait())
         if self.lost.is_set():
             raise SessionLost(self.lost_reason)
-        return acquire.result()
+        return first.result()
 
     def end_session(self, reason: str) -> None:
         """The session must be given up (etcd refused a fenced write, say)."""

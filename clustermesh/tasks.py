@@ -1,5 +1,8 @@
 """Tasks that live and die together, without losing a cancellation on Python 3.11.
 
+:func:`race` runs awaitables until the first is done (a wait raced against a stop
+event, a watch against a refresh timer) and cancels the rest.
+
 :class:`TaskSet` is ``asyncio.TaskGroup`` for the loops that retry a failed group (a
 remote's session, the Kubernetes source): the first child to fail cancels the others
 and the block raises an ``ExceptionGroup`` of the failures.  The difference is what
@@ -17,8 +20,22 @@ the body only starts the children, and the waiting is done on the way out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, Self
+
+
+async def race(*aws: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Run ``aws`` until one is done, then cancel and await the others; the one done
+    first (its result or exception for the caller to read).  If we are cancelled, all of
+    them are, and the cancellation propagates."""
+    futures = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in futures:
+            future.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
+    return next(f for f in futures if not f.cancelled())
 
 
 class TaskSet:

@@ -73,6 +73,7 @@ from clustermesh.quorum import QuorumCheck
 from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
 from clustermesh.syncstore import Seeds
 from clustermesh.syncwriter import SyncWriter
+from clustermesh.tasks import race
 
 from .configdir import ClusterFile, ConfigDirectory
 from .diagnostics import ClusterIds, Network, PodCidrOverlaps, Problem
@@ -194,15 +195,8 @@ class KVStoreMesh:
     @staticmethod
     async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
         """``work``'s result (never None), or None if ``stop`` comes first."""
-        task = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in (task, stopping):
-                waiting.cancel()
-            await asyncio.gather(task, stopping, return_exceptions=True)
-        return None if task.cancelled() else task.result()
+        first = await race(work, stop.wait())
+        return None if stop.is_set() else first.result()
 
     async def _campaign(self) -> Term:
         assert self.election is not None
@@ -561,13 +555,8 @@ class KVStoreMesh:
                     log.warning("cluster %s: draining services failed: %s", name, exc)
 
 
+
 async def _first_set(*events: asyncio.Event) -> asyncio.Event:
     """Wait until one of ``events`` is set; the first of them that is."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+    await race(*(event.wait() for event in events))
     return next(event for event in events if event.is_set())

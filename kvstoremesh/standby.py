@@ -28,9 +28,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
-from typing import NamedTuple
 
 from clustermesh.clock import REAL_CLOCK, Clock
+from clustermesh.election import LockHolder
 from clustermesh.etcd.client import EtcdClient, KeyValue, prefix_range_end
 from clustermesh.etcd.listwatch import Changes, Listed, Page, list_and_watch
 from clustermesh.etcd.watch import PUT
@@ -52,14 +52,6 @@ _CONFIG = (CLUSTER_CONFIG_PREFIX + "/").encode()
 _LOCK = (KVSTOREMESH_LOCK + "/").encode()
 _REPLICAS = (KVSTOREMESH_REPLICAS + "/").encode()
 _BY_CACHE_BASE = {r.cache_base.encode(): r for r in RESOURCES}
-
-
-class LockHolder(NamedTuple):
-    """The owner of the leader lock: its lock key, lease and registered identity."""
-
-    key: str
-    lease: int
-    identity: str | None  # None: no registration (an upstream replica, say)
 
 
 class Seeds:

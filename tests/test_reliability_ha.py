@@ -29,12 +29,11 @@ from harness.convergence import ConvergenceReport, WriteLog, wait_converged
 from harness.mesh import MeshEnv
 from harness.tcpproxy import BLACKHOLE, FORWARD, TcpProxy
 
-from clustermesh.etcd.client import EtcdClient, prefix_range_end
-from clustermesh.etcd.pb import rpc_pb2
-from clustermesh.keys import HEARTBEAT_KEY, KVSTOREMESH_LOCK, KVSTOREMESH_REPLICAS
+from clustermesh.election import lock_holder
+from clustermesh.etcd.client import EtcdClient
+from clustermesh.keys import HEARTBEAT_KEY
 
 TTL = "3s"
-LOCK = (KVSTOREMESH_LOCK + "/").encode()
 
 
 class Ha:
@@ -57,14 +56,8 @@ class Ha:
 
     async def leader(self) -> str | None:
         """The identity registered for the lock owner's lease (None: no owner)."""
-        local = self.env.local
-        owner = await local.call("kv", "Range", rpc_pb2.RangeRequest(
-            key=LOCK, range_end=prefix_range_end(LOCK), limit=1,
-            sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.CREATE))
-        if not owner.kvs:
-            return None
-        who = await local.get(f"{KVSTOREMESH_REPLICAS}/{owner.kvs[0].lease:x}".encode())
-        return who.value.decode() if who is not None else ""
+        holder = await lock_holder(self.env.local)
+        return None if holder is None else holder.identity or ""
 
     async def wait_leader(self, identity: str, timeout: float = 20.0) -> float:
         """Seconds until ``identity`` holds the lock."""
