@@ -134,8 +134,11 @@ async def revision_now(client: EtcdClient) -> int:
     return (await client.range(b"\x00", b"\x00", count_only=True)).header.revision
 
 
-async def leader_and_standby(ha: Ha) -> tuple[DaemonProcess, DaemonProcess]:
-    first = await ha.replica("r1").start()
+async def leader_and_standby(ha: Ha, *, local_config: Path | None = None
+                             ) -> tuple[DaemonProcess, DaemonProcess]:
+    """r1 leading and synced (through ``local_config``'s endpoints if given), r2 its
+    ready standby."""
+    first = await ha.replica("r1", local_config=local_config).start()
     await ha.wait_leader("r1")
     await ha.wait_synced("r1")
     second = await ha.replica("r2").start()
@@ -196,11 +199,7 @@ async def test_leader_cut_off_from_etcd_then_healed(ha: Ha) -> None:
     proxy = await TcpProxy.to_url(ha.cluster.endpoints[0], name="r1-local").start()
     try:
         config = ha.cluster.client_config(ha.tmp / "r1-local.yaml", endpoints=[proxy.url])
-        first = await ha.replica("r1", local_config=config).start()
-        await ha.wait_leader("r1")
-        await ha.wait_synced("r1")
-        await ha.replica("r2").start()
-        await ha.wait_role("r2", "standby")
+        first, _ = await leader_and_standby(ha, local_config=config)
         ha.rig.start_churn()
         await asyncio.sleep(0.5)
         proxy.set_mode(BLACKHOLE)
@@ -224,11 +223,7 @@ async def test_the_etcd_member_the_leader_uses_is_killed(ha: Ha, which: str) -> 
     config = ha.cluster.client_config(
         ha.tmp / "r1-local.yaml",
         endpoints=[member.client_url, *[m.client_url for m in others]])
-    await ha.replica("r1", local_config=config).start()
-    await ha.wait_leader("r1")
-    await ha.wait_synced("r1")
-    await ha.replica("r2").start()
-    await ha.wait_role("r2", "standby")
+    await leader_and_standby(ha, local_config=config)
     ha.rig.start_churn()
     await asyncio.sleep(0.5)
     await asyncio.to_thread(member.kill)
