@@ -3,7 +3,9 @@
 Two replica processes (``python -m kvstoremesh.main``) share one destination: a
 3-member etcd cluster.  Churn runs on the remotes before, during and after each fault;
 each scenario ends with the exact convergence check of :mod:`harness.convergence` (no
-stale key of the old leader, none lost) and exactly one leader.  The lease TTL is 3 s,
+stale key of the old leader, none lost) and exactly one leader.  The writes counted are
+the destination's during the fault (the churn flowing through, mostly), the election's
+own keys aside.  The lease TTL is 3 s,
 so a crashed leader is replaced within seconds.
 
 Who leads is read from etcd, as any tool would: the lock key created first below
@@ -146,8 +148,12 @@ async def leader_and_standby(ha: Ha, *, local_config: Path | None = None
     return first, second
 
 
-def record(what: str, **figures: object) -> None:
-    print(f"[{what}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+def record(what: str, report: ConvergenceReport, **figures: object) -> None:
+    """One line per scenario (``pytest -s`` shows them): its figures, the keys the final
+    check compared and how many were stale or lost (0, or the check failed)."""
+    shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+    shown |= {"keys_checked": report.checked, "stale_or_lost": report.mismatches}
+    print(f"[{what}] " + ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 async def test_leader_killed(ha: Ha) -> None:
@@ -157,12 +163,12 @@ async def test_leader_killed(ha: Ha) -> None:
     async with WriteLog(ha.env.local) as writes:
         assert await first.kill() == -signal.SIGKILL
         to_leader = await ha.wait_leader("r2")
-        to_ready = await ha.wait_synced("r2")
+        to_ready = to_leader + await ha.wait_synced("r2")
         await asyncio.sleep(0.5)
         await ha.rig.stop_churn()
         report = await ha.converged("r2", timeout=30)
-    record("kill -9", to_leader_s=round(to_leader, 2), to_ready_s=round(to_ready, 2),
-           writes=len(writes.events), keys=report.checked)
+    record("kill -9", report, to_leader_s=to_leader, to_ready_s=to_ready,
+           writes=len(writes.keys))
     await first.start()  # back as a standby: its old lease is gone, r2 keeps leading
     await ha.wait_role("r1", "standby")
     assert await ha.leader() == "r2"
@@ -179,7 +185,7 @@ async def test_leader_paused_past_its_lease_cannot_write(ha: Ha) -> None:
         first.signal(signal.SIGSTOP)
         try:
             to_leader = await ha.wait_leader("r2")
-            await ha.wait_synced("r2")
+            to_ready = to_leader + await ha.wait_synced("r2")
             await asyncio.sleep(0.5)
             await ha.rig.stop_churn()
             await ha.converged("r2", timeout=30)
@@ -191,8 +197,9 @@ async def test_leader_paused_past_its_lease_cannot_write(ha: Ha) -> None:
     assert from_old == [], f"the paused leader wrote after waking: {from_old[:5]}"
     log = first.log_file.read_text()
     assert "stepping down to standby" in log
-    record("SIGSTOP", to_leader_s=round(to_leader, 2), writes_after_wake=len(from_old))
-    await ha.converged("r1", "r2", timeout=30)
+    report = await ha.converged("r1", "r2", timeout=30)
+    record("SIGSTOP", report, to_leader_s=to_leader, to_ready_s=to_ready,
+           writes=len(writes.keys), writes_after_wake=len(from_old))
 
 
 async def test_leader_cut_off_from_etcd_then_healed(ha: Ha) -> None:
@@ -202,16 +209,18 @@ async def test_leader_cut_off_from_etcd_then_healed(ha: Ha) -> None:
         first, _ = await leader_and_standby(ha, local_config=config)
         ha.rig.start_churn()
         await asyncio.sleep(0.5)
-        proxy.set_mode(BLACKHOLE)
-        to_leader = await ha.wait_leader("r2")
-        await ha.wait_synced("r2")
-        proxy.set_mode(FORWARD)
-        await ha.wait_role("r1", "standby", timeout=40)
-        await ha.rig.stop_churn()
-        await ha.converged("r1", "r2", timeout=30)
+        async with WriteLog(ha.env.local) as writes:
+            proxy.set_mode(BLACKHOLE)
+            to_leader = await ha.wait_leader("r2")
+            to_ready = to_leader + await ha.wait_synced("r2")
+            proxy.set_mode(FORWARD)
+            await ha.wait_role("r1", "standby", timeout=40)
+            await ha.rig.stop_churn()
+            report = await ha.converged("r1", "r2", timeout=30)
         assert await ha.leader() == "r2"
         assert "stepping down to standby" in first.log_file.read_text()
-        record("blackhole", to_leader_s=round(to_leader, 2))
+        record("blackhole", report, to_leader_s=to_leader, to_ready_s=to_ready,
+               writes=len(writes.keys))
     finally:
         await proxy.close()
 
@@ -226,16 +235,17 @@ async def test_the_etcd_member_the_leader_uses_is_killed(ha: Ha, which: str) -> 
     await leader_and_standby(ha, local_config=config)
     ha.rig.start_churn()
     await asyncio.sleep(0.5)
-    await asyncio.to_thread(member.kill)
-    await asyncio.sleep(1.0)
-    await asyncio.to_thread(member.start)
-    await ha.rig.stop_churn()
-    await ha.converged("r1", "r2", timeout=40)
+    async with WriteLog(ha.env.local) as writes:
+        await asyncio.to_thread(member.kill)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(member.start)
+        await ha.rig.stop_churn()
+        report = await ha.converged("r1", "r2", timeout=40)
     leader = await ha.leader()
     assert leader in ("r1", "r2")
     standby = "r2" if leader == "r1" else "r1"
     await ha.wait_role(standby, "standby")
-    record(f"etcd {which} killed", leader=leader)
+    record(f"etcd {which} killed", report, leader=leader, writes=len(writes.keys))
 
 
 async def test_two_replicas_started_at_the_same_instant(ha: Ha) -> None:
@@ -244,9 +254,10 @@ async def test_two_replicas_started_at_the_same_instant(ha: Ha) -> None:
     async with asyncio.timeout(20):
         while (leader := await ha.leader()) not in ("r1", "r2"):
             await asyncio.sleep(0.05)
-    await ha.wait_synced(leader)
+    to_ready = await ha.wait_synced(leader)
     await ha.wait_role("r2" if leader == "r1" else "r1", "standby")
-    await ha.converged("r1", "r2", timeout=30)
+    report = await ha.converged("r1", "r2", timeout=30)
+    record("simultaneous start", report, leader=leader, to_ready_s=to_ready)
 
 
 async def test_all_replicas_restarted_with_a_full_cache_write_nothing(ha: Ha) -> None:
@@ -262,7 +273,8 @@ async def test_all_replicas_restarted_with_a_full_cache_write_nothing(ha: Ha) ->
         sentinel = await mirror_sentinel(ha)
     cache_writes = [key for key in writes.keys if key != HEARTBEAT_KEY.encode()]
     assert cache_writes == [sentinel]  # the leader's heartbeat aside, only the sentinel
-    record("restart all", to_ready_s=round(to_ready, 2), writes=len(cache_writes) - 1)
+    report = await ha.converged("r1", "r2", timeout=30)
+    record("restart all", report, to_ready_s=to_ready, writes=len(cache_writes) - 1)
 
 
 async def mirror_sentinel(ha: Ha) -> bytes:
@@ -279,6 +291,8 @@ async def test_config_directory_changed_during_a_failover(ha: Ha) -> None:
     await ha.rig.stop_churn()
     ha.env.remove_remote_file("cluster2")
     await ha.rig.add("cluster3", 3, keys=100, proxied=False)
-    await ha.wait_leader("r2")
-    await ha.wait_synced("r2")
-    await ha.converged("r2", timeout=40)
+    to_leader = await ha.wait_leader("r2")
+    to_ready = to_leader + await ha.wait_synced("r2")
+    report = await ha.converged("r2", timeout=40)
+    record("config change during failover", report, to_leader_s=to_leader,
+           to_ready_s=to_ready)
