@@ -1,8 +1,23 @@
-"""The KVStoreMesh daemon: the set of remote clusters, and their life cycle.
+"""The KVStoreMesh daemon: a standby or the leader, the set of remote clusters, their life.
 
-:class:`KVStoreMesh` owns the local etcd client and its single
-:class:`~clustermesh.syncwriter.SyncWriter`, follows the config directory, and
-runs one :class:`~kvstoremesh.remote.RemoteCluster` per file in it:
+Replicas may share one local etcd, so the daemon alternates two roles
+(:meth:`KVStoreMesh.run`):
+
+* **standby** — it campaigns for the leader lock (:mod:`clustermesh.election`) and,
+  meanwhile, follows the cache (:class:`~kvstoremesh.standby.CacheFollower`): ready once
+  the cache is listed, writing nothing;
+* **leader** — once the lock is its own and the follower has seen the revision its term
+  starts at, the follower's digests seed the stores and the leader's work (below) runs
+  until a stop or the term is lost; then it steps down and is a standby again.
+
+Every write goes through the one local client, whose fence
+(:class:`~clustermesh.etcd.fence.Fence`) makes each of them conditional on the lock (a
+deposed leader cannot write), and the first write etcd refuses ends the term.  A single replica wins at once; a stop
+revokes the lock's lease, so a standby takes over without waiting for it to expire.
+
+As leader, :class:`KVStoreMesh` owns its term's
+:class:`~clustermesh.syncwriter.SyncWriter`, follows the config directory, and runs one
+:class:`~kvstoremesh.remote.RemoteCluster` per file in it:
 
 * a new file starts a remote; a changed file restarts it (new endpoints or
   certificates);
@@ -10,9 +25,10 @@ runs one :class:`~kvstoremesh.remote.RemoteCluster` per file in it:
   agents stop connecting), then, after a grace period, its canaries and every
   cache prefix.  A file that comes back during removal is started again once
   the cleanup is done;
-* at start-up, clusters that the local cache still holds but the directory no
-  longer names (removed while we were down) are removed the same way — no data
-  of a removed cluster outlives us;
+* at the start of a term, clusters that the local cache still holds but the
+  directory no longer names (removed while we were down, or while the previous leader
+  was removing them: then with what is left of the grace) are removed the same way —
+  no data of a removed cluster outlives us;
 * with ``--clustermesh-cache-ttl``, a remote disconnected for that long has its
   services, service exports and EndpointSlices drained (the backends it can no longer
   vouch for; the rest stays to keep connections up), counted in
