@@ -6,14 +6,16 @@ Replicas may share one local etcd, so the daemon alternates two roles
 * **standby** — it campaigns for the leader lock (:mod:`clustermesh.election`) and,
   meanwhile, follows the cache (:class:`~kvstoremesh.standby.CacheFollower`): ready once
   the cache is listed, writing nothing;
-* **leader** — once the lock is its own and the follower has seen the revision its term
-  starts at, the follower's digests seed the stores and the leader's work (below) runs
-  until a stop or the term is lost; then it steps down and is a standby again.
+* **leader** — once the lock is its own (and, for a standby that had listed the cache,
+  once the follower has seen the revision its term starts at: its digests then seed the
+  stores), the leader's work (below) runs until a stop or the term is lost; then it
+  steps down and is a standby again.
 
 Every write goes through the one local client, whose fence
 (:class:`~clustermesh.etcd.fence.Fence`) makes each of them conditional on the lock (a
-deposed leader cannot write), and the first write etcd refuses ends the term.  A single replica wins at once; a stop
-revokes the lock's lease, so a standby takes over without waiting for it to expire.
+deposed leader cannot write), and the first write etcd refuses ends the term.  A single
+replica wins at once; a stop revokes the lock's lease, so a standby takes over without
+waiting for it to expire.
 
 As leader, :class:`KVStoreMesh` owns its term's
 :class:`~clustermesh.syncwriter.SyncWriter`, follows the config directory, and runs one
@@ -179,11 +181,17 @@ class KVStoreMesh:
                 term = await self._until(stop, self._campaign())
                 if term is None:
                     return
-                # Every write of the leaders before us is in the follower's view once it
-                # has seen the revision our term starts at (later ones are fenced off).
-                if await self._until(stop, follower.caught_up(term.since)) is None:
-                    return
-                seeds = follower.seeds()
+                seeds: Seeds | None = None
+                if follower.listed.is_set():
+                    # A warm standby: every write of the leaders before us is in the
+                    # follower's view once it has seen the revision our term starts at
+                    # (later ones are fenced off); its digests spare the stores a read.
+                    if await self._until(stop, follower.caught_up(term.since)) is None:
+                        return
+                    seeds = follower.seeds()
+                # Else the lock came first (a lone replica starting): each store reads its
+                # own prefix, alongside its remote's list, as a follower listing the whole
+                # cache first would serialise the two.
                 removed_at = dict(follower.config_removed_at)
             finally:
                 following.cancel()
@@ -246,10 +254,11 @@ class KVStoreMesh:
         if self.election is not None:
             self.election.end_session(reason)
 
-    async def _lead(self, seeds: Seeds, removed_at: Mapping[str, float],
+    async def _lead(self, seeds: Seeds | None, removed_at: Mapping[str, float],
                     stop: asyncio.Event) -> None:
-        """One term: run the remotes until ``stop`` or the term is lost.  ``removed_at``:
-        when the standby saw each cluster-config deleted (removals to resume)."""
+        """One term: run the remotes until ``stop`` or the term is lost.  ``seeds``: the
+        warm standby's digests (None: the stores read the cache); ``removed_at``: when
+        the standby saw each cluster-config deleted (removals to resume)."""
         assert self.election is not None
         o = self.options
         self._new_term()
