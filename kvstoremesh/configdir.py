@@ -54,7 +54,7 @@ from typing import Protocol
 from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import validate_cluster_name
 
-__all__ = ["ClusterFile", "ConfigDirectory", "ConfigHandler"]
+__all__ = ["IGNORE", "ClusterFile", "ConfigDirectory", "ConfigHandler"]
 
 _CONFIG_MARKER = b"endpoints:"
 
@@ -78,6 +78,19 @@ class ConfigHandler(Protocol):
     async def cluster_removed(self, name: str) -> None:
         """A cluster config disappeared or stopped being a config."""
         ...
+
+
+class _Ignore:
+    """A handler for a directory followed only to know it (a standby's)."""
+
+    async def cluster_upserted(self, file: ClusterFile) -> None:
+        pass
+
+    async def cluster_removed(self, name: str) -> None:
+        pass
+
+
+IGNORE = _Ignore()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +164,7 @@ class ConfigDirectory:
         self._dir_problem: str | None = None
         self._refused: dict[str, str] = {}  # name -> digest already warned about
         self._local_seen: str | None = None  # digest of the local-cluster file logged
+        self._scanned = False  # a first pass was delivered: ``known`` is what it held
 
     @property
     def path(self) -> Path:
@@ -222,10 +236,20 @@ class ConfigDirectory:
         additions and changes, each in name order.  An exception from the
         handler is logged and the change counts as delivered: it is delivered
         again only if the file changes again.  Cancel the task to stop.
+
+        A directory followed before (by a standby, with a handler that ignores it) hands
+        its ``known`` clusters to the new handler without reading the directory again;
+        the next pass, one interval later, catches up with any change since.
         """
-        current = await self._scan_async()
-        for name in sorted(current):
-            await self._deliver_upsert(handler, current[name])
+        if self._scanned:
+            for name in sorted(self._known):
+                with self._guard(name, "add"):
+                    await handler.cluster_upserted(self._known[name])
+        else:
+            current = await self._scan_async()
+            for name in sorted(current):
+                await self._deliver_upsert(handler, current[name])
+            self._scanned = True  # only now: a pass cancelled half-way leaves it unknown
         if ready is not None:
             ready.set()
         while True:

@@ -93,7 +93,7 @@ from clustermesh.syncstore import Seeds
 from clustermesh.syncwriter import SyncWriter
 from clustermesh.tasks import race
 
-from .configdir import ClusterFile, ConfigDirectory
+from .configdir import IGNORE, ClusterFile, ConfigDirectory
 from .diagnostics import ClusterIds, Network, PodCidrOverlaps, Problem
 from .metrics import MeshMetrics
 from .options import MeshOptions
@@ -172,11 +172,16 @@ class KVStoreMesh:
         """Standby until the lock is ours, leader until it is lost, and again, until
         ``stop``."""
         assert self.election is not None
+        o = self.options
         while not stop.is_set():
-            follower = CacheFollower(self.local, page_size=self.options.page_size,
+            follower = CacheFollower(self.local, page_size=o.page_size,
                                      clock=self.clock, on_leader=self._leader_seen)
             self.follower = follower
-            following = asyncio.create_task(self._follow(follower), name="standby-follower")
+            # The standby follows the config directory too (its problems are logged on
+            # every replica); the next term starts from what it knows.
+            directory = ConfigDirectory(o.config_dir, local_cluster_name=o.cluster_name,
+                                        interval=o.config_poll_interval, clock=self.clock)
+            following = asyncio.gather(self._follow(follower), directory.run(IGNORE))
             try:
                 term = await self._until(stop, self._campaign())
                 if term is None:
@@ -205,7 +210,7 @@ class KVStoreMesh:
             log.info("leader election: lock acquired (%s, lease %x); leading",
                      term.key.decode(), term.lease)
             try:
-                await self._lead(seeds, removed_at, stop)
+                await self._lead(directory, seeds, removed_at, stop)
             finally:
                 self._fence.drop()
                 self.metrics.leader.set(0)
@@ -254,8 +259,8 @@ class KVStoreMesh:
         if self.election is not None:
             self.election.end_session(reason)
 
-    async def _lead(self, seeds: Seeds | None, removed_at: Mapping[str, float],
-                    stop: asyncio.Event) -> None:
+    async def _lead(self, directory: ConfigDirectory, seeds: Seeds | None,
+                    removed_at: Mapping[str, float], stop: asyncio.Event) -> None:
         """One term: run the remotes until ``stop`` or the term is lost.  ``seeds``: the
         warm standby's digests (None: the stores read the cache); ``removed_at``: when
         the standby saw each cluster-config deleted (removals to resume)."""
@@ -270,8 +275,6 @@ class KVStoreMesh:
                                  on_error=self.metrics.writes_failed, clock=self.clock)
         self._seeds = seeds
         self.writer.start()
-        directory = ConfigDirectory(o.config_dir, local_cluster_name=o.cluster_name,
-                                    interval=o.config_poll_interval, clock=self.clock)
         first_read = asyncio.Event()
         background = [asyncio.create_task(directory.run(self, ready=first_read),
                                           name="config-dir"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstoremesh.configdir import ClusterFile, ConfigDirectory
+from kvstoremesh.configdir import IGNORE, ClusterFile, ConfigDirectory, ConfigHandler
 
 INTERVAL = 0.05
 TIMEOUT = 5.0
@@ -77,7 +77,7 @@ def make_watcher(path: Path, *, local: str = "local") -> ConfigDirectory:
     )
 
 
-async def start(watcher: ConfigDirectory, recorder: Recorder) -> asyncio.Task[None]:
+async def start(watcher: ConfigDirectory, recorder: ConfigHandler) -> asyncio.Task[None]:
     ready = asyncio.Event()
     task = asyncio.create_task(watcher.run(recorder, ready=ready))
     await asyncio.wait_for(ready.wait(), TIMEOUT)
@@ -413,3 +413,28 @@ async def test_cancellation_while_handler_blocked(tmp_path: Path) -> None:
         await task
     assert task.cancelled()
     assert not ready.is_set()
+
+
+async def test_a_followed_directory_is_handed_over_without_a_read(tmp_path: Path) -> None:
+    """What a standby followed (``IGNORE``) goes to the next handler as it was known,
+    without reading the directory first; the next pass reports what changed since."""
+    write(tmp_path / "cluster1", config(1))
+    write(tmp_path / "cluster2", config(2))
+    watcher = make_watcher(tmp_path)
+    standby = await start(watcher, IGNORE)
+    standby.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await standby
+    (tmp_path / "cluster2").unlink()  # gone since the standby's last pass
+    write(tmp_path / "cluster3", config(3))
+    recorder = Recorder()
+    leader = await start(watcher, recorder)
+    try:
+        assert [await recorder.next(), await recorder.next()] == [
+            ("upsert", "cluster1", digest(config(1))), ("upsert", "cluster2", digest(config(2)))]
+        assert [await recorder.next(), await recorder.next()] == [
+            ("remove", "cluster2", None), ("upsert", "cluster3", digest(config(3)))]
+    finally:
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
