@@ -102,7 +102,7 @@ from .removal import Removals, orphaned_clusters
 from .resources import REVOKED_ON_TTL
 from .snapshot import LEADER, STANDBY, Leadership, RemoteStatus
 from .standby import CacheFollower
-from .status import LEADERSHIP_HEADER, Readiness, status_models
+from .status import LEADERSHIP_HEADER, Readiness, standby_readiness, status_models
 
 log = logging.getLogger(__name__)
 
@@ -405,9 +405,9 @@ class KVStoreMesh:
                 ready, lines = True, ["taken over; syncing", *lines]
         else:
             listed = self.follower is not None and self.follower.listed.is_set()
-            self._was_ready = self._was_ready or listed
+            ready, lines = standby_readiness(leadership, listed=listed)
+            self._was_ready = self._was_ready or ready
             ready = self._was_ready
-            lines = [] if listed else ["local etcd: not listed yet"]
         lines = [*lines, leadership.describe()]
         quorum = self._quorum_problem()
         if quorum is not None:

@@ -20,6 +20,7 @@ of the mesh is declared here, as the Protocols :class:`ReadinessSource` and
   ``synced.endpointslices`` and ``config.endpointslices-export-mode``.  Its
   per-resource keys are :data:`~kvstoremesh.resources.RULES`' ``count_name`` and
   ``status_name``, in that order (Cilium's).
+* :func:`standby_readiness` — when a replica that does not lead is ready.
 * :func:`format_status` — the text of ``kvstoremesh-dbg status``.
 """
 
@@ -126,6 +127,19 @@ class Readiness:
         elapsed = self._clock.monotonic() - self.source.started_at
         ahead = [t for t in (self.per_cluster_timeout, self.global_timeout) if t >= elapsed]
         return min(ahead) - elapsed + _PAST_TIMEOUT if ahead else None
+
+
+def standby_readiness(leadership: Leadership, *, listed: bool) -> tuple[bool, list[str]]:
+    """(ready, why not) of a replica that does not lead: ready once it has ``listed`` the
+    cache *behind another leader*.  One about to take a free lock (a lone replica
+    starting, or its own lock key already in place) is not: it is ready once it has
+    synced, as a leader, as upstream's."""
+    behind = leadership.leader is not None and leadership.leader_lease != leadership.lease
+    if not listed:
+        return False, ["local etcd: not listed yet"]
+    if not behind:
+        return False, ["no other replica leads: taking the lock"]
+    return True, []
 
 
 # How far past a ready timeout the readiness watcher looks again.

@@ -31,8 +31,14 @@ from clustermesh.keys import (
 )
 from kvstoremesh.diagnostics import Problem
 from kvstoremesh.metrics import NS, MeshMetrics
-from kvstoremesh.snapshot import ReflectorStatus, RemoteStatus
-from kvstoremesh.status import Readiness, remote_cluster_model, status_models, waiting_for
+from kvstoremesh.snapshot import STANDBY, Leadership, ReflectorStatus, RemoteStatus
+from kvstoremesh.status import (
+    Readiness,
+    remote_cluster_model,
+    standby_readiness,
+    status_models,
+    waiting_for,
+)
 
 PER_CLUSTER = 15.0
 GLOBAL = 600.0
@@ -285,3 +291,17 @@ def test_state_gauges_follow_the_snapshots_and_the_rules() -> None:
     for resource in RESOURCES:
         scope = "/".join(resource.cache_base.split("/")[2:4])
         assert initial("never", scope, "read") == 0 and initial("never", scope, "write") == 0
+
+
+def test_a_standby_is_ready_only_behind_another_leader() -> None:
+    """A replica that has listed the cache is ready while another one leads; one about to
+    take a free lock is not (its /readyz would otherwise pass before it synced: a lone
+    replica starting was seen ready with a remote not synced)."""
+    ours, theirs = 0x10, 0x20
+    other = Leadership(STANDBY, "b", ours, "a", theirs)
+    assert standby_readiness(other, listed=True) == (True, [])
+    assert standby_readiness(other, listed=False) == (False, ["local etcd: not listed yet"])
+    for free in (Leadership(STANDBY, "b", ours, None, 0),  # nobody holds the lock
+                 Leadership(STANDBY, "b", ours, "b", ours)):  # our own key, not leading yet
+        assert standby_readiness(free, listed=True) == (
+            False, ["no other replica leads: taking the lock"])
