@@ -250,12 +250,14 @@ async def test_the_etcd_member_the_leader_uses_is_killed(ha: Ha, which: str) -> 
 
 async def test_two_replicas_started_at_the_same_instant(ha: Ha) -> None:
     first, second = ha.replica("r1"), ha.replica("r2")
+    ha.rig.start_churn()
     await asyncio.gather(first.start(), second.start())
     async with asyncio.timeout(20):
         while (leader := await ha.leader()) not in ("r1", "r2"):
             await asyncio.sleep(0.05)
     to_ready = await ha.wait_synced(leader)
     await ha.wait_role("r2" if leader == "r1" else "r1", "standby")
+    await ha.rig.stop_churn()
     report = await ha.converged("r1", "r2", timeout=30)
     record("simultaneous start", report, leader=leader, to_ready_s=to_ready)
 
