@@ -29,7 +29,8 @@ assumed expired: a partition, or this process paused), or when the owner reports
 etcd refused a fenced write.  :meth:`LeaderElection.resign` revokes the lease at once
 (a graceful stop: a standby takes over immediately instead of after the TTL).
 
-Time is the :class:`~clustermesh.clock.Clock`'s; etcd's own lease expiry is etcd's.
+The keepalive is the client's (:meth:`~clustermesh.etcd.client.EtcdClient.keep_lease_alive`,
+on its :class:`~clustermesh.clock.Clock`); etcd's own lease expiry is etcd's.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .clock import REAL_CLOCK, Clock
 from .etcd.client import EtcdClient, get_op, prefix_range_end, put_op
 from .etcd.errors import EtcdError, EtcdUnavailable
 from .etcd.pb import rpc_pb2
@@ -106,7 +106,7 @@ class LeaderElection:
     """One candidate (see the module docstring); one session at a time."""
 
     def __init__(self, client: EtcdClient, *, identity: str, ttl: int,
-                 prefix: str = KVSTOREMESH_LOCK, clock: Clock = REAL_CLOCK) -> None:
+                 prefix: str = KVSTOREMESH_LOCK) -> None:
         if ttl < 1:
             raise ValueError(f"leader election lease TTL must be at least 1s, not {ttl}")
         self.identity = identity
@@ -114,7 +114,6 @@ class LeaderElection:
         self._client = client
         self._prefix = prefix
         self._pfx = (prefix + "/").encode()
-        self._clock = clock
         self.lease = 0  # of the current session (0: none)
         self.lost = asyncio.Event()
         self.lost_reason = ""
@@ -242,27 +241,12 @@ class LeaderElection:
     # ------------------------------------------------------------ the session
 
     async def _keep_alive(self, lease: int) -> None:
-        """Refresh the lease every ttl/3; end the session when it is found gone, or when
-        none was answered for a whole TTL (then it must be assumed expired)."""
-        interval = self.ttl / 3
-        answered = self._clock.monotonic()
-        failing = False
-        while True:
-            await self._clock.sleep(min(interval, 1.0) if failing else interval)
-            try:
-                ttl = await self._client.lease_keepalive_once(lease)
-            except EtcdError as exc:
-                silent = self._clock.monotonic() - answered
-                if silent >= self.ttl:
-                    self.end_session(f"lease {lease:x} not refreshed for {silent:.0f}s "
-                                     f"(TTL {self.ttl}s): {exc}")
-                    return
-                log.warning("leader election: lease %x keepalive failed: %s", lease, exc)
-                failing = True
-                continue
-            if ttl <= 0:
-                self._lease_gone = True
-                self.end_session(f"lease {lease:x} expired or revoked")
-                return
-            answered = self._clock.monotonic()
-            failing = False
+        """The session lasts as long as its lease is kept alive (``keep_lease_alive``:
+        until found gone, or unanswered for a whole TTL)."""
+        try:
+            lost = await self._client.keep_lease_alive(lease, self.ttl)
+        except EtcdError as exc:
+            self.end_session(f"lease {lease:x} keepalive failed: {exc}")
+            return
+        self._lease_gone = lost.gone
+        self.end_session(lost.reason)

@@ -140,9 +140,10 @@ class KVStoreMesh:
         self.local = EtcdClient(local_config, name="local etcd",
                                 observer=self.metrics.etcd_operation)
         self.local.fence = self._fence  # every write of ours holds only while we lead
-        lock_client = EtcdClient(local_config, name="local etcd (leader election)")
+        lock_client = EtcdClient(local_config, name="local etcd (leader election)",
+                                 clock=self.clock)  # its lease keepalive runs on our clock
         self.election = LeaderElection(lock_client, identity=self.identity,
-                                       ttl=int(o.leader_election_lease_ttl), clock=self.clock)
+                                       ttl=int(o.leader_election_lease_ttl))
         self.quorum = QuorumCheck(self.local, metrics=self.metrics,
                                   max_errors=o.max_consecutive_quorum_errors,
                                   interval=o.status_check_interval, clock=self.clock)

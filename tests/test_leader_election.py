@@ -21,6 +21,7 @@ from harness import EtcdServer
 from harness.fakeclock import FakeClock
 from harness.procs import Child
 
+from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.election import LeaderElection, SessionLost, lock_key, registration_key
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import load_etcd_config
@@ -31,9 +32,10 @@ LOCK = KVSTOREMESH_LOCK.encode() + b"/"
 
 
 @contextlib.asynccontextmanager
-async def client_of(etcd: EtcdServer, tmp_path: Path, name: str) -> AsyncIterator[EtcdClient]:
+async def client_of(etcd: EtcdServer, tmp_path: Path, name: str,
+                    clock: Clock = REAL_CLOCK) -> AsyncIterator[EtcdClient]:
     path = etcd.client_config(tmp_path / f"{name}.yaml")
-    async with EtcdClient(load_etcd_config(path), name=name) as client:
+    async with EtcdClient(load_etcd_config(path), name=name, clock=clock) as client:
         yield client
 
 
@@ -179,8 +181,8 @@ async def wait_for_async(predicate: Callable[[], Awaitable[bool]], *,
 async def test_session_ends_when_the_lease_is_found_gone(etcd: EtcdServer,
                                                           tmp_path: Path) -> None:
     fake = FakeClock()
-    async with asyncio.timeout(60), client_of(etcd, tmp_path, "k") as client:
-        election = LeaderElection(client, identity="k", ttl=6, clock=fake.clock)
+    async with asyncio.timeout(60), client_of(etcd, tmp_path, "k", fake.clock) as client:
+        election = LeaderElection(client, identity="k", ttl=6)
         await election.campaign()
         await fake.wait_for_sleepers(1, timeout=10)
         assert fake.sleeps[-1] == 2.0  # keepalive every ttl/3

@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
 
@@ -93,6 +94,14 @@ def compare_value(key: bytes, value: bytes, *, equal: bool = True) -> Compare:
 def compare_mod_revision(key: bytes, mod_revision: int) -> Compare:
     """True iff the key's mod_revision equals ``mod_revision`` (0: the key is absent)."""
     return Compare(key=key, target=Compare.MOD, result=Compare.EQUAL, mod_revision=mod_revision)
+
+
+class LeaseLost(NamedTuple):
+    """Why :meth:`EtcdClient.keep_lease_alive` stopped: ``gone`` when etcd said the lease
+    no longer exists (nothing left to revoke)."""
+
+    reason: str
+    gone: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,20 +294,29 @@ class EtcdClient(EtcdConnection):
                                           endpoint=attempt.channel.url)
                 return max(resp.TTL, 0)
 
-    async def keep_lease_alive(self, lease_id: int, ttl: int) -> None:
-        """Refresh ``lease_id`` every ttl/3 until it is found expired (then return).
+    async def keep_lease_alive(self, lease_id: int, ttl: int) -> LeaseLost:
+        """Refresh ``lease_id`` every ttl/3 until it is found gone, or until none was
+        answered for a whole ``ttl`` (it must then be assumed expired: a partition, or
+        this process paused); returns why.
 
-        Run it as a task and cancel it to stop; transient errors are retried.
+        Run it as a task and cancel it to stop; transient errors are retried every second.
         """
         interval = max(ttl / 3, 0.5)
+        answered = self._clock.monotonic()
         while True:
             try:
-                if await self.lease_keepalive_once(lease_id) <= 0:
-                    return
+                left = await self.lease_keepalive_once(lease_id)
             except EtcdUnavailable as exc:
+                silent = self._clock.monotonic() - answered
+                if silent >= ttl:
+                    return LeaseLost(f"lease {lease_id:x} not refreshed for {silent:.0f}s "
+                                     f"(TTL {ttl}s): {exc}", gone=False)
                 log.warning("%s: lease %x keepalive failed: %s", self.name, lease_id, exc)
                 await self._clock.sleep(min(interval, 1.0))
                 continue
+            if left <= 0:
+                return LeaseLost(f"lease {lease_id:x} expired or revoked", gone=True)
+            answered = self._clock.monotonic()
             await self._clock.sleep(interval)
 
     # ------------------------------------------------------- cluster, maintenance
