@@ -81,16 +81,23 @@ async def lock_holder(client: EtcdClient, *, prefix: str = KVSTOREMESH_LOCK
                       ) -> LockHolder | None:
     """Who holds the lock now, read from etcd (None: nobody): the key created first
     below it, and the identity registered for its lease."""
-    pfx = (prefix + "/").encode()
-    owner = await client.call("kv", "Range", rpc_pb2.RangeRequest(
-        key=pfx, range_end=prefix_range_end(pfx), limit=1,
-        sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.CREATE))
+    owner = await client.call("kv", "Range", _owner_request((prefix + "/").encode()))
     if not owner.kvs:
         return None
     kv = owner.kvs[0]
     registered = await client.get(registration_key(kv.lease))
     return LockHolder(kv.key.decode(errors="replace"), kv.lease,
                       registered.value.decode(errors="replace") if registered else None)
+
+
+def _owner_request(pfx: bytes, *, last: bool = False, max_create_revision: int = 0
+                   ) -> rpc_pb2.RangeRequest:
+    """The key created first below ``pfx`` (Go's ``WithFirstCreate``), or with ``last``
+    the one created last at or before ``max_create_revision`` (``WithLastCreate``)."""
+    order = rpc_pb2.RangeRequest.DESCEND if last else rpc_pb2.RangeRequest.ASCEND
+    return rpc_pb2.RangeRequest(key=pfx, range_end=prefix_range_end(pfx), sort_order=order,
+                                sort_target=rpc_pb2.RangeRequest.CREATE, limit=1,
+                                max_create_revision=max_create_revision)
 
 
 def lock_key(prefix: str, lease: int) -> bytes:
@@ -189,7 +196,7 @@ class LeaderElection:
         """Go's ``Mutex.Lock`` (see the module docstring)."""
         client = self._client
         key = lock_key(self._prefix, lease)
-        first = self._owner_request(last=False)
+        first = _owner_request(self._pfx)
         absent = rpc_pb2.Compare(key=key, target=rpc_pb2.Compare.CREATE,
                                  result=rpc_pb2.Compare.EQUAL, create_revision=0)
         resp = await client.txn(
@@ -211,20 +218,13 @@ class LeaderElection:
                                   "expired)")
         return Term(key=key, revision=revision, lease=lease, since=since)
 
-    def _owner_request(self, *, last: bool, max_create_revision: int = 0
-                       ) -> rpc_pb2.RangeRequest:
-        order = rpc_pb2.RangeRequest.DESCEND if last else rpc_pb2.RangeRequest.ASCEND
-        return rpc_pb2.RangeRequest(key=self._pfx, range_end=prefix_range_end(self._pfx),
-                                    sort_order=order, sort_target=rpc_pb2.RangeRequest.CREATE,
-                                    limit=1, max_create_revision=max_create_revision)
-
     async def _wait_deletes(self, max_create_revision: int) -> int:
         """Until no key created at or before ``max_create_revision`` is left; the
         revision of the last deletion seen (0 if none was waited for)."""
         deleted = 0
         while True:
-            resp = await self._client.call("kv", "Range", self._owner_request(
-                last=True, max_create_revision=max_create_revision))
+            resp = await self._client.call("kv", "Range", _owner_request(
+                self._pfx, last=True, max_create_revision=max_create_revision))
             if not resp.kvs:
                 return deleted
             deleted = max(deleted, await self._wait_delete(resp.kvs[0].key,

@@ -33,7 +33,6 @@ see :mod:`kvstoremesh.standby`), without a read.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
 
 from .clock import REAL_CLOCK, Clock, rfc3339_now
 from .etcd.client import EtcdClient, KeyValue
@@ -49,12 +48,9 @@ def digest_of(kv: KeyValue) -> int:
     return LEASED if kv.lease else hash(kv.value)
 
 
-class Seeds(Protocol):
-    """Digests of the destination known without reading it (a warm standby's)."""
-
-    def take(self, prefix: bytes) -> dict[bytes, int] | None:
-        """Every key under ``prefix`` with :func:`digest_of` it; None: read it."""
-        ...
+# Digests of the destination known without reading it (a warm standby's), by store
+# prefix: each store pops its own, so only a prefix's first session is spared the read.
+Seeds = dict[bytes, dict[bytes, int]]
 
 
 class SyncStore:
@@ -89,7 +85,7 @@ class SyncStore:
         land after this read and be missed by a diff against it.
         """
         await self.writer.flush()
-        seeded = self._seeds.take(self.prefix) if self._seeds is not None else None
+        seeded = self._seeds.pop(self.prefix, None) if self._seeds is not None else None
         if seeded is not None:
             self._digests = seeded
             return

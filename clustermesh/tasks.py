@@ -3,8 +3,8 @@
 :func:`race` runs awaitables until the first is done (a wait raced against a stop
 event, a watch against a refresh timer) and cancels the rest.
 
-:class:`TaskSet` is ``asyncio.TaskGroup`` for the loops that retry a failed group (a
-remote's session, the Kubernetes source): the first child to fail cancels the others
+:class:`TaskSet` is ``asyncio.TaskGroup`` for a loop that retries a failed group (a
+remote's session): the first child to fail cancels the others
 and the block raises an ``ExceptionGroup`` of the failures.  The difference is what
 happens when the *parent* is cancelled while a child fails: Python 3.11's TaskGroup then
 raises the child's error instead of ``CancelledError`` (fixed in 3.12), so a retry loop

@@ -4,8 +4,8 @@ Replicas may share one local etcd, so the daemon alternates two roles
 (:meth:`KVStoreMesh.run`):
 
 * **standby** — it campaigns for the leader lock (:mod:`clustermesh.election`) and,
-  meanwhile, follows the cache (:class:`~kvstoremesh.standby.CacheFollower`): ready once
-  the cache is listed, writing nothing;
+  meanwhile, follows the cache (:class:`~kvstoremesh.standby.CacheFollower`) and the
+  config directory: ready once the cache is listed behind another leader, writing nothing;
 * **leader** — once the lock is its own (and, for a standby that had listed the cache,
   once the follower has seen the revision its term starts at: its digests then seed the
   stores), the leader's work (below) runs until a stop or the term is lost; then it
@@ -287,7 +287,8 @@ class KVStoreMesh:
                 name="heartbeat"))
         term_lost = self.election.lost
         try:
-            if await _first_set(first_read, term_lost, stop) is not first_read:
+            await race(first_read.wait(), term_lost.wait(), stop.wait())
+            if term_lost.is_set() or stop.is_set():
                 return
             # Both at once: readiness must never see the directory read without knowing
             # which clusters it has to wait for.
@@ -298,7 +299,7 @@ class KVStoreMesh:
             if o.cache_ttl > 0:
                 background.append(asyncio.create_task(self._revoke_stale_caches(),
                                                       name="cache-ttl"))
-            await _first_set(stop, term_lost)
+            await race(stop.wait(), term_lost.wait())
         finally:
             graceful = stop.is_set() and not term_lost.is_set()
             if not graceful:
@@ -582,10 +583,3 @@ class KVStoreMesh:
                     self.revocations[name] += 1
                 except EtcdError as exc:
                     log.warning("cluster %s: draining services failed: %s", name, exc)
-
-
-
-async def _first_set(*events: asyncio.Event) -> asyncio.Event:
-    """Wait until one of ``events`` is set; the first of them that is."""
-    await race(*(event.wait() for event in events))
-    return next(event for event in events if event.is_set())

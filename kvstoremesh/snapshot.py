@@ -20,6 +20,7 @@ monotonic time; ``last_failure`` is wall time (it is shown and exported as a dat
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 from clustermesh.clusterconfig import CiliumClusterConfig
@@ -98,9 +99,16 @@ class Leadership(NamedTuple):
                 "leader": self.leader, "leader-lease": f"{self.leader_lease:x}"}
 
     @classmethod
-    def from_model(cls, model: dict[str, object]) -> Leadership:
-        """ValueError (or KeyError) if ``model`` is not what :meth:`model` makes."""
-        leader = model["leader"]
-        return cls(str(model["role"]), str(model["identity"]), int(str(model["lease"]), 16),
-                   None if leader is None else str(leader),
-                   int(str(model["leader-lease"]), 16))
+    def from_header(cls, header: str | None) -> Leadership | None:
+        """The JSON of :meth:`model` read back from a response header; None when absent
+        or not that (a daemon that does not say: upstream's, or an older one)."""
+        if not header:
+            return None
+        try:
+            model = json.loads(header)
+            leader = model["leader"]
+            return cls(str(model["role"]), str(model["identity"]),
+                       int(str(model["lease"]), 16), None if leader is None else str(leader),
+                       int(str(model["leader-lease"]), 16))
+        except (ValueError, KeyError, TypeError):
+            return None

@@ -42,7 +42,7 @@ from clustermesh.keys import (
     RESOURCES,
     Resource,
 )
-from clustermesh.syncstore import digest_of
+from clustermesh.syncstore import Seeds, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,6 @@ _CONFIG = (CLUSTER_CONFIG_PREFIX + "/").encode()
 _LOCK = (KVSTOREMESH_LOCK + "/").encode()
 _REPLICAS = (KVSTOREMESH_REPLICAS + "/").encode()
 _BY_CACHE_BASE = {r.cache_base.encode(): r for r in RESOURCES}
-
-
-class Seeds:
-    """The digests of the destination at takeover, each prefix taken once (the
-    :class:`~clustermesh.syncstore.Seeds` a store loads from)."""
-
-    def __init__(self, digests: dict[bytes, dict[bytes, int]]) -> None:
-        self._digests = digests
-        self._taken: set[bytes] = set()
-
-    def take(self, prefix: bytes) -> dict[bytes, int] | None:
-        """What the destination held under ``prefix`` (a store's) at takeover; None
-        once taken (a later session of the same prefix reads the destination again)."""
-        if prefix in self._taken:
-            return None
-        self._taken.add(prefix)
-        return self._digests.pop(prefix, {})
 
 
 class CacheFollower:
@@ -92,19 +75,12 @@ class CacheFollower:
 
     # ------------------------------------------------------------ what it knows
 
-    @property
-    def cached_keys(self) -> int:
-        return self._keys
-
     def leader(self) -> LockHolder | None:
         """The lock's owner: the lock key created first."""
         if not self._locks:
             return None
         key, (_, lease) = min(self._locks.items(), key=lambda item: item[1][0])
         return LockHolder(key.decode(errors="replace"), lease, self._identities.get(lease))
-
-    def identity_of(self, lease: int) -> str | None:
-        return self._identities.get(lease)
 
     async def caught_up(self, revision: int) -> int:
         """Until the view includes every event up to ``revision`` (one in our range);
@@ -115,9 +91,10 @@ class CacheFollower:
         return self.revision
 
     def seeds(self) -> Seeds:
-        """Hand the digests over (the follower forgets them: call once, then stop it)."""
+        """Hand the digests over, by store prefix (the follower forgets them: call once,
+        then stop it)."""
         digests, self._digests, self._keys = self._digests, {}, 0
-        return Seeds(digests)
+        return digests
 
     # ------------------------------------------------------------------ follow
 

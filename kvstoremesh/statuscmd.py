@@ -48,15 +48,8 @@ class Fetched(NamedTuple):
 
 def fetch(address: str, *, timeout: float = 5.0) -> Fetched:
     with urllib.request.urlopen(f"http://{address}/v1/cluster", timeout=timeout) as resp:
-        header = resp.headers.get(LEADERSHIP_HEADER)
-        models = json.load(resp)
-    leadership = None
-    if header:
-        try:
-            leadership = Leadership.from_model(json.loads(header))
-        except (ValueError, KeyError, TypeError):
-            leadership = None  # not ours to judge: the list is what counts
-    return Fetched(models, leadership)
+        return Fetched(json.load(resp),
+                       Leadership.from_header(resp.headers.get(LEADERSHIP_HEADER)))
 
 
 def check_output(output: str) -> None:

@@ -8,7 +8,6 @@ separated; the leader's answer is the one that counts (:func:`fetch_leader`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -60,22 +59,22 @@ def fetch_answer(address: str, *, timeout: float = 2.0) -> Answer | None:
         return None
     if not isinstance(data, list):
         return None
-    leadership = None
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        leadership = Leadership.from_model(json.loads(header)) if header else None
-    return Answer(address, data, leadership)
+    return Answer(address, data, Leadership.from_header(header))
 
 
 def fetch_leader(addresses: str, *, timeout: float = 2.0) -> Answer | None:
     """``addresses``: one status API, or several replicas' comma separated.  The
     leader's answer; when none says it leads, the first that answered (a lone
     replica, or a standby while nobody leads); None if none answers."""
-    answers = [a for a in (fetch_answer(one.strip(), timeout=timeout)
-                           for one in addresses.split(",") if one.strip()) if a is not None]
-    for answer in answers:
+    first: Answer | None = None
+    for address in filter(None, (one.strip() for one in addresses.split(","))):
+        answer = fetch_answer(address, timeout=timeout)
+        if answer is None:
+            continue
         if answer.leadership is not None and answer.leadership.role == LEADER:
-            return answer
-    return answers[0] if answers else None
+            return answer  # the replicas after it need not be asked
+        first = first or answer
+    return first
 
 
 def fetch_status(addresses: str, *, timeout: float = 2.0) -> list[dict[str, Any]] | None:
