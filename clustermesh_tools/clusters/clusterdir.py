@@ -108,6 +108,9 @@ class ClusterDir:
     auth_mode: str = DEFAULT_AUTH_MODE
     address: str = ""
     port: int = 2379
+    # Client ports of the other members of the cluster's etcd at the same address (a
+    # local mesh's multi-member etcd): every client config lists them all.
+    extra_ports: list[int] = field(default_factory=list)
     ca_key: str = ""  # where the CA key is, if known (relative to path or absolute)
     kvstoremesh_api: str = ""  # HOST:PORT of KVStoreMesh's status API, if reachable
     kvstoremesh_health: str = ""  # HOST:PORT of its /readyz
@@ -162,8 +165,12 @@ class ClusterDir:
 
     @property
     def endpoint(self) -> str:
+        return self.endpoints[0]
+
+    @property
+    def endpoints(self) -> list[str]:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"https://{host}:{self.port}"
+        return [f"https://{host}:{port}" for port in (self.port, *self.extra_ports)]
 
     # ------------------------------------------------------------------ persistence
 
@@ -177,6 +184,7 @@ class ClusterDir:
             "authMode": self.auth_mode,
             "address": self.address,
             "port": self.port,
+            **({"extraPorts": self.extra_ports} if self.extra_ports else {}),
             "ca": {"cert": f"{CERTS}/ca.crt", "key": self.ca_key},
             "kvstoremeshApi": self.kvstoremesh_api,
             "kvstoremeshHealth": self.kvstoremesh_health,
@@ -225,6 +233,7 @@ class ClusterDir:
             kvstoremesh=bool(doc.get("kvstoremesh", True)),
             auth_mode=mode(doc, ""),
             address=str(doc.get("address") or ""), port=int(doc.get("port") or 2379),
+            extra_ports=[int(p) for p in doc.get("extraPorts") or []],
             ca_key=str((doc.get("ca") or {}).get("key") or ""),
             kvstoremesh_api=str(doc.get("kvstoremeshApi") or ""),
             kvstoremesh_health=str(doc.get("kvstoremeshHealth") or ""),
@@ -240,7 +249,7 @@ class ClusterDir:
 
     def write_client_configs(self) -> None:
         for user in ("admin", "local"):
-            doc = {"endpoints": [self.endpoint], "trusted-ca-file": f"{CERTS}/ca.crt",
+            doc = {"endpoints": self.endpoints, "trusted-ca-file": f"{CERTS}/ca.crt",
                    "cert-file": f"{CERTS}/{user}.crt", "key-file": f"{CERTS}/{user}.key"}
             write_atomic(self.etcd_config_file(user), yaml.safe_dump(doc, sort_keys=False))
 

@@ -66,8 +66,9 @@ def check_connectable(a: ClusterDir, b: ClusterDir) -> None:
                 continue  # reconnecting after a re-enable: the entry is replaced
 
 
-def _remote_config(endpoint: str, stem: str) -> str:
-    return (f"endpoints:\n- {endpoint}\ntrusted-ca-file: {stem}-ca.crt\n"
+def _remote_config(endpoints: list[str], stem: str) -> str:
+    listed = "".join(f"- {endpoint}\n" for endpoint in endpoints)
+    return (f"endpoints:\n{listed}trusted-ca-file: {stem}-ca.crt\n"
             f"cert-file: {stem}.crt\nkey-file: {stem}.key\n")
 
 
@@ -89,7 +90,7 @@ def _connect_one(src: ClusterDir, dst: ClusterDir) -> Remote:
         ca.issue_client(src.remote_cn, stem=stem)
         write_atomic(src.config_dir / f"{stem}-ca.crt", dst.ca_file.read_bytes())
         own_tls = True
-    write_atomic(src.config_dir / dst.name, _remote_config(dst.endpoint, stem))
+    write_atomic(src.config_dir / dst.name, _remote_config(dst.endpoints, stem))
     remote = Remote(name=dst.name, id=dst.id, address=dst.address, port=dst.port,
                     own_tls=own_tls, auth_mode=dst.auth_mode)
     src.remotes = [r for r in src.remotes if r.name != dst.name] + [remote]

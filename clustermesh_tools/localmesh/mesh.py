@@ -116,11 +116,6 @@ class LocalCluster:
         return ClusterDir.load(self.dir)
 
     @property
-    def etcd_endpoints(self) -> list[str]:
-        ports = [self.etcd_port, *(client for client, _ in self.etcd_members)]
-        return [f"https://{LOOPBACK}:{port}" for port in ports]
-
-    @property
     def kvstoremesh_api(self) -> str:
         """The status API, or every replica's, comma separated (the leader answers for
         the cluster: see ``clustermesh_tools.clusters.probes.fetch_leader``)."""
@@ -266,6 +261,7 @@ class LocalMesh:
                           service_type="ClusterIP", kvstoremesh=kvstoremesh,
                           shared_ca=ca.ca_file, address=LOOPBACK, port=c.etcd_port,
                           auth_mode=auth_mode)
+            cdir.extra_ports = [client for client, _ in c.etcd_members]
             cdir.apiserver_health = f"{LOOPBACK}:{c.apiserver_health_port}"
             if kvstoremesh:
                 cdir.kvstoremesh_api = c.kvstoremesh_api
@@ -279,8 +275,6 @@ class LocalMesh:
             for b in dirs[i + 1:]:
                 connect(a, b)
         for c in self.clusters:
-            if c.etcd_members:
-                _list_every_member(c, self.clusters)
             self.add_process_records(c, etcd_bin)
         self.save()
 
@@ -484,19 +478,6 @@ def _component(key: str) -> str:
     """``cluster1/etcd-2`` -> ``etcd``."""
     return key.split("/", 1)[1].split("-", 1)[0]
 
-
-def _list_every_member(c: LocalCluster, clusters: list[LocalCluster]) -> None:
-    """Point every client of ``c``'s etcd at all its members: its own clients' configs
-    (admin, local) and the other clusters' config files for it (what their KVStoreMesh
-    and the CLI read), as a Kubernetes Service in front of the members would."""
-    files = [c.dir / "etcd-admin.yaml", c.dir / "etcd-local.yaml",
-             *(o.dir / "clustermesh" / c.name for o in clusters if o is not c)]
-    for path in files:
-        if not path.is_file():
-            continue
-        doc = yaml.safe_load(path.read_text())
-        doc["endpoints"] = c.etcd_endpoints
-        write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 def _write_workload(cdir: ClusterDir) -> None:
