@@ -32,10 +32,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from clustermesh.etcd.client import EtcdClient
+from clustermesh.etcd.client import EtcdClient, Event
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.etcd.watch import DELETE, Watch
 from clustermesh.keys import RESOURCES, cluster_config_key, synced_prefix
+from clustermesh.tasks import race
 
 from .mesh import CANARY, DAEMON_KEYS, MeshEnv, value_matches
 
@@ -181,6 +182,23 @@ async def wait_converged(env: MeshEnv, timeout: float = 20.0, *,
         await asyncio.sleep(interval)
 
 
+async def watch_keyspace(client: EtcdClient, on_event: Callable[[Event], None]
+                         ) -> asyncio.Task[None]:
+    """A task calling ``on_event`` for every event on any key from now on (it ends only
+    with an error)."""
+    revision = (await client.range(*ALL_KEYS, count_only=True)).header.revision
+
+    async def run() -> None:
+        async with Watch(client, key=ALL_KEYS[0], range_end=ALL_KEYS[1],
+                         start_revision=revision + 1, prev_kv=False,
+                         progress_notify=False) as watch:
+            async for batch in watch:
+                for event in batch.events:
+                    on_event(event)
+
+    return asyncio.create_task(run())
+
+
 class WriteAudit:
     """Records every PUT on the local etcd outside the allowed prefixes of ``clusters``.
 
@@ -200,23 +218,16 @@ class WriteAudit:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> WriteAudit:
-        revision = (await self.client.range(*ALL_KEYS, count_only=True)).header.revision
-        self._task = asyncio.create_task(self._run(revision + 1))
+        self._task = await watch_keyspace(self.client, self._event)
         return self
 
-    async def _run(self, start_revision: int) -> None:
-        watch = Watch(self.client, key=ALL_KEYS[0], range_end=ALL_KEYS[1],
-                      start_revision=start_revision, prev_kv=False, progress_notify=False)
-        async with watch:
-            async for batch in watch:
-                for event in batch.events:
-                    self.events += 1
-                    key = bytes(event.kv.key)
-                    if key.startswith(DAEMON_KEYS) or (
-                            self.tolerate and key.startswith(self.tolerate)):
-                        continue
-                    if owner(key, list(self.clusters())) is None:
-                        self.violations.append(key)
+    def _event(self, event: Event) -> None:
+        self.events += 1
+        key = bytes(event.kv.key)
+        if key.startswith(DAEMON_KEYS) or (self.tolerate and key.startswith(self.tolerate)):
+            return
+        if owner(key, list(self.clusters())) is None:
+            self.violations.append(key)
 
     @property
     def running(self) -> bool:
@@ -256,22 +267,16 @@ class WriteLog:
         return [key for rev, key, _ in self.events if rev > revision]
 
     async def __aenter__(self) -> WriteLog:
-        revision = (await self.client.range(*ALL_KEYS, count_only=True)).header.revision
-        self._task = asyncio.create_task(self._run(revision + 1))
+        self._task = await watch_keyspace(self.client, self._event)
         return self
 
-    async def _run(self, start_revision: int) -> None:
-        watch = Watch(self.client, key=ALL_KEYS[0], range_end=ALL_KEYS[1],
-                      start_revision=start_revision, prev_kv=False, progress_notify=False)
-        async with watch:
-            async for batch in watch:
-                for event in batch.events:
-                    key = bytes(event.kv.key)
-                    if key == _BARRIER:
-                        if event.type == DELETE:
-                            self._barrier_passed.set()
-                    elif not key.startswith(DAEMON_KEYS):
-                        self.events.append((event.kv.mod_revision, key, event.type))
+    def _event(self, event: Event) -> None:
+        key = bytes(event.kv.key)
+        if key == _BARRIER:
+            if event.type == DELETE:
+                self._barrier_passed.set()
+        elif not key.startswith(DAEMON_KEYS):
+            self.events.append((event.kv.mod_revision, key, event.type))
 
     async def __aexit__(self, *exc: object) -> None:
         """Not before every write committed until now has come through the watch: a put
@@ -280,14 +285,7 @@ class WriteLog:
         self._barrier_passed.clear()
         await self.client.put(_BARRIER, b"")
         await self.client.delete(_BARRIER)
-        passed = asyncio.ensure_future(self._barrier_passed.wait())
-        try:
-            async with asyncio.timeout(10):
-                await asyncio.wait({self._task, passed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            passed.cancel()
-        if self._task.done():
-            self._task.result()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        async with asyncio.timeout(10):
+            first = await race(self._task, self._barrier_passed.wait())
+        if first is self._task:
+            first.result()  # the watch ended before the barrier: its error
