@@ -58,6 +58,18 @@ NS = "cilium_kvstoremesh"
 # ------------------------------------------------------------------------ helpers
 
 
+def remote_ready(mesh: KVStoreMesh, name: str) -> bool:
+    """Whether remote ``name`` is started (the daemon may still be taking the lock) and
+    ready."""
+    remote = mesh.remotes.get(name)
+    return remote is not None and remote.status().ready
+
+
+def remote_failures(mesh: KVStoreMesh, name: str) -> int:
+    remote = mesh.remotes.get(name)
+    return remote.status().failures if remote is not None else 0
+
+
 async def wait_until(check: Callable[[], Any], what: str, timeout: float = 10.0,
                      interval: float = 0.05) -> Any:
     """Poll ``check`` (plain or async) until it returns something truthy; return it."""
@@ -240,7 +252,7 @@ async def test_ready_is_noticed_when_the_last_remote_syncs(
     await stuck.publish(sample_state("cluster2", 2))  # canaries come later
     fake = FakeClock()
     mesh = await start(mesh_env, clock=fake.clock, heartbeat_timeout=86400.0)
-    await wait_until(lambda: mesh.remotes["cluster1"].status().ready, "cluster1 to sync")
+    await wait_until(lambda: remote_ready(mesh, "cluster1"), "cluster1 to sync")
     assert ready_logged(caplog) == []  # cluster2 is still waited for
     await stuck.write_canaries()
     await wait_until(lambda: ready_logged(caplog), "the daemon to log that it is ready")
@@ -446,7 +458,7 @@ async def test_promtool_accepts_the_metrics(mesh_env: MeshEnv) -> None:
     write_unreachable_remote(mesh_env, "cluster2")  # failures and a last-failure time
     mesh = await start(mesh_env)
     await mesh_env.wait_ready()
-    await wait_until(lambda: mesh.remotes["cluster2"].status().failures >= 1,
+    await wait_until(lambda: remote_failures(mesh, "cluster2") >= 1,
                      "cluster2 to fail at least once")
     # One live update, so that the histograms of events and lag have samples too, and
     # one entry validation rejects, so that the rejection counter has a series.
@@ -585,7 +597,7 @@ async def test_status_api_models_are_sorted_typed_and_counted(mesh_env: MeshEnv)
     mesh = await start(mesh_env)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
-    await wait_until(lambda: mesh.remotes["dead"].status().failures >= 1, "dead to fail")
+    await wait_until(lambda: remote_failures(mesh, "dead") >= 1, "dead to fail")
 
     models = await api_clusters(mesh)
     assert [doc["name"] for doc in models] == ["cluster1", "cluster10", "cluster2", "dead"]
@@ -662,7 +674,7 @@ async def test_no_credentials_in_any_output(mesh_env: MeshEnv, etcd_factory: Etc
     mesh = await start(mesh_env)
     await mesh_env.wait_ready()
     await mesh_env.assert_converged()
-    await wait_until(lambda: mesh.remotes["wrongpw"].status().failures >= 1,
+    await wait_until(lambda: remote_failures(mesh, "wrongpw") >= 1,
                      "wrongpw to fail authentication")
     client = mesh.remotes["secure"].session_client
     assert client is not None and client._token, "the daemon should hold an auth token"
