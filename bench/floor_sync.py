@@ -13,7 +13,9 @@ canary in the local etcd:
   runs it;
 * **bare copier** — ``bench/copier.py``: a paged Range at one revision and 128-op Txns with
   4 in flight over the same grpc.aio client, no validation, no diff, then the canary;
-* **decoding copier** — the same, JSON-decoding every value.
+* **decoding copier** — the same, JSON-decoding every value;
+* with ``--baseline TREE``, also **baseline**: the daemon run from another source tree
+  (a ``git worktree`` of an older commit), for the A/B of one change.
 
 Figures: the median keys/s (entries / seconds from spawn to canary), min-max, and ours
 over each copier's (issue M's goal: at least 0.95x the bare copier with validation on).
@@ -40,6 +42,7 @@ from bench._mesh import (
     bench_main,
     client_for,
     count_prefix,
+    etcd_info,
     log,
     median,
     publish,
@@ -63,9 +66,9 @@ async def until_canary(url: str, proc_alive: Any, timeout: float = 600.0) -> flo
         return time.monotonic()
 
 
-async def kvstoremesh_run(remote: EtcdProcess, size: int) -> float:
+async def kvstoremesh_run(remote: EtcdProcess, size: int, repo: Path = REPO) -> float:
     with EtcdProcess() as local, workdir("floor") as wd:
-        daemon = Daemon(wd, local.client_url)
+        daemon = Daemon(wd, local.client_url, repo=repo)
         daemon.configure({NAME: remote.client_url})
         try:
             spawn = daemon.start()
@@ -113,17 +116,28 @@ async def run(args: argparse.Namespace) -> None:
                       args.output)
     for size in args.sizes:
         runs: dict[str, list[float]] = {"kvstoremesh": [], "bare": [], "decoding": []}
+        if args.baseline:
+            runs["baseline"] = []
         with EtcdProcess() as remote:
+            results.etcd = etcd_info(remote)
             async with client_for(remote.client_url) as rc:
                 await publish(rc, NAME, CID, Shape(endpoints=size), cached=False)
             for round_ in range(args.repeat):
                 runs["kvstoremesh"].append(await kvstoremesh_run(remote, size))
                 runs["bare"].append(await copier_run(remote, size, decode=False))
                 runs["decoding"].append(await copier_run(remote, size, decode=True))
+                if args.baseline:
+                    runs["baseline"].append(await kvstoremesh_run(remote, size,
+                                                                  args.baseline))
                 log(f"{size} entries, round {round_ + 1}: " + ", ".join(
                     f"{k} {v[-1]:.2f}s" for k, v in runs.items()))
         ours, bare, decoding = (summary(size, runs[k]) for k in ("kvstoremesh", "bare",
                                                                    "decoding"))
+        if args.baseline:
+            base = summary(size, runs["baseline"])
+            results.emit("floor_initial_sync_baseline", base["keys_per_s"], "keys/s",
+                         entries=size, tree=str(args.baseline), runs=base,
+                         over_baseline=round(ours["keys_per_s"] / base["keys_per_s"], 3))
         results.emit("floor_initial_sync", ours["keys_per_s"], "keys/s", entries=size,
                      runs=ours, reference={
                          "bare_copier": bare, "decoding_copier": decoding,
@@ -140,6 +154,8 @@ def main() -> int:
                    default=[100_000, 300_000], help="ipcache entries, comma separated")
     p.add_argument("--repeat", type=int, default=5, help="rounds (each program once a round)")
     p.add_argument("--quick", action="store_true", help="20k entries, 2 rounds")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="also run the daemon from this source tree (an A/B baseline)")
     p.add_argument("--output", type=Path)
     args = p.parse_args()
     if args.quick:
