@@ -104,6 +104,8 @@ class SyncWriter:
         self._qps = qps
         self._max_txn_ops = max_txn_ops
         self._max_request_bytes = max_request_bytes
+        #: The most bytes of key + value one put can carry: a longer one never fits.
+        self.max_entry_bytes = max_request_bytes - OP_OVERHEAD - REQUEST_OVERHEAD
         self._max_inflight = max_inflight
         self._queue: dict[bytes, _Entry] = {}  # key -> its pending write
         self._holes = 0  # entries popped from the front of _queue since it was built
@@ -136,8 +138,7 @@ class SyncWriter:
 
     def fits(self, key: bytes, value: bytes) -> bool:
         """Whether one put of ``key`` can ever be committed (``max_request_bytes``)."""
-        return len(key) + len(value) + OP_OVERHEAD + REQUEST_OVERHEAD <= (
-            self._max_request_bytes)
+        return len(key) + len(value) <= self.max_entry_bytes
 
     def put(self, key: bytes, value: bytes, *, observed: float | None = None,
             labels: QueueLabels | None = None) -> None:
@@ -149,7 +150,7 @@ class SyncWriter:
         ValueError for a write that can never fit a request (check :meth:`fits`):
         retrying it forever would stall every flush behind it.
         """
-        if not self.fits(key, value):
+        if len(key) + len(value) > self.max_entry_bytes:  # fits(), inline: a put per key
             raise ValueError(f"key {key!r}: a {len(value)}-byte value exceeds the etcd "
                              f"request limit of {self._max_request_bytes} bytes")
         self._enqueue(key, value, observed, labels)

@@ -84,8 +84,8 @@ class Reflector:
         self._store = SyncStore(writer=writer, local=local, prefix=self._target,
                                 canary=resource.cache_canary(cluster).encode(),
                                 page_size=page_size, seeds=seeds, clock=clock)
-        # The writer's own limit check, bound once: it runs for every listed key.
-        self._fits = writer.fits
+        # The writer's own limit (its fits(), inlined): checked for every listed key.
+        self._max_entry = writer.max_entry_bytes
         self._scope = metrics_scope(self._target.decode())
         self._clock = clock
         self._metrics = metrics
@@ -209,7 +209,7 @@ class Reflector:
     def _upsert(self, key: bytes, value: bytes, observed: float | None) -> None:
         # An entry whose put alone exceeds the local etcd's request limit can never be
         # written, and retrying it would stall the writer: rejected like an invalid one.
-        too_large = not self._fits(key, value)
+        too_large = len(key) + len(value) > self._max_entry
         validate = self._validate
         if too_large or validate is not None:
             suffix = key[len(self._target):].decode(errors="replace")

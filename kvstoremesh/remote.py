@@ -36,7 +36,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,7 +69,7 @@ from .rejections import Rejections
 from .remoteconfig import read_cluster_config, refusal
 from .resources import Reflection, rules_of
 from .snapshot import ReflectorStatus, RemoteStatus
-from .validation import check_entry
+from .validation import validator
 
 if TYPE_CHECKING:
     from .metrics import MeshMetrics
@@ -319,9 +318,8 @@ class RemoteCluster:
             how = rules.reflection(config)
             validate = None
             if o.validate_remote_data:
-                validate = partial(check_entry, resource, cluster=self.name,
-                                   cluster_id=config.id,
-                                   max_connected_clusters=o.max_connected_clusters)
+                validate = validator(resource, cluster=self.name, cluster_id=config.id,
+                                     max_connected_clusters=o.max_connected_clusters)
             old = previous.get(resource)
             reflector = Reflector(
                 resource=resource, cluster=self.name, remote=remote, local=self._local,

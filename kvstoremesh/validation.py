@@ -112,8 +112,7 @@ def _is_ip(text: Any) -> bool:
     return True
 
 
-def _check_node(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
-                _: int) -> str | None:
+def _check_node(key: str, doc: dict[str, Any], cluster: str, cluster_id: int) -> str | None:
     if doc.get("Name") != key:
         return "name-mismatch"
     if doc.get("Cluster") != cluster:
@@ -136,8 +135,8 @@ def _check_namespaced(key: str, doc: dict[str, Any], cluster: str) -> str | None
     return None
 
 
-def _check_service(key: str, doc: dict[str, Any], cluster: str, cluster_id: int,
-                   _: int) -> str | None:
+def _check_service(key: str, doc: dict[str, Any], cluster: str, cluster_id: int
+                   ) -> str | None:
     if (problem := _check_namespaced(key, doc, cluster)) is not None:
         return problem
     if doc.get("clusterID") != cluster_id:
@@ -153,8 +152,8 @@ _EXPORT_TYPES = {"ClusterSetIP", "Headless"}
 _AFFINITIES = {"ClientIP", "None"}
 
 
-def _check_service_export(key: str, doc: dict[str, Any], cluster: str, _id: int,
-                          _max: int) -> str | None:
+def _check_service_export(key: str, doc: dict[str, Any], cluster: str, _id: int
+                          ) -> str | None:
     if (problem := _check_namespaced(key, doc, cluster)) is not None:
         return problem
     stamp = doc.get("exportCreationTimestamp")
@@ -167,13 +166,14 @@ def _check_service_export(key: str, doc: dict[str, Any], cluster: str, _id: int,
     return None
 
 
-def check_identity(key: str, value: bytes, cluster: str, cluster_id: int,
-                   max_connected_clusters: int) -> str | None:
+def check_identity(key: str, value: bytes, cluster: str, bounds: tuple[int, int]
+                   ) -> str | None:
+    """``bounds``: the cluster's :func:`identity_range`."""
     # ASCII digits only, as Go's ParseUint (str.isdigit also takes "²" and other scripts,
     # which int() then refuses or reads as a number the agents would not).
     if not (key.isascii() and key.isdigit()):
         return "invalid-id"
-    low, high = identity_range(cluster_id, max_connected_clusters)
+    low, high = bounds
     if not low <= int(key) <= high:
         return "id-out-of-range"
     try:
@@ -185,8 +185,9 @@ def check_identity(key: str, value: bytes, cluster: str, cluster_id: int,
     return None
 
 
-def check_endpoint(key: str, value: bytes, cluster: str, cluster_id: int,
-                   max_connected_clusters: int) -> str | None:
+def check_endpoint(key: str, value: bytes, cluster: str, bounds: tuple[int, int]
+                   ) -> str | None:
+    """``bounds``: the cluster's :func:`identity_range`."""
     network = None
     if "/" in key or not _is_ipv4(key):
         try:
@@ -215,33 +216,53 @@ def check_endpoint(key: str, value: bytes, cluster: str, cluster_id: int,
     identity = doc.get("ID")
     if not isinstance(identity, int) or isinstance(identity, bool):
         return "invalid-id"
-    low, high = identity_range(cluster_id, max_connected_clusters)
+    low, high = bounds
     if not (0 <= identity <= RESERVED_IDENTITY_MAX or low <= identity <= high):
         return "id-out-of-range"
     return None
 
 
-_JSON_CHECKS: dict[Resource, Callable[[str, dict[str, Any], str, int, int], str | None]] = {
+_JSON_CHECKS: dict[Resource, Callable[[str, dict[str, Any], str, int], str | None]] = {
     NODES: _check_node,
     SERVICES: _check_service,
     SERVICE_EXPORTS: _check_service_export,
 }
 
 
-def check_entry(resource: Resource, key: str, value: bytes, *, cluster: str, cluster_id: int,
-                max_connected_clusters: int) -> str | None:
-    """Why this entry must not be cached (None: it is fine).
+Validator = Callable[[str, bytes], str | None]
+
+
+def validator(resource: Resource, *, cluster: str, cluster_id: int,
+              max_connected_clusters: int) -> Validator:
+    """The rules of ``resource`` bound to one remote cluster: ``(key, value)`` -> why the
+    entry must not be cached (None: it is fine).  What a reflector calls for every entry,
+    so everything that does not depend on the entry is worked out here, once.
 
     ``key`` is the part of the key below the resource's prefix for ``cluster``
     (a node name, ``ns/name``, an identity ID, an IP).
     """
-    if resource is IDENTITIES:
-        return check_identity(key, value, cluster, cluster_id, max_connected_clusters)
-    if resource is ENDPOINTS:
-        return check_endpoint(key, value, cluster, cluster_id, max_connected_clusters)
+    if resource is IDENTITIES or resource is ENDPOINTS:
+        check = check_identity if resource is IDENTITIES else check_endpoint
+        bounds = identity_range(cluster_id, max_connected_clusters)
+
+        def check_ranged(key: str, value: bytes) -> str | None:
+            return check(key, value, cluster, bounds)
+        return check_ranged
     if resource is ENDPOINT_SLICES:  # zstd, not JSON: never handed to the JSON parser
-        return endpointslice.check_value(key, value, cluster=cluster, cluster_id=cluster_id)
-    doc = _json_object(value)
-    if doc is None:
-        return "invalid-json"
-    return _JSON_CHECKS[resource](key, doc, cluster, cluster_id, max_connected_clusters)
+        def check_slice(key: str, value: bytes) -> str | None:
+            return endpointslice.check_value(key, value, cluster=cluster,
+                                             cluster_id=cluster_id)
+        return check_slice
+    rules = _JSON_CHECKS[resource]
+
+    def check_json(key: str, value: bytes) -> str | None:
+        doc = _json_object(value)
+        return "invalid-json" if doc is None else rules(key, doc, cluster, cluster_id)
+    return check_json
+
+
+def check_entry(resource: Resource, key: str, value: bytes, *, cluster: str, cluster_id: int,
+                max_connected_clusters: int) -> str | None:
+    """:func:`validator`'s verdict on one entry."""
+    return validator(resource, cluster=cluster, cluster_id=cluster_id,
+                     max_connected_clusters=max_connected_clusters)(key, value)
