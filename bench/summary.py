@@ -4,8 +4,10 @@
     python bench/summary.py            # bench/results/<name>.json
     python bench/summary.py --quick    # bench/results/<name>-quick.json
 
-Missing result files are skipped.  Every row shows the figure, its reference measured
-in the same run, and the target from the issue.
+Missing result files are skipped.  Two tables: first every figure of issue M ("against
+the floor": any figure that carries a ``ratio`` and a ``goal``), with ours and the
+reference of the same run as median (min-max) and the ratio; then the older figures,
+each with its reference and the target of the issue that set it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,85 @@ def n(value: float, digits: int = 0) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+# Issue M's figures, in the issue's order: figure name -> its row's label.
+FLOOR_LABELS: dict[str, Any] = {
+    "floor_initial_sync": lambda f: (
+        f"Initial sync, {f['entries']:,} ipcache entries, one remote, spawn → canary"),
+    "propagation_latency_p50": lambda f: _latency_label(f, "p50"),
+    "propagation_latency_p99": lambda f: _latency_label(f, "p99"),
+    "churn_latency_p99": lambda f: "Churn: p99 propagation latency",
+    "churn_backlog_peak": lambda f: "Churn: peak sync queue (backlog)",
+    "bootstrap_time_to_ready": lambda f: "Bootstrap: spawn → ready",
+    "memory_bytes_per_key": lambda f: (
+        "Memory: RSS slope, " + " → ".join(f"{k // 1000}k" for k in f["params"]["sizes"])
+        + " cached keys"),
+    "restart_time_to_ready": lambda f: (
+        f"Restart (kill -9), {f['params']['cached_keys']:,} cached keys unchanged: "
+        "spawn → ready"),
+    "restart_local_writes": lambda f: "Restart: local writes",
+    "apiserver_initial_publish": lambda f: "apiserver initial publish, CiliumEndpoints",
+    "apiserver_restart_writes": lambda f: "apiserver restart: local writes",
+}
+
+
+def _latency_label(f: dict[str, Any], q: str) -> str:
+    p = f.get("params", {})
+    return (f"Propagation {q}, {p.get('remotes', '?')} remotes, "
+            f"{n(f.get('rate_ops_per_s') or p.get('rate', 0))} updates/s")
+
+
+def spread(x: dict[str, Any] | None, unit: str = "") -> str:
+    """median (min-max) of a runs/reference record."""
+    if not x or x.get("median") is None:
+        return "-"
+    def fmt(v: Any) -> str:
+        return n(v) if isinstance(v, int) or (isinstance(v, float) and v >= 100) else f"{v:g}"
+    text = fmt(x["median"])
+    if x.get("min") is not None and x.get("max") is not None:
+        text += f" ({fmt(x['min'])}-{fmt(x['max'])})"
+    return f"{text} {unit}".strip()
+
+
+def floor_rows(quick: bool) -> tuple[list[str], list[list[str]]]:
+    """Every figure with a ratio and a goal, from every results file."""
+    machines: list[str] = []
+    found: list[tuple[int, str, list[str]]] = []
+    suffix = "-quick.json" if quick else ".json"
+    for path in sorted(RESULTS.glob(f"*{suffix}")):
+        if not quick and path.name.endswith("-quick.json"):
+            continue
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for f in doc.get("figures", []):
+            if "goal" not in f or "met" not in f:
+                continue
+            line = _machine_line(doc)
+            if line not in machines:
+                machines.append(line)
+            label = FLOOR_LABELS.get(f["figure"], lambda f: f["figure"])(f)
+            ref = f.get("reference") or {}
+            unit = f.get("unit", "")
+            ratio = f.get("ratio")
+            order = list(FLOOR_LABELS).index(f["figure"]) if f["figure"] in FLOOR_LABELS \
+                else len(FLOOR_LABELS)
+            found.append((order, label, [
+                label, spread(f.get("runs") or {"median": f["value"]}, unit),
+                f"{ref.get('name', 'reference')}: {spread(ref, unit)}" if ref else "-",
+                f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else "-",
+                f"{f['goal']}: {verdict(bool(f['met']))}", path.name]))
+    found.sort(key=lambda t: (t[0], t[1]))
+    return machines, [row for _, _, row in found]
+
+
+def _machine_line(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    return (f"{m['nproc']} vCPU {m['cpu_model']}, Python {m['python']}, grpcio "
+            f"{m.get('grpcio')}, protobuf {m.get('protobuf')}, etcd "
+            f"{doc.get('etcd', {}).get('version', '?')}, {doc['date'][:10]}")
 
 
 def rows(quick: bool) -> tuple[list[str], list[list[str]]]:
@@ -116,16 +197,6 @@ def rows(quick: bool) -> tuple[list[str], list[list[str]]]:
                     f"p50 {upd['value']} ms, p99 {upd['p99_ms']} ms, max {upd['max_ms']} ms; "
                     f"converged: {u['converged']}", "-", "-"])
 
-    doc = load("memory", quick)
-    machine(doc)
-    for f in figures(doc, "memory_bytes_per_key"):
-        pts = ", ".join(f"{p['cached_keys'] // 1000}k: {p['rss_mib']} MiB"
-                        for p in f["params"]["points"])
-        out.append(["Memory: daemon RSS once synced", f"{n(f['value'])} bytes/key (slope; "
-                    f"{pts}; fixed {f['intercept_mib']} MiB)",
-                    f"payload (key + value) {f['reference']['payload_bytes_per_key']} bytes/key",
-                    f"≤ 1 KB/key: {verdict(f['value'] <= 1024)}"])
-
     doc = load("restart", quick)
     machine(doc)
     for f in figures(doc, "restart_time_to_ready"):
@@ -155,17 +226,26 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    floor_machines, floors = floor_rows(args.quick)
     machines, table = rows(args.quick)
-    if not table:
+    if not table and not floors:
         print("no results", file=sys.stderr)
         return 1
-    for m in machines:
+    for m in dict.fromkeys(floor_machines + machines):
         print(f"Machine: {m}")
-    print()
-    print("| figure | measured | reference (same run) | target |")
-    print("|---|---|---|---|")
-    for row in table:
-        print("| " + " | ".join(row) + " |")
+    if floors:
+        print()
+        print("| figure (issue M) | ours: median (min-max) | reference, same run | ratio | goal "
+              "| file |")
+        print("|---|---|---|---|---|---|")
+        for row in floors:
+            print("| " + " | ".join(row) + " |")
+    if table:
+        print()
+        print("| figure | measured | reference (same run) | target |")
+        print("|---|---|---|---|")
+        for row in table:
+            print("| " + " | ".join(row) + " |")
     return 0
 
 
