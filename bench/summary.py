@@ -153,23 +153,6 @@ def rows(quick: bool) -> tuple[list[str], list[list[str]]]:
                     f"{f['daemon_speedup']}x make-mirror",
                     f"≥ 30x: {verdict((f['daemon_speedup'] or 0) >= 30)}"])
 
-    doc = load("latency", quick)
-    machine(doc)
-    p50s = figures(doc, "propagation_latency_p50")
-    for f in p50s:
-        p = f["params"]
-        rate = f["rate_ops_per_s"]
-        mesh, floor = p["mesh"], p["floor"] or {}
-        target = rate >= 2000
-        out.append([f"Propagation latency, {p['remotes']} remotes ({p['remote_etcd_processes']} "
-                    f"etcd processes), {n(rate)} updates/s, {p['seconds']:g} s",
-                    f"p50 {mesh['p50_ms']} ms, p99 {mesh['p99_ms']} ms, max {mesh['max_ms']} ms"
-                    f" ({mesh['matched']:,}/{mesh['ops']:,} seen)",
-                    f"floor (straight into local etcd): p50 {floor.get('p50_ms')} ms, p99 "
-                    f"{floor.get('p99_ms')} ms, max {floor.get('max_ms')} ms",
-                    (f"p50 ≤ 5 ms: {verdict(mesh['p50_ms'] <= 5)}; p99 ≤ 25 ms: "
-                     f"{verdict(mesh['p99_ms'] <= 25)}") if target else "-"])
-
     doc = load("scale", quick)
     machine(doc)
     ready = figures(doc, "scale_time_to_ready")
