@@ -166,6 +166,31 @@ async def test_list_filters_and_pages_by_selector(kube: FakeKube,
     assert kube.list_requests(SERVICES)[0].label_selector == "app=web"
 
 
+async def test_pages_follow_etcd_key_order_from_one_snapshot(
+        kube: FakeKube, http: aiohttp.ClientSession) -> None:
+    # etcd orders "ns-b/x" before "ns/a" ('-' < '/'): so do the pages, as the real server.
+    objects = [("ns", "a"), ("ns-b", "x"), ("ns", "b"), ("ns-b", "y"), ("ns", "c")]
+    for namespace, name in objects:
+        kube.create(SERVICES, {"metadata": {"name": name, "namespace": namespace}})
+    url = f"{kube.url}/api/v1/services"
+    status, body = await get_json(http, url, limit="2")
+    assert status == 200 and body["metadata"]["remainingItemCount"] == 3
+    seen = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in body["items"]]
+    # Written between pages: later pages still show the first page's snapshot.
+    kube.delete(SERVICES, "a", "ns")
+    kube.create(SERVICES, {"metadata": {"name": "z", "namespace": "ns-b"}})
+    while "continue" in body["metadata"]:
+        status, body = await get_json(http, url, limit="2",
+                                      **{"continue": body["metadata"]["continue"]})
+        seen += [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in body["items"]]
+    assert seen == sorted(objects, key=lambda k: f"{k[0]}/{k[1]}")
+    # A namespaced list counts only its namespace's remaining objects.
+    status, body = await get_json(http, f"{kube.url}/api/v1/namespaces/ns-b/services",
+                                  limit="1")
+    assert [o["metadata"]["name"] for o in body["items"]] == ["x"]
+    assert body["metadata"]["remainingItemCount"] == 2
+
+
 @pytest.mark.parametrize("watch", [False, True])
 async def test_invalid_selector_is_bad_request(kube: FakeKube, http: aiohttp.ClientSession,
                                                watch: bool) -> None:
