@@ -40,9 +40,9 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config.kube_config import load_kube_config
 
 from apiserver.converters import endpoint_entries
+from bench._txnpipe import TxnPipe
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import parse_etcd_config
-from clustermesh.etcd.pb import rpc_pb2
 from clustermesh.keys import ENDPOINTS
 
 PATH = "/apis/cilium.io/v2/ciliumendpoints"
@@ -80,34 +80,17 @@ async def publish(args: argparse.Namespace) -> dict[str, object]:
     etcd = EtcdClient(parse_etcd_config(f"endpoints:\n- {args.etcd}\n"), name=args.etcd,
                       request_timeout=120.0)
     await etcd.connect()
-    slots = asyncio.Semaphore(args.inflight)
-    pending: set[asyncio.Task[object]] = set()
+    pipe = TxnPipe(etcd, txn_ops=args.txn_ops, inflight=args.inflight)
     written = pages = 0
-
-    def send(request: rpc_pb2.TxnRequest) -> None:
-        task = asyncio.create_task(etcd.txn_request(request))
-        pending.add(task)
-        task.add_done_callback(lambda t: (pending.discard(t), slots.release()))
-
-    request = rpc_pb2.TxnRequest()
     async with ApiClient(configuration) as client:
         async for items in list_pages(client, args.page_size):
             pages += 1
             for cep in items:
                 for key, value in endpoint_entries(cep).items():
-                    put = request.success.add().request_put
-                    put.key = key.encode()
-                    put.value = value
                     written += 1
-                    if len(request.success) == args.txn_ops:
-                        await slots.acquire()
-                        send(request)
-                        request = rpc_pb2.TxnRequest()
-    if len(request.success):
-        await slots.acquire()
-        send(request)
-    for task in list(pending):
-        await task
+                    if pipe.add(key.encode(), value):
+                        await pipe.send()
+    await pipe.close()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     await etcd.put(ENDPOINTS.state_canary(args.cluster).encode(), stamp.encode())
     seconds = time.monotonic() - t0

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._txnpipe import TxnPipe
 from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.config import parse_etcd_config
-from clustermesh.etcd.pb import rpc_pb2
 
 
 def client_for(url: str) -> EtcdClient:
@@ -42,34 +42,17 @@ async def copy(args: argparse.Namespace) -> dict[str, object]:
     await dest.connect()
     prefix, target = args.prefix.encode(), args.dest_prefix.encode()
     cut = len(prefix)
-    slots = asyncio.Semaphore(args.inflight)
-    pending: set[asyncio.Task[object]] = set()
+    pipe = TxnPipe(dest, txn_ops=args.txn_ops, inflight=args.inflight)
     copied = 0
     t0 = time.monotonic()
-
-    def send(request: rpc_pb2.TxnRequest) -> None:
-        task = asyncio.create_task(dest.txn_request(request))
-        pending.add(task)
-        task.add_done_callback(lambda t: (pending.discard(t), slots.release()))
-
-    request = rpc_pb2.TxnRequest()
     async for page, _ in source.range_pages(prefix):
         for kv in page:
             if args.decode:
                 json.loads(kv.value)
-            put = request.success.add().request_put
-            put.key = target + kv.key[cut:]
-            put.value = kv.value
             copied += 1
-            if len(request.success) == args.txn_ops:
-                await slots.acquire()
-                send(request)
-                request = rpc_pb2.TxnRequest()
-    if len(request.success):
-        await slots.acquire()
-        send(request)
-    for task in list(pending):
-        await task
+            if pipe.add(target + kv.key[cut:], kv.value):
+                await pipe.send()
+    await pipe.close()
     if args.canary:
         await dest.put(args.canary.encode(), b"2026-12-02T00:00:00Z")
     seconds = time.monotonic() - t0
