@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from clustermesh.assertion import keep_asserted
 from clustermesh.backoff import KUBERNETES, Backoff
+from clustermesh.certmetrics import CertificateFile, etcd_certificate_files
 from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
@@ -146,6 +147,12 @@ class ApiServer:
         problems += self._quorum_problems()
         return not problems, problems
 
+    def _certificate_files(self) -> list[CertificateFile]:
+        """The TLS files of the etcd's config (the daemon serves no TLS itself)."""
+        if self.local is None:
+            return []
+        return etcd_certificate_files(self.local.config, cluster=self.options.cluster_name)
+
     def port(self, server: str) -> int:
         return bound_port(self.runners[server])
 
@@ -160,6 +167,7 @@ class ApiServer:
                                              "", o.health_port)
         if o.prometheus_serve_addr:
             self.metrics.registry.register(_StateCollector(self))
+            self.metrics.export_health(ready=self.ready, certificates=self._certificate_files)
             host, port = listen_address(o.prometheus_serve_addr)
             self.runners["metrics"] = await serve(metrics_app(self.metrics.registry), host, port)
         tasks: list[asyncio.Task[None]] = []

@@ -17,7 +17,7 @@ one extra series per counter and histogram for nothing.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from .certmetrics import CertificateCollector, CertificateFile, Check, ReadinessCollector
 from .controllers import ControllerRuns
 from .keys import QueueLabels, cluster_of, metrics_scope
 
@@ -72,6 +73,14 @@ class KVStoreMetrics:
             ["error"], registry=registry)
         self.controllers = ControllerRuns(namespace=namespace, registry=registry,
                                           groups=controller_groups)
+
+    def export_health(self, *, ready: Check,
+                      certificates: Callable[[], Iterable[CertificateFile]]) -> None:
+        """Export ``<ns>_ready`` from ``ready`` (the function ``/readyz`` calls) and
+        ``<ns>_certificate_not_after_timestamp_seconds`` of the files ``certificates``
+        names, both computed at scrape time (:mod:`clustermesh.certmetrics`)."""
+        self.registry.register(ReadinessCollector(self.namespace, ready))
+        self.registry.register(CertificateCollector(self.namespace, certificates))
 
     def etcd_operation(self, method: str, request: Any, seconds: float, ok: bool) -> None:
         """EtcdClient observer: one unary request finished."""

@@ -78,6 +78,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from clustermesh.backoff import LEADER_ELECTION, Backoff
+from clustermesh.certmetrics import CertificateFile, etcd_certificate_files
 from clustermesh.clock import REAL_CLOCK, Clock, wait_event
 from clustermesh.election import LeaderElection, SessionLost, Term
 from clustermesh.etcd.client import EtcdClient
@@ -129,6 +130,8 @@ class KVStoreMesh:
         self._took_over = False  # this term began when another replica's ended
         self.metrics = MeshMetrics(controller_groups=options.controller_group_metrics)
         self.metrics.attach(self, clock=clock)
+        self.metrics.export_health(ready=self._readiness_with_problems,
+                                   certificates=self._certificate_files)
         self.runners: dict[str, web.AppRunner] = {}
         self._new_term()
 
@@ -341,6 +344,17 @@ class KVStoreMesh:
     def remotes_status(self) -> dict[str, RemoteStatus]:
         """One snapshot of every running remote, by name, in name order."""
         return {name: self.remotes[name].status() for name in sorted(self.remotes)}
+
+    def _certificate_files(self) -> list[CertificateFile]:
+        """The TLS files of the local etcd's config and of each running remote's last
+        session (a standby runs no remote: it shows the local etcd's only)."""
+        files = []
+        if self.local is not None:
+            files += etcd_certificate_files(self.local.config, cluster=self.options.cluster_name)
+        for name, remote in sorted(self.remotes.items()):
+            if remote.etcd_config is not None:
+                files += etcd_certificate_files(remote.etcd_config, cluster=name)
+        return files
 
     def queue_sizes(self) -> Mapping[QueueLabels, int]:
         return self.writer.queue_sizes() if self.writer is not None else {}

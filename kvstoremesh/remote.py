@@ -45,7 +45,7 @@ from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.controllers import GROUP_REMOTE_CLUSTER
 from clustermesh.etcd.client import EtcdClient
-from clustermesh.etcd.config import EtcdConfigError, load_etcd_config
+from clustermesh.etcd.config import EtcdConfig, EtcdConfigError, load_etcd_config
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.keys import RESOURCES, Resource, cluster_config_key
 from clustermesh.keys import synced_prefix as synced_prefix_of
@@ -101,8 +101,8 @@ class RemoteCluster:
     """One remote, run by :meth:`run` (see the module docstring).
 
     Read through :meth:`status`; besides it, ``name``, ``created`` (clock time),
-    ``rejections`` and ``pod_cidrs`` are public, and :meth:`drain`,
-    :meth:`delete_cached_config` remove what it cached.
+    ``rejections``, ``pod_cidrs`` and ``etcd_config`` (the last session's) are public,
+    and :meth:`drain`, :meth:`delete_cached_config` remove what it cached.
     """
 
     def __init__(self, *, name: str, config_path: Path, local: EtcdClient, writer: SyncWriter,
@@ -132,6 +132,9 @@ class RemoteCluster:
         # the remote does not export and nobody waits for has none.
         self._reflectors: dict[Resource, Reflector] = {}
         self._client: EtcdClient | None = None
+        # The etcd config of the current (or last) session: the TLS files it names are
+        # what the certificate expiry metric reads.
+        self.etcd_config: EtcdConfig | None = None
 
     # ------------------------------------------------------------------ status
 
@@ -250,6 +253,7 @@ class RemoteCluster:
 
     async def _session(self) -> None:
         etcd_config = await asyncio.to_thread(load_etcd_config, self._config_path)
+        self.etcd_config = etcd_config
         for warning in etcd_config.warnings:
             log.warning("cluster %s: %s: %s", self.name, self._config_path, warning)
         self._state.certificate_problems = tuple(expiring_certificates(
