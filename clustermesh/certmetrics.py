@@ -129,8 +129,8 @@ class CertificateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             self.name, "Expiry (not after, Unix seconds) of a certificate the daemon uses "
-            "(role: client or ca, of the etcd of cluster)",
-            labels=["role", "cluster", "subject"])
+            "(role: client or ca, of the etcd of target_cluster)",
+            labels=["role", "target_cluster", "subject"])
         values: dict[tuple[str, str, str], float] = {}
         seen: set[Path] = set()
         for file in self.files():

@@ -63,7 +63,7 @@ def ready_value(samples: dict[str, list[tuple[dict[str, str], float]]], ns: str)
 
 
 def expiries(samples: dict[str, list[tuple[dict[str, str], float]]], ns: str) -> Series:
-    return {(labels["role"], labels["cluster"], labels["subject"]): value
+    return {(labels["role"], labels["target_cluster"], labels["subject"]): value
             for labels, value in samples.get(f"{ns}_{EXPIRY}", [])}
 
 
@@ -206,7 +206,7 @@ def test_unreadable_files_are_left_out_and_logged_once(
 
     def collect() -> Series:
         [family] = collector.collect()
-        return {(s.labels["role"], s.labels["cluster"], s.labels["subject"]): s.value
+        return {(s.labels["role"], s.labels["target_cluster"], s.labels["subject"]): s.value
                 for s in family.samples}
 
     with caplog.at_level(logging.WARNING, logger="clustermesh.certmetrics"):
