@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -114,6 +117,77 @@ def _assert_no_failures(statuses: list[dict], text: str) -> None:
     assert text.count(" 0 failures") == len(failures), text
 
 
+# A metric each component always exports (the apiserver's and KVStoreMesh's own
+# namespace; etcd's server metrics).
+METRIC_PREFIX = {"apiserver": "cilium_clustermesh_apiserver_",
+                 "kvstoremesh": "cilium_kvstoremesh_", "etcd": "etcd_server_"}
+
+
+def _scrape(url: str) -> str:
+    """GET ``url``: 200 with Prometheus text; its body."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200, url
+        assert resp.headers["Content-Type"].startswith("text/plain"), resp.headers
+        return resp.read().decode()
+
+
+def _metric_names(text: str) -> set[str]:
+    return {line.split("{")[0].split()[0] for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def _promtool_check(config: Path) -> None:
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    if not Path(promtool).exists():  # pragma: no cover - CI installs promtool
+        pytest.skip("promtool not installed")
+    r = subprocess.run([promtool, "check", "config", str(config)], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, _out(r)
+
+
+def test_metrics_endpoints_and_prometheus_config(mesh_dir: Path) -> None:
+    """Every daemon serves metrics on its own loopback port, listed by `local status -o
+    json`; prometheus.yml scrapes them all (one job per component, a cluster label) and
+    passes promtool."""
+    mesh = LocalMesh.load(mesh_dir)
+    state = json.loads((mesh_dir / "state.json").read_text())
+    r = cm("local", "status", "--dir", mesh_dir, "-o", "json")
+    assert r.returncode == 0, _out(r)
+    listed = {s["name"]: s["metrics"] for s in json.loads(r.stdout)}
+    ports: list[int] = []
+    for c, doc in zip(mesh.clusters, state["clusters"], strict=True):
+        assert set(doc["metrics_ports"]) == {"apiserver", "kvstoremesh", "etcd"}
+        assert listed[c.name] == {name: f"http://127.0.0.1:{port}/metrics"
+                                  for name, port in doc["metrics_ports"].items()}
+        ports += doc["metrics_ports"].values()
+        for component, url in listed[c.name].items():
+            names = _metric_names(_scrape(url))
+            assert any(n.startswith(METRIC_PREFIX[component]) for n in names), (url, names)
+    other = [p for c in mesh.clusters for p in (
+        c.etcd_port, c.etcd_peer_port, c.apiserver_health_port, c.kvstoremesh_health_port,
+        c.kvstoremesh_api_port)]
+    assert len(set(ports)) == 9 and not set(ports) & set(other)
+    # etcd's metrics are plain HTTP although its client port is TLS.
+    assert mesh.processes["cluster1/etcd"].argv.count(
+        f"--listen-metrics-urls=http://127.0.0.1:{mesh.cluster('cluster1').metrics_ports['etcd']}"
+    ) == 1
+
+    config = mesh_dir / "prometheus.yml"
+    doc = yaml.safe_load(config.read_text())
+    jobs = {j["job_name"]: j["static_configs"] for j in doc["scrape_configs"]}
+    assert set(jobs) == {"clustermesh-apiserver", "kvstoremesh", "etcd"}
+    job_of = {"apiserver": "clustermesh-apiserver", "kvstoremesh": "kvstoremesh",
+              "etcd": "etcd"}
+    for c in mesh.clusters:
+        for component, port in c.metrics_ports.items():
+            (static,) = [s for s in jobs[job_of[component]]
+                         if s["labels"] == {"cluster": c.name}]
+            assert static["targets"] == [f"127.0.0.1:{port}"]
+    _promtool_check(config)
+    r = cm("local", "status", "--dir", mesh_dir)
+    assert f"Prometheus scrape config {config}" in r.stdout, _out(r)
+
+
 def test_check_passes(mesh_dir: Path) -> None:
     r = cm("local", "check", "--dir", mesh_dir)
     assert r.returncode == 0, _out(r)
@@ -204,6 +278,8 @@ def test_killed_etcd_is_named_then_restarted(mesh_dir: Path) -> None:
     after = LocalMesh.load(mesh_dir)
     assert after.cluster("cluster2") == before  # same ports, same data directory
     assert all(after.running().values())
+    # Its metrics are back on the same port.
+    assert "etcd_server_has_leader" in _metric_names(_scrape(before.metrics["etcd"]))
     r = cm("local", "check", "--dir", mesh_dir)
     assert r.returncode == 0, _out(r)
     assert "PASSED: 12/12 checks" in r.stdout
@@ -229,7 +305,7 @@ def test_down_leaves_no_process_or_port(mesh_dir: Path) -> None:
     mesh = LocalMesh.load(mesh_dir)
     ports = [p for c in mesh.clusters for p in (
         c.etcd_port, c.etcd_peer_port, c.apiserver_health_port, c.kvstoremesh_health_port,
-        c.kvstoremesh_api_port)]
+        c.kvstoremesh_api_port, *c.metrics_ports.values())]
     assert all(_port_open(p) for p in (c.etcd_port for c in mesh.clusters))
     r = cm("local", "down", "--dir", mesh_dir)
     assert r.returncode == 0, _out(r)
@@ -317,6 +393,18 @@ def test_replicas_on_a_three_member_etcd(tmp_path: Path) -> None:
         assert first in ("cluster1-kvstoremesh-0", "cluster1-kvstoremesh-1"), leaders
         r = cm("local", "status", "--dir", d)
         assert f"KVStoreMesh leader {first}" in r.stdout, _out(r)
+        # Every replica and member serves its own metrics, and prometheus.yml lists them.
+        c1_metrics = mesh.cluster("cluster1").metrics
+        assert sorted(c1_metrics) == ["apiserver", "etcd", "etcd-1", "etcd-2", "kvstoremesh",
+                                      "kvstoremesh-1"]
+        for name, url in c1_metrics.items():
+            prefix = METRIC_PREFIX[name.split("-")[0]]
+            assert any(n.startswith(prefix) for n in _metric_names(_scrape(url))), url
+        targets = {j["job_name"]: [t for s in j["static_configs"] for t in s["targets"]]
+                   for j in yaml.safe_load((d / "prometheus.yml").read_text())[
+                       "scrape_configs"]}
+        assert len(targets["kvstoremesh"]) == 4 and len(targets["etcd"]) == 6, targets
+        _promtool_check(d / "prometheus.yml")
 
         leading = "kvstoremesh" if first.endswith("-0") else "kvstoremesh-1"
         r = cm("local", "stop", "--dir", d, "--cluster", "cluster1", "--component", leading,

@@ -160,3 +160,30 @@ def test_up_refuses_an_unknown_auth_mode(tmp_path: Path) -> None:
     with pytest.raises(LocalMeshError, match="auth mode 'open' is not one of"):
         LocalMesh(tmp_path / "mesh").up(names=["c1"], auth_mode="open", say=lambda _: None)
     assert not (tmp_path / "mesh").exists()
+
+
+def test_metrics_flags_only_with_recorded_ports(tmp_path: Path) -> None:
+    """A cluster with metrics ports gets --prometheus-serve-addr / --listen-metrics-urls
+    and prometheus.yml targets; one from an older state.json (no ``metrics_ports``)
+    loads, and its command lines (what ``is_running`` compares) stay as they were."""
+    from clustermesh_tools.localmesh.mesh import LocalCluster, prometheus_config
+
+    doc = {"name": "c1", "id": 1, "dir": str(tmp_path / "c1"), "etcd_port": 1,
+           "etcd_peer_port": 2, "apiserver_health_port": 3, "kvstoremesh_health_port": 4,
+           "kvstoremesh_api_port": 5}
+    old = LocalCluster.from_json(doc)
+    assert old.metrics_ports == {} and old.metrics == {}
+    mesh = LocalMesh(tmp_path)
+    mesh.add_process_records(old, Path("/usr/bin/etcd"))
+    assert not any(a.startswith(("--listen-metrics-urls", "--prometheus-serve-addr"))
+                   for rec in mesh.processes.values() for a in rec.argv)
+
+    new = LocalCluster.from_json({**doc, "metrics_ports": {
+        "apiserver": 6, "kvstoremesh": 7, "etcd": 8}})
+    mesh.add_process_records(new, Path("/usr/bin/etcd"))
+    assert "--prometheus-serve-addr=127.0.0.1:6" in mesh.processes["c1/apiserver"].argv
+    assert "--prometheus-serve-addr=127.0.0.1:7" in mesh.processes["c1/kvstoremesh"].argv
+    assert "--listen-metrics-urls=http://127.0.0.1:8" in mesh.processes["c1/etcd"].argv
+    assert new.metrics["etcd"] == "http://127.0.0.1:8/metrics"
+    config = prometheus_config([old, new], tmp_path)
+    assert config.count("cluster: c1") == 3 and "127.0.0.1:7" in config

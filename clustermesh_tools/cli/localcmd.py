@@ -64,6 +64,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"{key}: {'running' if ok else 'NOT RUNNING'}")
         print("this mesh runs without KVStoreMesh (local up --no-kvstoremesh): there is no "
               "KVStoreMesh status to show; agents would connect to each etcd directly")
+        _print_prometheus(mesh)
         return 0 if all(running.values()) else 1
 
     def targets() -> list[Target]:
@@ -74,12 +75,24 @@ def _status(args: argparse.Namespace) -> int:
                      if key.startswith(f"{c.name}/") and not procs.is_running(rec)]
             d = c.cluster_dir
             out.append(Target(name=c.name, api=c.kvstoremesh_api, cluster_id=c.id,
-                              configured=[r.name for r in d.remotes], notes=notes))
+                              configured=[r.name for r in d.remotes], notes=notes,
+                              metrics=c.metrics or None))
         return out
 
     statuses = (wait(targets(), timeout=args.timeout, refresh=targets) if args.wait
                 else collect(targets()))
-    return print_statuses(statuses, args.output)
+    code = print_statuses(statuses, args.output)
+    if args.output != "json":
+        _print_prometheus(mesh)
+    return code
+
+
+def _print_prometheus(mesh: LocalMesh) -> None:
+    """The metrics line of ``local status`` (text): where prometheus.yml is."""
+    if mesh.prometheus_file.is_file():
+        n = sum(len(c.metrics_ports) for c in mesh.clusters)
+        print(f"Metrics: {n} endpoints; Prometheus scrape config {mesh.prometheus_file} "
+              f"(prometheus --config.file={mesh.prometheus_file})")
 
 
 def _check(args: argparse.Namespace) -> int:

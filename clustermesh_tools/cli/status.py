@@ -26,6 +26,7 @@ class Target:
     cluster_id: int | None = None
     configured: list[str] | None = None  # remote names from the config, when known
     notes: list[str] = field(default_factory=list)  # e.g. "etcd not running"
+    metrics: dict[str, str] | None = None  # process name -> metrics URL, when known
 
 
 @dataclass
@@ -147,7 +148,8 @@ def format_statuses(statuses: list[ClusterStatus]) -> str:
 def statuses_json(statuses: list[ClusterStatus]) -> list[dict[str, Any]]:
     return [{"name": s.target.name, "api": s.target.api, "reachable": s.models is not None,
              "ready": s.ready, "notes": s.target.notes, "remotes": s.models or [],
-             **({"kvstoremeshLeader": s.leader} if s.leader is not None else {})}
+             **({"kvstoremeshLeader": s.leader} if s.leader is not None else {}),
+             **({"metrics": s.target.metrics} if s.target.metrics is not None else {})}
             for s in statuses]
 
 

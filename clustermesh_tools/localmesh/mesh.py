@@ -25,6 +25,7 @@ Directory::
 
     <dir>/
       state.json            clusters, ports, processes (pid + start time + argv)
+      prometheus.yml        a Prometheus scrape config of every daemon's metrics
       ca/ca.crt, ca.key     the mesh CA
       <cluster>/            a cluster directory (clustermesh_tools/clusters/clusterdir.py) plus
         etcd/               etcd's data directory
@@ -62,6 +63,7 @@ from .procs import ProcRecord
 from .startup import init_etcds, wait_remote_access
 
 STATE_FILE = "state.json"
+PROMETHEUS_FILE = "prometheus.yml"
 COMPONENTS = ("etcd", "apiserver", "kvstoremesh")
 LOOPBACK = "127.0.0.1"
 
@@ -110,6 +112,10 @@ class LocalCluster:
     # API] ports) beyond the first, with --etcd-members / --kvstoremesh-replicas.
     etcd_members: list[list[int]] = field(default_factory=list)
     kvstoremesh_replicas: list[list[int]] = field(default_factory=list)
+    # The Prometheus metrics port of each process, by its name within the cluster
+    # ("etcd", "etcd-1", "apiserver", "kvstoremesh", "kvstoremesh-1"); empty in meshes
+    # started before metrics were served.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def cluster_dir(self) -> ClusterDir:
@@ -121,6 +127,12 @@ class LocalCluster:
         the cluster: see ``clustermesh_tools.clusters.probes.fetch_leader``)."""
         ports = [self.kvstoremesh_api_port, *(api for _, api in self.kvstoremesh_replicas)]
         return ",".join(f"{LOOPBACK}:{port}" for port in ports)
+
+    @property
+    def metrics(self) -> dict[str, str]:
+        """The metrics URL of each process (keys as in ``metrics_ports``)."""
+        return {name: f"http://{LOOPBACK}:{port}/metrics"
+                for name, port in self.metrics_ports.items()}
 
     def to_json(self) -> dict[str, Any]:
         doc = dict(self.__dict__)
@@ -146,6 +158,14 @@ class LocalMesh:
     @property
     def state_file(self) -> Path:
         return self.dir / STATE_FILE
+
+    @property
+    def prometheus_file(self) -> Path:
+        return self.dir / PROMETHEUS_FILE
+
+    def write_prometheus_config(self) -> None:
+        """``prometheus.yml``: one job per component, a ``cluster`` label per target."""
+        write_atomic(self.prometheus_file, prometheus_config(self.clusters, self.dir))
 
     def exists(self) -> bool:
         return self.state_file.is_file()
@@ -256,6 +276,8 @@ class LocalMesh:
                                            for _ in range(etcd_members - 1)],
                              kvstoremesh_replicas=[[ports.free(), ports.free()]
                                                    for _ in range(kvstoremesh_replicas - 1)])
+            c.metrics_ports = {name: ports.free() for name in _process_names(
+                etcd_members, kvstoremesh_replicas if kvstoremesh else 0)}
             cdir = enable(c.dir, name=name, cluster_id=c.id,
                           max_connected_clusters=max_connected_clusters,
                           service_type="ClusterIP", kvstoremesh=kvstoremesh,
@@ -277,6 +299,7 @@ class LocalMesh:
         for c in self.clusters:
             self.add_process_records(c, etcd_bin)
         self.save()
+        self.write_prometheus_config()
 
         # 2. processes.
         try:
@@ -316,6 +339,8 @@ class LocalMesh:
         for sfx, (client_port, peer_port) in zip(suffixes, members, strict=True):
             peer = f"http://{LOOPBACK}:{peer_port}"
             client = f"https://{LOOPBACK}:{client_port}"
+            # Plain HTTP, whatever the client port speaks.
+            metrics = c.metrics_ports.get(f"etcd{sfx}")
             self.processes[f"{c.name}/etcd{sfx}"] = ProcRecord(
                 name=f"{c.name}/etcd{sfx}", log=str(logs / f"etcd{sfx}.log"), argv=[
                     str(etcd_bin), f"--name={c.name}{sfx}",
@@ -330,6 +355,8 @@ class LocalMesh:
                     "--client-cert-auth", f"--trusted-ca-file={certs / 'ca.crt'}",
                     "--heartbeat-interval=50", "--election-timeout=500",
                     "--auto-compaction-retention=1", "--logger=zap", "--log-outputs=stderr",
+                    *([f"--listen-metrics-urls=http://{LOOPBACK}:{metrics}"] if metrics
+                      else []),
                 ])
         env = {"PYTHONPATH": os.pathsep.join(
             p for p in (str(_source_root()), os.environ.get("PYTHONPATH", "")) if p),
@@ -344,6 +371,7 @@ class LocalMesh:
                 "--source=manifests", f"--manifests-dir={c.dir / 'manifests'}",
                 "--manifests-poll-interval=200ms",
                 f"--health-port={c.apiserver_health_port}",
+                *_prometheus_flag(c, "apiserver"),
                 *([] if self.auth_mode == "legacy" else [
                     "--cluster-users-enabled",
                     f"--cluster-users-config-path={c.dir / 'users.yaml'}"]),
@@ -366,7 +394,7 @@ class LocalMesh:
                     f"--clustermesh-config={c.dir / 'clustermesh'}",
                     f"--health-port={health}", f"--api-serve-addr={LOOPBACK}:{api}",
                     "--status-check-interval=1s", "--per-cluster-ready-timeout=30s",
-                    *election,
+                    *_prometheus_flag(c, f"kvstoremesh{sfx}"), *election,
                 ])
 
     def _keys(self, c: LocalCluster, component: str) -> list[str]:
@@ -477,6 +505,44 @@ class LocalMesh:
 def _component(key: str) -> str:
     """``cluster1/etcd-2`` -> ``etcd``."""
     return key.split("/", 1)[1].split("-", 1)[0]
+
+
+def _process_names(etcd_members: int, kvstoremesh_replicas: int) -> list[str]:
+    """A cluster's process names: ``apiserver``, ``kvstoremesh``, ``kvstoremesh-1``, ...,
+    ``etcd``, ``etcd-1``, ..."""
+    def numbered(base: str, n: int) -> list[str]:
+        return [base if i == 0 else f"{base}-{i}" for i in range(n)]
+    return ["apiserver", *numbered("kvstoremesh", kvstoremesh_replicas),
+            *numbered("etcd", etcd_members)]
+
+
+def _prometheus_flag(c: LocalCluster, name: str) -> list[str]:
+    port = c.metrics_ports.get(name)
+    return [f"--prometheus-serve-addr={LOOPBACK}:{port}"] if port else []
+
+
+# The job of each component in prometheus.yml (the dashboard's ``job`` variable).
+PROMETHEUS_JOBS = {"apiserver": "clustermesh-apiserver", "kvstoremesh": "kvstoremesh",
+                   "etcd": "etcd"}
+
+
+def prometheus_config(clusters: list[LocalCluster], dir: Path) -> str:
+    """A Prometheus configuration scraping every metrics port of ``clusters``: one job
+    per component, one static config per cluster labelled ``cluster: <name>``."""
+    jobs: list[dict[str, Any]] = []
+    for component, job in PROMETHEUS_JOBS.items():
+        static = [{"targets": [f"{LOOPBACK}:{port}" for name, port in c.metrics_ports.items()
+                               if _component(f"{c.name}/{name}") == component],
+                   "labels": {"cluster": c.name}} for c in clusters]
+        static = [s for s in static if s["targets"]]
+        if static:
+            jobs.append({"job_name": job, "metrics_path": "/metrics",
+                         "static_configs": static})
+    doc = {"global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+           "scrape_configs": jobs}
+    return (f"# Prometheus scrape config of the local mesh in {dir} (clustermesh local up):\n"
+            f"#   prometheus --config.file={dir / PROMETHEUS_FILE}\n"
+            + yaml.safe_dump(doc, sort_keys=False))
 
 
 
