@@ -62,7 +62,8 @@ except ImportError:  # the test extra; only the schema validation needs it
     kubernetes_validate = None
 
 #: Kinds that are CRDs (no schema in kubernetes-validate); checked by dedicated tests.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
+             ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -166,6 +167,8 @@ EVERYTHING: dict[str, Any] = {
                                    "relabelings": [{"action": "labeldrop",
                                                     "regex": "pod"}]},
                 "prometheusAnnotations": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prom"},
+                       "additionalLabels": {"team": "network"}},
     "podDisruptionBudget": {"minAvailable": 1},
     "replicas": 2,
     "tolerations": [{"operator": "Exists"}],
@@ -298,7 +301,42 @@ def test_service_monitor(helm: Path, tmp_path: Path) -> None:
         assert sm["spec"]["namespaceSelector"] == {"matchNames": ["kube-system"]}
         ports = {e["port"] for e in sm["spec"]["endpoints"]}
         assert ports == expected == {p["name"] for p in svc["spec"]["ports"]}
+        # Every series gets the target label `cluster` the alert rules and dashboards read.
+        for endpoint in sm["spec"]["endpoints"]:
+            assert endpoint["relabelings"] == [{"targetLabel": "cluster",
+                                                "replacement": "cluster1"}]
     assert not [d for d in render(helm, tmp_path) if d["kind"] == "ServiceMonitor"]
+    # The user's relabelings come after ours (they may rewrite `cluster`).
+    drop = {"action": "labeldrop", "regex": "pod"}
+    sm = find(render(helm, tmp_path, {"cluster": {"name": "c9", "id": 9}, "metrics": {
+        "serviceMonitor": {"enabled": True, "relabelings": [drop]}}}), "ServiceMonitor")
+    for endpoint in sm["spec"]["endpoints"]:
+        assert endpoint["relabelings"] == [{"targetLabel": "cluster", "replacement": "c9"},
+                                           drop]
+
+
+def test_prometheus_rule(helm: Path, tmp_path: Path) -> None:
+    """Off by default; on, its rules are files/alerts.yaml exactly (tests/test_alert_rules.py
+    checks that file), with the labels asked for."""
+    assert not [d for d in render(helm, tmp_path) if d["kind"] == "PrometheusRule"]
+    assert not [d for d in render(helm, tmp_path, {"prometheusRule": {"enabled": False}})
+                if d["kind"] == "PrometheusRule"]
+    docs = render(helm, tmp_path, {"prometheusRule": {
+        "enabled": True, "labels": {"release": "prom", "team": "a"},
+        "additionalLabels": {"team": "b"}, "annotations": {"x.example/y": "z"}}})
+    rule = find(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["name"] == "clustermesh-apiserver"
+    assert rule["metadata"]["namespace"] == "kube-system"
+    labels = rule["metadata"]["labels"]
+    assert labels["release"] == "prom" and labels["team"] == "b"  # additionalLabels win
+    assert labels["app.kubernetes.io/name"] == "clustermesh-apiserver"
+    assert rule["metadata"]["annotations"] == {"x.example/y": "z"}
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert rule["spec"]["groups"][0]["rules"], "no rules"
+    # Only the file itself: the chart holds no other copy of the rules.
+    templates = (CHART / "templates" / "prometheusrule.yaml").read_text()
+    assert "expr:" not in templates and '.Files.Get "files/alerts.yaml"' in templates
 
 
 def test_image_digest_and_tag(helm: Path, tmp_path: Path) -> None:
@@ -564,6 +602,8 @@ def test_cluster_users(helm: Path, tmp_path: Path, auth_mode: str, kvstoremesh: 
     ({"agents": {"clustermeshSecret": {"enabled": "yes"}}},
      "/agents/clustermeshSecret/enabled", "boolean"),
     ({"agents": {"namespace": "Kube_System"}}, "/agents/namespace", "pattern"),
+    ({"prometheusRule": {"enabled": "yes"}}, "/prometheusRule/enabled", "boolean"),
+    ({"prometheusRule": {"labels": {"a": 1}}}, "/prometheusRule/labels/a", "string"),
 ])
 def test_schema_rejects(helm: Path, tmp_path: Path, values: dict[str, Any], field: str,
                         words: str) -> None:
