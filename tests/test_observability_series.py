@@ -13,18 +13,15 @@ typo'd metric or a label that does not exist fails here instead of showing "no d
 
 from __future__ import annotations
 
+import asyncio
 import json
-import shutil
-import socket
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from harness.prometheus import PrometheusNotFound, PrometheusServer, find_prometheus_binary
 from harness.promql import selectors
 from test_localmesh import _kill_leftovers, _out, cm
 
@@ -38,25 +35,15 @@ DASHBOARD = ROOT / "helm" / "clustermesh" / "dashboards" / "clustermesh.json"
 # The chart's Prometheus rule files (its PrometheusRule renders them).
 RULES = sorted(p for p in (ROOT / "helm" / "clustermesh" / "files").glob("*.yaml")
                if "groups" in (yaml.safe_load(p.read_text()) or {}))
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 try:
     find_etcd_binary()
 except EtcdNotFound as exc:  # pragma: no cover - CI installs etcd
     pytest.skip(str(exc), allow_module_level=True)
-if not Path(PROMETHEUS).exists():  # pragma: no cover - CI installs prometheus
-    pytest.skip("prometheus not installed", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
+try:
+    find_prometheus_binary()
+except PrometheusNotFound as exc:  # pragma: no cover - CI installs prometheus
+    pytest.skip(str(exc), allow_module_level=True)
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:
@@ -99,47 +86,29 @@ async def _inject(mesh_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local mesh with the injections made, scraped by a real Prometheus: its URL."""
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A local mesh with the injections made, scraped by a real Prometheus."""
     base = tmp_path_factory.mktemp("observability")
     mesh_dir = base / "mesh"
     r = cm("local", "up", "--dir", mesh_dir)
-    proc: subprocess.Popen[bytes] | None = None
     try:
         assert r.returncode == 0, _out(r)
-        import asyncio
         asyncio.run(_inject(mesh_dir))
         r = cm("local", "stop", "--dir", mesh_dir, "--cluster", "cluster2", "--component",
                "etcd", "--kill")
         assert r.returncode == 0, _out(r)
         config = yaml.safe_load((mesh_dir / "prometheus.yml").read_text())
         config["rule_files"] = [str(p) for p in RULES]
-        (base / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = _free_port()
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={base / 'prometheus.yml'}",
-             f"--storage.tsdb.path={base / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=(base / "prometheus.log").open("wb"),
-            stdin=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:  # two scrapes of every target: each has a second sample
-            try:
-                targets = _get(f"{url}/api/v1/targets")["data"]["activeTargets"]
-                up = _get(f"{url}/api/v1/query?query=" + urllib.parse.quote(
-                    "count_over_time(up[1m]) >= 2"))["data"]["result"]
-                if targets and len(up) == len(targets):
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (base / "prometheus.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "Prometheus did not scrape every target twice"
-            time.sleep(1)
-        yield url
+        with PrometheusServer(base / "prometheus", config=config) as server:
+            deadline = time.monotonic() + 90
+            # Two scrapes of every target: each has a second sample.
+            while len(server.query("count_over_time(up[1m]) >= 2")) < len(
+                    server.targets_health()) or not server.targets_health():
+                assert server.is_running, server.log_tail()
+                assert time.monotonic() < deadline, "not every target scraped twice"
+                time.sleep(1)
+            yield server
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
         if (mesh_dir / "state.json").exists():
             cm("local", "down", "--dir", mesh_dir, "--keep")
             _kill_leftovers(mesh_dir)
@@ -158,20 +127,15 @@ CONDITIONAL = {
 }
 
 
-def _missing(prometheus: str, *, conditional: bool) -> list[str]:
-    missing = []
-    for where, expr in dashboard_expressions() + rule_expressions():
-        for selector in selectors(expr):
-            if (selector.split("{")[0] in CONDITIONAL) != conditional:
-                continue
-            result = _get(f"{prometheus}/api/v1/series?" + urllib.parse.urlencode(
-                {"match[]": selector}))["data"]
-            if not result:
-                missing.append(f"{where}: {selector}")
-    return missing
+def _missing(prometheus: PrometheusServer, *, conditional: bool) -> list[str]:
+    return [f"{where}: {selector}"
+            for where, expr in dashboard_expressions() + rule_expressions()
+            for selector in selectors(expr)
+            if (selector.split("{")[0] in CONDITIONAL) == conditional
+            and not prometheus.series(selector)]
 
 
-def test_every_selector_matches_a_series(prometheus: str) -> None:
+def test_every_selector_matches_a_series(prometheus: PrometheusServer) -> None:
     assert len(dashboard_expressions() + rule_expressions()) >= 15
     missing = _missing(prometheus, conditional=False)
     assert not missing, "selectors matching no series:\n" + "\n".join(missing)
@@ -179,6 +143,7 @@ def test_every_selector_matches_a_series(prometheus: str) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="the injections do not yet make these series appear")
-def test_conditional_series_appear_after_the_injections(prometheus: str) -> None:
+def test_conditional_series_appear_after_the_injections(
+        prometheus: PrometheusServer) -> None:
     missing = _missing(prometheus, conditional=True)
     assert not missing, "selectors matching no series:\n" + "\n".join(missing)

@@ -58,13 +58,17 @@ def find_prometheus_binary() -> Path:
 
 
 class PrometheusServer:
-    """One Prometheus process scraping ``targets`` (``host:port``) every ``scrape_interval``."""
+    """One Prometheus process scraping ``targets`` (``host:port``) every ``scrape_interval``;
+    or, with ``config``, running that configuration as it is (a ``prometheus.yml`` someone
+    else wrote, say the local mesh's)."""
 
-    def __init__(self, directory: Path, targets: Sequence[str], *,
+    def __init__(self, directory: Path, targets: Sequence[str] = (), *,
                  scrape_interval: str = "1s", job: str = "kvstoremesh",
+                 config: dict[str, Any] | None = None,
                  binary: Path | None = None) -> None:
         self.dir = Path(directory)
         self.targets = list(targets)
+        self.config = config
         self.scrape_interval = scrape_interval
         self.job = job
         self.binary = binary or find_prometheus_binary()
@@ -80,7 +84,7 @@ class PrometheusServer:
 
     def _write_config(self) -> None:
         # JSON is YAML: no need for a YAML writer here.
-        config = {
+        config = self.config or {
             "global": {"scrape_interval": self.scrape_interval,
                        "scrape_timeout": self.scrape_interval,
                        "evaluation_interval": self.scrape_interval},
@@ -148,6 +152,10 @@ class PrometheusServer:
         """Instant query: ``[{"metric": {labels}, "value": [ts, "value"]}, ...]``."""
         data = self._get("/api/v1/query", {"query": expr})
         return list(data["result"])
+
+    def series(self, selector: str) -> list[dict[str, str]]:
+        """The label sets of every series ``selector`` matches."""
+        return list(self._get("/api/v1/series", {"match[]": selector}))
 
     def targets_health(self) -> list[dict[str, Any]]:
         """The active targets with their ``health`` and ``lastError``."""
