@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from cryptography import x509
 from harness import EtcdFactory, Pki, write_client_config
 from harness.mesh import MeshEnv, sample_state
+from harness.waiting import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiserver.daemon import ApiServer, ApiserverOptions
@@ -71,18 +70,6 @@ def not_after(path: Path) -> float:
     return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
 
 
-async def wait_until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = check()
-                if inspect.isawaitable(result):
-                    result = await result
-                if result:
-                    return result
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def in_days(days: int) -> dt.datetime:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 from harness import EtcdFactory
 from harness.fakeclock import FakeClock
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state, tree_revisions
+from harness.waiting import wait_until
 
 from clustermesh.clusterconfig import EXPORT_SERVICES_AND_ENDPOINTSLICES
 from clustermesh.etcd.client import EtcdClient, prefix_range_end, put_op
@@ -45,20 +45,6 @@ from kvstoremesh.resources import REVOKED_ON_TTL
 # ------------------------------------------------------------------------ helpers
 
 
-async def wait_until(check: Callable[[], bool | Awaitable[bool]], what: str,
-                     timeout: float = 10.0) -> None:
-    """Poll ``check`` (plain or async) until it is true; fail with ``what`` otherwise."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = check()
-                if inspect.isawaitable(result):
-                    result = await result
-                if result:
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def is_cluster_key(key: bytes, name: str) -> bool:

@@ -13,7 +13,6 @@ timers, so they are reached by advancing its clock, not by waiting.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import re
@@ -33,6 +32,7 @@ from harness.fakeclock import FakeClock
 from harness.mesh import MeshEnv, Remote, read_tree, sample_state
 from harness.oracle import MIRROR, NOTHING, entry_accepted, expected_reflection
 from harness.prometheus import PrometheusNotFound, PrometheusServer, find_prometheus_binary
+from harness.waiting import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from clustermesh.clusterconfig import (
@@ -70,20 +70,6 @@ def remote_failures(mesh: KVStoreMesh, name: str) -> int:
     return remote.status().failures if remote is not None else 0
 
 
-async def wait_until(check: Callable[[], Any], what: str, timeout: float = 10.0,
-                     interval: float = 0.05) -> Any:
-    """Poll ``check`` (plain or async) until it returns something truthy; return it."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = check()
-                if inspect.isawaitable(result):
-                    result = await result
-                if result:
-                    return result
-                await asyncio.sleep(interval)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def http_get(mesh: KVStoreMesh, server: str, path: str) -> tuple[int, str]:

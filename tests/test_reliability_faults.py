@@ -21,13 +21,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
-import inspect
 import json
 import random
 import signal
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from harness.churn import DaemonProcess, Rig, attach_remote, publish_bulk, write
 from harness.convergence import wait_converged
 from harness.mesh import MeshEnv, sample_state
 from harness.tcpproxy import TcpProxy
+from harness.waiting import wait_until
 
 from clustermesh.clusterconfig import EXPORT_SERVICES_AND_ENDPOINTSLICES
 from clustermesh.etcd.client import EtcdClient, delete_op, prefix_range_end
@@ -56,19 +55,6 @@ seeded = pytest.mark.parametrize("seed", SEEDS)
 # ------------------------------------------------------------------------ helpers
 
 
-async def wait_until(check: Callable[[], Any], what: str, timeout: float = 10.0,
-                     interval: float = 0.05) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = check()
-                if inspect.isawaitable(result):
-                    result = await result
-                if result:
-                    return
-                await asyncio.sleep(interval)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def count_prefix(client: EtcdClient, prefix: bytes) -> int:
