@@ -4,7 +4,7 @@ etcds (real, on TLS) are configured with certificates of a throw-away PKI:
 
 * the ready gauge is 0 while ``/readyz`` says not ready and 1 once it says ready;
 * the not-after values are the certificates' (parsed here with ``cryptography``), with
-  ``role``, ``cluster`` and ``subject``; a certificate rotated in place shows its new
+  ``role``, ``target_cluster`` and ``subject``; a certificate rotated in place shows its new
   not-after on the next scrape;
 * a file that cannot be read or parsed is left out and logged once.
 """
@@ -34,7 +34,7 @@ MESH_NS = "cilium_kvstoremesh"
 API_NS = "cilium_clustermesh_apiserver"
 EXPIRY = "certificate_not_after_timestamp_seconds"
 
-Series = dict[tuple[str, str, str], float]  # (role, cluster, subject) -> value
+Series = dict[tuple[str, str, str], float]  # (role, target_cluster, subject) -> value
 
 
 async def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
