@@ -126,10 +126,16 @@ class KVStoreMetrics:
                           default_cluster: str = "") -> GaugeMetricFamily:
         """``kvstore_sync_queue_size{scope, source_cluster}`` of the writer's
         :meth:`~clustermesh.syncwriter.SyncWriter.queue_sizes`; keys that name no cluster
-        count for ``default_cluster``."""
+        count for ``default_cluster``.
+
+        Each of these label sets also gets its ``kvstore_sync_errors_total`` child, at 0
+        until a write fails: a counter that appears only with its first error makes
+        ``increase()`` miss that error (Prometheus' "initialise your counters")."""
         sizes: Tally[tuple[str, str]] = Tally()
         for (scope, cluster), size in queued.items():
             sizes[(scope, cluster or default_cluster)] += size
+        for labels in sizes:
+            self.sync_errors.labels(*labels)
         family = GaugeMetricFamily(f"{self.namespace}_kvstore_sync_queue_size",
                                    "Number of elements queued for synchronization in the "
                                    "kvstore", labels=["scope", "source_cluster"])
