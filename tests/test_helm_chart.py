@@ -169,6 +169,8 @@ EVERYTHING: dict[str, Any] = {
                 "prometheusAnnotations": True},
     "prometheusRule": {"enabled": True, "labels": {"release": "prom"},
                        "additionalLabels": {"team": "network"}},
+    "dashboards": {"enabled": True, "namespace": "monitoring",
+                   "annotations": {"grafana_folder": "Cilium"}},
     "podDisruptionBudget": {"minAvailable": 1},
     "replicas": 2,
     "tolerations": [{"operator": "Exists"}],
@@ -337,6 +339,35 @@ def test_prometheus_rule(helm: Path, tmp_path: Path) -> None:
     # Only the file itself: the chart holds no other copy of the rules.
     templates = (CHART / "templates" / "prometheusrule.yaml").read_text()
     assert "expr:" not in templates and '.Files.Get "files/alerts.yaml"' in templates
+
+
+def test_dashboard_configmap(helm: Path, tmp_path: Path) -> None:
+    """Off by default; on, a ConfigMap holding dashboards/clustermesh.json exactly, with
+    the sidecar's label (or another, or none) in the namespace asked for."""
+    def configmaps(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [d for d in render(helm, tmp_path, values) if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"] == "clustermesh-apiserver-dashboard"]
+
+    assert not configmaps()
+    dashboard = (CHART / "dashboards" / "clustermesh.json").read_text()
+    (cm,) = configmaps({"dashboards": {"enabled": True}})
+    assert cm["metadata"]["namespace"] == "kube-system"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert "annotations" not in cm["metadata"]
+    assert json.loads(cm["data"]["clustermesh.json"]) == json.loads(dashboard)
+    assert cm["data"]["clustermesh.json"] == dashboard.rstrip("\n")
+    (cm,) = configmaps({"dashboards": {"enabled": True, "label": "grafana.example/dash",
+                                       "labelValue": "yes", "namespace": "monitoring",
+                                       "annotations": {"grafana_folder": "Cilium"}}})
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana.example/dash"] == "yes"
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Cilium"}
+    (cm,) = configmaps({"dashboards": {"enabled": True, "label": ""}})
+    assert not {k for k in cm["metadata"]["labels"] if "grafana" in k}
+    templates = (CHART / "templates" / "dashboard-configmap.yaml").read_text()
+    assert '"panels"' not in templates
+    assert '.Files.Get "dashboards/clustermesh.json"' in templates
 
 
 def test_image_digest_and_tag(helm: Path, tmp_path: Path) -> None:
@@ -604,6 +635,10 @@ def test_cluster_users(helm: Path, tmp_path: Path, auth_mode: str, kvstoremesh: 
     ({"agents": {"namespace": "Kube_System"}}, "/agents/namespace", "pattern"),
     ({"prometheusRule": {"enabled": "yes"}}, "/prometheusRule/enabled", "boolean"),
     ({"prometheusRule": {"labels": {"a": 1}}}, "/prometheusRule/labels/a", "string"),
+    ({"dashboards": {"enabled": "yes"}}, "/dashboards/enabled", "boolean"),
+    ({"dashboards": {"label": "grafana dashboard"}}, "/dashboards/label", "pattern"),
+    ({"dashboards": {"labelValue": 1}}, "/dashboards/labelValue", "string"),
+    ({"dashboards": {"namespace": "Monitoring"}}, "/dashboards/namespace", "pattern"),
 ])
 def test_schema_rejects(helm: Path, tmp_path: Path, values: dict[str, Any], field: str,
                         words: str) -> None:
