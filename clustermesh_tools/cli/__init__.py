@@ -1,12 +1,13 @@
 """``clustermesh``: set up and inspect a Cluster Mesh.
 
-    clustermesh local up|status|check|troubleshoot|restart|stop|down [--dir DIR]
+    clustermesh local up|status|check|troubleshoot|restart|stop|down|dashboard [--dir DIR]
     clustermesh enable --cluster-name NAME --cluster-id ID --output DIR [--auth-mode MODE] [...]
     clustermesh connect --source DIR --destination DIR [--auth-mode MODE]
     clustermesh disconnect --source DIR --destination DIR
     clustermesh status [--cluster-dir DIR ... | --kvstoremesh-api [NAME=]HOST:PORT ...]
     clustermesh check --cluster-dir DIR --cluster-dir DIR ...
     clustermesh troubleshoot --cluster-dir DIR ...
+    clustermesh dashboard [--cluster-dir DIR ... | --kvstoremesh-api [NAME=]HOST:PORT ...]
 
 Exit status: 0 success, 1 a check/status/troubleshoot found a problem (or the
 command failed), 2 usage errors.
@@ -24,7 +25,7 @@ from clustermesh.flags import duration_arg
 from clustermesh_tools.clusters.authmode import AUTH_MODES, DEFAULT_AUTH_MODE
 
 if TYPE_CHECKING:
-    from .status import Target
+    from clustermesh_tools.clusters.targets import Target
 
 __all__ = ["main"]
 
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "state directory"))
     dn.add_argument("--keep", action="store_true",
                     help="keep the state directory (logs, certificates, data)")
+    _dashboard_flags(with_dir(lsub.add_parser(
+        "dashboard", help="serve a live view of the local mesh in the browser")))
 
     # ---- enable
     en = sub.add_parser("enable", help="generate a cluster's CA/certificates, Helm values and "
@@ -167,7 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     ts = sub.add_parser("troubleshoot", help="run the troubleshooting list")
     ts.add_argument("--cluster-dir", type=Path, action="append", default=[], metavar="DIR",
                     required=True)
+    db = sub.add_parser("dashboard", help="serve a live view of the mesh in the browser")
+    db.add_argument("--cluster-dir", type=Path, action="append", default=[], metavar="DIR")
+    db.add_argument("--kvstoremesh-api", action="append", default=[],
+                    metavar="[NAME=]HOST:PORT", help="a KVStoreMesh status API; repeatable")
+    _dashboard_flags(db)
     return p
+
+
+def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                        help="where to serve the page (default 127.0.0.1:0: loopback, a "
+                             "free port; the URL is printed). Anything but loopback serves "
+                             "the mesh's status without authentication")
+    parser.add_argument("--refresh", type=duration_arg, default=2.0, metavar="DURATION",
+                        help="collect every DURATION (default 2s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,8 +262,7 @@ def _cmd_disconnect(args: argparse.Namespace) -> int:
 
 def _targets_from_args(args: argparse.Namespace) -> list[Target]:
     from clustermesh_tools.clusters.clusterdir import ClusterDir
-
-    from .status import Target, targets_from_dirs
+    from clustermesh_tools.clusters.targets import Target, targets_from_dirs
 
     targets = targets_from_dirs([ClusterDir.load(p) for p in args.cluster_dir])
     for spec in args.kvstoremesh_api:
@@ -264,6 +280,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     targets = _targets_from_args(args)
     statuses = wait(targets, timeout=args.timeout) if args.wait else collect(targets)
     return print_statuses(statuses, args.output)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import run_dashboard
+
+    targets = _targets_from_args(args)
+    return run_dashboard(lambda: targets, args)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from clustermesh_tools.clusters.clusterdir import ClusterDir
+from clustermesh_tools.clusters.targets import Target
 from clustermesh_tools.localmesh import procs
 from clustermesh_tools.localmesh.mesh import LocalMesh, LocalMeshError, default_dir
 
@@ -54,8 +55,23 @@ def process_notes(mesh: LocalMesh) -> Callable[[ClusterDir, str], str | None]:
     return note
 
 
+def mesh_targets(mesh: LocalMesh) -> list[Target]:
+    """One target per cluster of ``mesh``, with notes on its processes that are not
+    running and the metrics URL of each (for ``local status`` and ``local dashboard``)."""
+    out = []
+    for c in mesh.clusters:
+        notes = [f"{key.split('/')[1]} process NOT RUNNING (pid {rec.pid})"
+                 for key, rec in mesh.processes.items()
+                 if key.startswith(f"{c.name}/") and not procs.is_running(rec)]
+        d = c.cluster_dir
+        out.append(Target(name=c.name, api=c.kvstoremesh_api, cluster_id=c.id,
+                          configured=[r.name for r in d.remotes], notes=notes,
+                          metrics=c.metrics or None))
+    return out
+
+
 def _status(args: argparse.Namespace) -> int:
-    from .status import Target, collect, print_statuses, wait
+    from .status import collect, print_statuses, wait
 
     mesh = _mesh(args)
     if not mesh.kvstoremesh:
@@ -68,16 +84,7 @@ def _status(args: argparse.Namespace) -> int:
         return 0 if all(running.values()) else 1
 
     def targets() -> list[Target]:
-        out = []
-        for c in mesh.clusters:
-            notes = [f"{key.split('/')[1]} process NOT RUNNING (pid {rec.pid})"
-                     for key, rec in mesh.processes.items()
-                     if key.startswith(f"{c.name}/") and not procs.is_running(rec)]
-            d = c.cluster_dir
-            out.append(Target(name=c.name, api=c.kvstoremesh_api, cluster_id=c.id,
-                              configured=[r.name for r in d.remotes], notes=notes,
-                              metrics=c.metrics or None))
-        return out
+        return mesh_targets(mesh)
 
     statuses = (wait(targets(), timeout=args.timeout, refresh=targets) if args.wait
                 else collect(targets()))
@@ -85,6 +92,16 @@ def _status(args: argparse.Namespace) -> int:
     if args.output != "json":
         _print_prometheus(mesh)
     return code
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import run_dashboard
+
+    mesh = _mesh(args)
+    if not mesh.kvstoremesh:
+        raise LocalMeshError("this mesh runs without KVStoreMesh (local up --no-kvstoremesh): "
+                             "the dashboard shows what each KVStoreMesh caches")
+    return run_dashboard(lambda: mesh_targets(LocalMesh.load(mesh.dir)), args)
 
 
 def _print_prometheus(mesh: LocalMesh) -> None:

@@ -12,21 +12,11 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from clustermesh_tools.clusters.clusterdir import ClusterDir
 from clustermesh_tools.clusters.probes import fetch_leader
-
-
-@dataclass
-class Target:
-    name: str
-    api: str  # HOST:PORT of the KVStoreMesh status API
-    cluster_id: int | None = None
-    configured: list[str] | None = None  # remote names from the config, when known
-    notes: list[str] = field(default_factory=list)  # e.g. "etcd not running"
-    metrics: dict[str, str] | None = None  # process name -> metrics URL, when known
+from clustermesh_tools.clusters.targets import Target
 
 
 @dataclass
@@ -52,18 +42,6 @@ class ClusterStatus:
         if self.models is None or self.target.notes:
             return False
         return all((m := self.model(r)) is not None and m.get("ready") for r in self.remotes)
-
-
-def targets_from_dirs(dirs: list[ClusterDir]) -> list[Target]:
-    targets = []
-    for d in dirs:
-        if not d.kvstoremesh_api:
-            raise ValueError(f"{d.path}: cluster {d.name} records no KVStoreMesh status API "
-                             "address (kvstoremeshApi in cluster.yaml); pass "
-                             f"--kvstoremesh-api {d.name}=HOST:PORT instead")
-        targets.append(Target(name=d.name, api=d.kvstoremesh_api, cluster_id=d.id,
-                              configured=[r.name for r in d.remotes]))
-    return targets
 
 
 def collect(targets: list[Target]) -> list[ClusterStatus]:
