@@ -15,11 +15,12 @@ Tasks while running:
 * with ``--cluster-users-enabled``, the etcd users of ``users.yaml``
   (:mod:`apiserver.users`), from the moment etcd answers;
 * health (``/healthz``, ``/readyz``: ready once every resource has written its
-  sync canary) and metrics servers.
+  sync canary) and metrics servers; with the latter, the probe of the certificate
+  the etcd serves (:mod:`clustermesh.servedcert`).
 
 Every timer of the daemon (the source's restart backoff, the "not ready" report, and
-those of the publisher, users management, heartbeat and quorum check it starts) runs
-on the one injected :class:`~clustermesh.clock.Clock`.
+those of the publisher, users management, heartbeat, quorum check and served
+certificate probe it starts) runs on the one injected :class:`~clustermesh.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ from clustermesh.certmetrics import CertificateFile, etcd_certificate_files
 from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
-from clustermesh.etcd.config import load_etcd_config
+from clustermesh.etcd.config import EtcdConfig, load_etcd_config
 from clustermesh.flags import listen_address
 from clustermesh.heartbeat import write_heartbeats
 from clustermesh.keys import cluster_config_key
 from clustermesh.metrics import KVStoreMetrics
 from clustermesh.quorum import STATUS_CHECK_INTERVAL, QuorumCheck
+from clustermesh.servedcert import ServedCertificates
 from clustermesh.serving import bound_port, health_app, metrics_app, serve
 from clustermesh.syncwriter import SyncWriter
 
@@ -116,6 +118,7 @@ class ApiServer:
         self.runners: dict[str, web.AppRunner] = {}
         self.source_error: str | None = None  # why the objects source last failed
         self.users: UsersManager | None = None  # with --cluster-users-enabled
+        self.served = ServedCertificates(self._etcd_configs, clock=clock)
 
     def _quorum_problems(self) -> list[str]:
         problem = self.quorum.problem if self.quorum is not None else None
@@ -147,11 +150,16 @@ class ApiServer:
         problems += self._quorum_problems()
         return not problems, problems
 
+    def _etcd_configs(self) -> dict[str, EtcdConfig]:
+        """The etcd's config, under our cluster name (none before :meth:`run`)."""
+        if self.local is None:
+            return {}
+        return {self.options.cluster_name: self.local.config}
+
     def _certificate_files(self) -> list[CertificateFile]:
         """The TLS files of the etcd's config (the daemon serves no TLS itself)."""
-        if self.local is None:
-            return []
-        return etcd_certificate_files(self.local.config, cluster=self.options.cluster_name)
+        return [file for cluster, config in self._etcd_configs().items()
+                for file in etcd_certificate_files(config, cluster=cluster)]
 
     def port(self, server: str) -> int:
         return bound_port(self.runners[server])
@@ -167,7 +175,8 @@ class ApiServer:
                                              "", o.health_port)
         if o.prometheus_serve_addr:
             self.metrics.registry.register(_StateCollector(self))
-            self.metrics.export_health(ready=self.ready, certificates=self._certificate_files)
+            self.metrics.export_health(ready=self.ready, certificates=self._certificate_files,
+                                       served=self.served.series)
             host, port = listen_address(o.prometheus_serve_addr)
             self.runners["metrics"] = await serve(metrics_app(self.metrics.registry), host, port)
         tasks: list[asyncio.Task[None]] = []
@@ -196,6 +205,8 @@ class ApiServer:
                     name="heartbeat"),
                 asyncio.create_task(self.quorum.run(), name="quorum-check"),
             ]
+            if o.prometheus_serve_addr:  # the probe's results are only ever scraped
+                tasks.append(asyncio.create_task(self.served.run(), name="served-certs"))
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()

@@ -2,12 +2,14 @@
 
 * ``<ns>_ready`` is 1 when ``/readyz`` would answer ready: the collector calls the very
   function the health server calls (:class:`ReadinessCollector`), no copy of its logic.
-* ``<ns>_certificate_not_after_timestamp_seconds{role, cluster, subject}`` is the
+* ``<ns>_certificate_not_after_timestamp_seconds{role, target_cluster, subject}`` is the
   not-after (Unix seconds) of each certificate the daemon's etcd configurations name
   (:class:`CertificateCollector`): ``role="client"`` the client certificate presented to
   that etcd (the first certificate of ``cert-file``), ``role="ca"`` every certificate of
-  ``trusted-ca-file``; ``cluster`` the cluster that etcd belongs to; ``subject`` the
-  subject CN, or the whole RFC 4514 subject when there is none.
+  ``trusted-ca-file``; and ``role="server"`` the certificate that etcd serves, as the
+  last background probe of :mod:`clustermesh.servedcert` saw it (the collector only
+  reads its results); ``target_cluster`` the cluster that etcd belongs to; ``subject``
+  the subject CN, or the whole RFC 4514 subject when there is none.
 
 The files are read when a scrape asks for them, and parsed again only when their stat
 (mtime, size, inode: a Secret volume's ``..data`` symlink swap changes all three)
@@ -25,6 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CLIENT = "client"
 CA = "ca"
+SERVER = "server"
 
 Check = Callable[[], tuple[bool, list[str]]]
 
@@ -73,6 +77,14 @@ def subject_of(cert: x509.Certificate) -> str:
         value = names[0].value
         return value if isinstance(value, str) else value.decode(errors="replace")
     return cert.subject.rfc4514_string()
+
+
+class ServedExpiry(NamedTuple):
+    """The not-after (Unix seconds) of a certificate the etcd of ``cluster`` serves."""
+
+    cluster: str
+    subject: str
+    not_after: float
 
 
 # (subject, not-after in Unix seconds) of each certificate of a file.
@@ -119,17 +131,20 @@ class CertificateFiles:
 
 class CertificateCollector(Collector):
     """``<namespace>_certificate_not_after_timestamp_seconds`` of the files ``files()``
-    names at scrape time."""
+    names at scrape time, and of the served certificates ``served()`` returns (what the
+    probe saw last: reading it never waits for the network)."""
 
-    def __init__(self, namespace: str, files: Callable[[], Iterable[CertificateFile]]) -> None:
+    def __init__(self, namespace: str, files: Callable[[], Iterable[CertificateFile]], *,
+                 served: Callable[[], Iterable[ServedExpiry]] = tuple) -> None:
         self.name = f"{namespace}_certificate_not_after_timestamp_seconds"
         self.files = files
+        self.served = served
         self.cache = CertificateFiles()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             self.name, "Expiry (not after, Unix seconds) of a certificate the daemon uses "
-            "(role: client or ca, of the etcd of target_cluster)",
+            "(role: client, ca or server, of the etcd of target_cluster)",
             labels=["role", "target_cluster", "subject"])
         values: dict[tuple[str, str, str], float] = {}
         seen: set[Path] = set()
@@ -140,6 +155,9 @@ class CertificateCollector(Collector):
                 labels = (file.role, file.cluster, subject)
                 values[labels] = max(not_after, values.get(labels, not_after))
         self.cache.forget_others(seen)
+        # One per (cluster, subject) already: no other role shares these labels.
+        for cluster, subject, not_after in self.served():
+            values[(SERVER, cluster, subject)] = not_after
         for labels, value in sorted(values.items()):
             family.add_metric(list(labels), value)
         yield family

@@ -31,7 +31,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from .certmetrics import CertificateCollector, CertificateFile, Check, ReadinessCollector
+from .certmetrics import (
+    CertificateCollector,
+    CertificateFile,
+    Check,
+    ReadinessCollector,
+    ServedExpiry,
+)
 from .controllers import ControllerRuns
 from .keys import QueueLabels, cluster_of, metrics_scope
 
@@ -75,12 +81,16 @@ class KVStoreMetrics:
                                           groups=controller_groups)
 
     def export_health(self, *, ready: Check,
-                      certificates: Callable[[], Iterable[CertificateFile]]) -> None:
+                      certificates: Callable[[], Iterable[CertificateFile]],
+                      served: Callable[[], Iterable[ServedExpiry]] = tuple) -> None:
         """Export ``<ns>_ready`` from ``ready`` (the function ``/readyz`` calls) and
         ``<ns>_certificate_not_after_timestamp_seconds`` of the files ``certificates``
-        names, both computed at scrape time (:mod:`clustermesh.certmetrics`)."""
+        names and of the served certificates ``served`` returns (the last results of
+        :mod:`clustermesh.servedcert`), all read at scrape time
+        (:mod:`clustermesh.certmetrics`)."""
         self.registry.register(ReadinessCollector(self.namespace, ready))
-        self.registry.register(CertificateCollector(self.namespace, certificates))
+        self.registry.register(CertificateCollector(self.namespace, certificates,
+                                                    served=served))
 
     def etcd_operation(self, method: str, request: Any, seconds: float, ok: bool) -> None:
         """EtcdClient observer: one unary request finished."""

@@ -45,7 +45,9 @@ Beside the remotes, the daemon checks its local etcd (:mod:`clustermesh.quorum`)
 more than ``--kvstore-max-consecutive-quorum-errors`` failed checks in a row make it
 not live and not ready, naming the reason.  With ``--enable-heartbeat`` it also writes
 ``cilium/.heartbeat`` there (:mod:`clustermesh.heartbeat`), for agents of an external
-etcd that no clustermesh-apiserver writes into.
+etcd that no clustermesh-apiserver writes into.  With a metrics server, it probes the
+certificate the local etcd and each running remote's etcd serve
+(:mod:`clustermesh.servedcert`), as leader and as standby (which runs no remote).
 
 Shutdown cancels everything and never drains.
 
@@ -59,9 +61,9 @@ through the Protocols they declare (``ReadinessSource``, ``StatusSource``,
 daemon itself reads a remote only through its snapshot and its few public members.
 
 Every timer of the daemon (readiness, removal, the cache TTL, the problems log, the
-config directory poll, the heartbeat, the quorum check, the remotes' own) reads the
-one :class:`~clustermesh.clock.Clock` given to :class:`KVStoreMesh`, so tests drive
-them with a fake one.
+config directory poll, the heartbeat, the quorum check, the served certificate probe,
+the remotes' own) reads the one :class:`~clustermesh.clock.Clock` given to
+:class:`KVStoreMesh`, so tests drive them with a fake one.
 """
 
 from __future__ import annotations
@@ -82,13 +84,14 @@ from clustermesh.certmetrics import CertificateFile, etcd_certificate_files
 from clustermesh.clock import REAL_CLOCK, Clock, wait_event
 from clustermesh.election import LeaderElection, SessionLost, Term
 from clustermesh.etcd.client import EtcdClient
-from clustermesh.etcd.config import load_etcd_config
+from clustermesh.etcd.config import EtcdConfig, load_etcd_config
 from clustermesh.etcd.errors import EtcdError
 from clustermesh.etcd.fence import Fence
 from clustermesh.flags import listen_address
 from clustermesh.heartbeat import write_heartbeats
 from clustermesh.keys import QueueLabels
 from clustermesh.quorum import QuorumCheck
+from clustermesh.servedcert import ServedCertificates
 from clustermesh.serving import bound_port, health_app, json_app, metrics_app, serve
 from clustermesh.syncstore import Seeds
 from clustermesh.syncwriter import SyncWriter
@@ -130,8 +133,10 @@ class KVStoreMesh:
         self._took_over = False  # this term began when another replica's ended
         self.metrics = MeshMetrics(controller_groups=options.controller_group_metrics)
         self.metrics.attach(self, clock=clock)
+        self.served = ServedCertificates(self._etcd_configs, clock=clock)
         self.metrics.export_health(ready=self._readiness_with_problems,
-                                   certificates=self._certificate_files)
+                                   certificates=self._certificate_files,
+                                   served=self.served.series)
         self.runners: dict[str, web.AppRunner] = {}
         self._new_term()
 
@@ -160,12 +165,15 @@ class KVStoreMesh:
             await lock_client.close()
             raise
         self.local_connected = True
-        quorum = asyncio.create_task(self.quorum.run(), name="quorum-check")
+        background = [asyncio.create_task(self.quorum.run(), name="quorum-check")]
+        if o.prometheus_serve_addr:  # the probe's results are only ever scraped
+            background.append(asyncio.create_task(self.served.run(), name="served-certs"))
         try:
             await self._alternate(stop)
         finally:
-            quorum.cancel()
-            await asyncio.gather(quorum, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self.election.resign()  # a standby takes over now, not after the TTL
             await self.local.close()
             await lock_client.close()
@@ -345,16 +353,21 @@ class KVStoreMesh:
         """One snapshot of every running remote, by name, in name order."""
         return {name: self.remotes[name].status() for name in sorted(self.remotes)}
 
-    def _certificate_files(self) -> list[CertificateFile]:
-        """The TLS files of the local etcd's config and of each running remote's last
-        session (a standby runs no remote: it shows the local etcd's only)."""
-        files = []
+    def _etcd_configs(self) -> dict[str, EtcdConfig]:
+        """The etcd config of the local etcd and of each running remote's last session,
+        by cluster (a standby runs no remote: the local etcd's only)."""
+        configs = {}
         if self.local is not None:
-            files += etcd_certificate_files(self.local.config, cluster=self.options.cluster_name)
+            configs[self.options.cluster_name] = self.local.config
         for name, remote in sorted(self.remotes.items()):
             if remote.etcd_config is not None:
-                files += etcd_certificate_files(remote.etcd_config, cluster=name)
-        return files
+                configs[name] = remote.etcd_config
+        return configs
+
+    def _certificate_files(self) -> list[CertificateFile]:
+        """The TLS files of :meth:`_etcd_configs`."""
+        return [file for cluster, config in self._etcd_configs().items()
+                for file in etcd_certificate_files(config, cluster=cluster)]
 
     def queue_sizes(self) -> Mapping[QueueLabels, int]:
         return self.writer.queue_sizes() if self.writer is not None else {}
