@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from harness import EtcdCluster, EtcdFactory, EtcdServer
 from harness.fakeclock import FakeClock
@@ -28,6 +29,7 @@ from clustermesh.etcd.errors import (
     EtcdError,
     EtcdRequestTooLarge,
     EtcdUnavailable,
+    translate,
 )
 from clustermesh.etcd.watch import PUT
 
@@ -390,3 +392,15 @@ async def test_etcd35_smoke(etcd35: EtcdServer, tmp_path: Path) -> None:
         assert resp.succeeded
         assert await client.delete(b"s35/", prefix=True) == 3
         assert await asyncio.to_thread(etcd35.get_prefix, "s35/") == {}
+
+
+@pytest.mark.parametrize(("code", "details", "unavailable"), [
+    # What a member stopped with SIGTERM does to the streams in flight: a failover.
+    (grpc.StatusCode.INTERNAL, "Stream removed (Data frame with END_STREAM flag received) "
+     "(RST_STREAM (Received RST_STREAM with error code 0))", True),
+    (grpc.StatusCode.INTERNAL, "etcdserver: unexpected error", False),
+    (grpc.StatusCode.UNAVAILABLE, "connection refused", True),
+])
+def test_translate_stream_reset(code: grpc.StatusCode, details: str, unavailable: bool) -> None:
+    exc = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    assert isinstance(translate(exc, endpoint="https://e:2379"), EtcdUnavailable) is unavailable

@@ -78,6 +78,10 @@ _UNAVAILABLE_CODES = {
     grpc.StatusCode.UNKNOWN,
 }
 _TLS_MARKERS = ("ssl", "handshake", "certificate", "tls", "tsi_")
+# INTERNAL is the request's fault, except a stream the server reset with NO_ERROR on its
+# way down (a member stopped gracefully: "Stream removed ... RST_STREAM"): etcd's own
+# client retries INTERNAL on watches for this reason.
+_RESET_MARKERS = ("stream removed", "rst_stream")
 
 
 def translate(exc: grpc.aio.AioRpcError, *, endpoint: str | None = None) -> EtcdError:
@@ -99,6 +103,8 @@ def translate(exc: grpc.aio.AioRpcError, *, endpoint: str | None = None) -> Etcd
         return EtcdRequestTooLarge(details, endpoint=endpoint)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in lowered:
         return EtcdRequestTooLarge(details, endpoint=endpoint)
+    if code == grpc.StatusCode.INTERNAL and any(m in lowered for m in _RESET_MARKERS):
+        return EtcdUnavailable(details, endpoint=endpoint)
     if code in _UNAVAILABLE_CODES:
         if any(m in lowered for m in _TLS_MARKERS):
             return EtcdTLSError(_tls_hint(details), endpoint=endpoint)
