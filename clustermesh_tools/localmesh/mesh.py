@@ -284,6 +284,7 @@ class LocalMesh:
                           shared_ca=ca.ca_file, address=LOOPBACK, port=c.etcd_port,
                           auth_mode=auth_mode)
             cdir.extra_ports = [client for client, _ in c.etcd_members]
+            cdir.write_client_configs()  # the daemons' configs list every member
             cdir.apiserver_health = f"{LOOPBACK}:{c.apiserver_health_port}"
             if kvstoremesh:
                 cdir.kvstoremesh_api = c.kvstoremesh_api
@@ -484,6 +485,14 @@ class LocalMesh:
         else:
             say("every process is running")
         return started
+
+    def restart_process(self, key: str) -> str:
+        """Stop the recorded process ``key`` (SIGTERM) and start it again, same command
+        line; how it stopped."""
+        result = procs.stop(self.processes[key])
+        self._spawn(key)
+        self.save()
+        return result
 
     def stop_component(self, cluster: str, component: str, *, kill: bool = False) -> str:
         self.cluster(cluster)
