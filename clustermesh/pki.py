@@ -198,20 +198,27 @@ def certificate_problems(cert_file: Path, ca_file: Path, *, now: dt.datetime,
                          cn: str | None = None) -> list[str]:
     """What is wrong with ``cert_file`` as a certificate of ``ca_file``'s CA, one line each.
 
-    Not signed by that CA, expired, expiring within :data:`EXPIRY_WARNING`, not valid
-    yet at ``now``, and (with ``cn``) another subject CN, which for an etcd client
-    certificate is another etcd user. Empty when there is nothing to report.
+    Not signed by that CA (by any CA of the bundle: during a CA rollover ``ca_file``
+    holds the old and the new one), expired, expiring within :data:`EXPIRY_WARNING`,
+    not valid yet at ``now``, and (with ``cn``) another subject CN, which for an etcd
+    client certificate is another etcd user. Empty when there is nothing to report.
     """
     try:
-        cert, ca = load_certificate(cert_file), load_certificate(ca_file)
+        cert = load_certificate(cert_file)
+        cas = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
     except (OSError, ValueError) as exc:
         return [f"{cert_file}: unreadable ({exc})"]
     problems = []
-    try:
-        cert.verify_directly_issued_by(ca)
-    except Exception as exc:  # InvalidSignature (which has no message), ValueError, TypeError
+    failures = []
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            break
+        except Exception as exc:  # InvalidSignature (no message), ValueError, TypeError
+            failures.append(f"{type(exc).__name__} {exc}".rstrip())
+    else:
         problems.append(f"{cert_file.name} is not signed by {ca_file} "
-                        f"({type(exc).__name__} {exc})".rstrip())
+                        f"({'; '.join(failures)})")
     if cert.not_valid_after_utc < now:
         problems.append(f"{cert_file.name} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
     elif cert.not_valid_after_utc < now + EXPIRY_WARNING:

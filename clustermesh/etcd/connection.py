@@ -52,6 +52,9 @@ log = logging.getLogger("clustermesh.etcd.client")
 # Called after every unary request: (method, request, seconds, succeeded). For metrics.
 Observer = Callable[[str, Any, float, bool], None]
 _RETIRE_GRACE = 2.0  # seconds an old channel stays open after a failover or TLS rotation
+#: Seconds between two reads of the TLS files (the daemons' default; the local mesh's
+#: certificate rotation waits for it).
+TLS_RELOAD_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +85,7 @@ class EtcdConnection:
         request_timeout: float = 30.0,
         keepalive_time: float = 10.0,
         keepalive_timeout: float = 5.0,
-        tls_reload_interval: float = 10.0,
+        tls_reload_interval: float = TLS_RELOAD_INTERVAL,
         observer: Observer | None = None,
         clock: Clock = REAL_CLOCK,
     ) -> None:

@@ -1,6 +1,7 @@
 """``clustermesh``: set up and inspect a Cluster Mesh.
 
-    clustermesh local up|status|check|troubleshoot|restart|stop|down|dashboard [--dir DIR]
+    clustermesh local up|status|check|troubleshoot|restart|stop|down|dashboard|rotate-certs
+        [--dir DIR]
     clustermesh enable --cluster-name NAME --cluster-id ID --output DIR [--auth-mode MODE] [...]
     clustermesh connect --source DIR --destination DIR [--auth-mode MODE]
     clustermesh disconnect --source DIR --destination DIR
@@ -8,6 +9,7 @@
     clustermesh check --cluster-dir DIR --cluster-dir DIR ...
     clustermesh troubleshoot --cluster-dir DIR ...
     clustermesh dashboard [--cluster-dir DIR ... | --kvstoremesh-api [NAME=]HOST:PORT ...]
+    clustermesh rotate-certs --cluster-dir DIR ... [--component C] [--new-ca PHASE]
 
 Exit status: 0 success, 1 a check/status/troubleshoot found a problem (or the
 command failed), 2 usage errors.
@@ -110,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the state directory (logs, certificates, data)")
     _dashboard_flags(with_dir(lsub.add_parser(
         "dashboard", help="serve a live view of the local mesh in the browser")))
+    lrc = _rotate_flags(with_dir(lsub.add_parser(
+        "rotate-certs", help="rotate every cluster's certificates (or roll the CA over), "
+                             "restart the etcds that must re-read their CA, one cluster at "
+                             "a time, and wait until the daemons use the new files")))
+    lrc.add_argument("--timeout", type=duration_arg, default=120.0, metavar="DURATION")
 
     # ---- enable
     en = sub.add_parser("enable", help="generate a cluster's CA/certificates, Helm values and "
@@ -175,7 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--kvstoremesh-api", action="append", default=[],
                     metavar="[NAME=]HOST:PORT", help="a KVStoreMesh status API; repeatable")
     _dashboard_flags(db)
+    rc = _rotate_flags(sub.add_parser(
+        "rotate-certs", help="issue new certificates from the mesh CA, or roll the CA over "
+                             "in phases"))
+    rc.add_argument("--cluster-dir", type=Path, action="append", default=[], metavar="DIR",
+                    required=True, help="repeatable: the clusters to rotate (a CA rollover: "
+                                        "every cluster of the mesh)")
     return p
+
+
+def _rotate_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from clustermesh_tools.clusters.clusterdir import LEAVES
+    from clustermesh_tools.clusters.rotation import PHASES
+
+    parser.add_argument("--component", choices=(*LEAVES, "all"), default="all",
+                        help="which leaf certificate to issue again (default all): server "
+                             "(etcd's), admin (the daemons'), local (the agents'), remote "
+                             "(what KVStoreMesh presents to the other clusters)")
+    parser.add_argument("--new-ca", choices=PHASES, default=None, metavar="PHASE",
+                        help="a CA rollover phase, in this order on every cluster of the "
+                             "mesh: begin (a new CA, trust both), reissue (every leaf from "
+                             "the new CA), finish (trust only the new CA)")
+    return parser
 
 
 def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
@@ -198,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import localcmd
 
             return localcmd.run(args)
-        return globals()[f"_cmd_{args.command}"](args)
+        return globals()[f"_cmd_{args.command.replace('-', '_')}"](args)
     except (LocalMeshError, ClusterDirError, EtcdNotFound, ValueError) as exc:
         print(f"clustermesh {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -287,6 +315,18 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
     targets = _targets_from_args(args)
     return run_dashboard(lambda: targets, args)
+
+
+def _cmd_rotate_certs(args: argparse.Namespace) -> int:
+    from clustermesh_tools.clusters.clusterdir import ClusterDir
+    from clustermesh_tools.clusters.rotation import rotate_certs
+
+    from .rotate import components, print_rotation
+
+    dirs = [ClusterDir.load(p) for p in args.cluster_dir]
+    print_rotation(rotate_certs(dirs, components=components(args), new_ca=args.new_ca),
+                   dirs)
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ def _dir_flag(mesh: LocalMesh) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``clustermesh local <args.local_command>``; the exit status."""
-    return globals()[f"_{args.local_command}"](args)
+    return globals()[f"_{args.local_command.replace('-', '_')}"](args)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -153,4 +153,20 @@ def _stop(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     mesh = _mesh(args)
     mesh.down(keep=args.keep, say=lambda s: print(s, flush=True))
+    return 0
+
+
+def _rotate_certs(args: argparse.Namespace) -> int:
+    from clustermesh_tools.localmesh.certs import rotate_mesh_certs
+
+    from .rotate import components
+
+    mesh = _mesh(args)
+    result = rotate_mesh_certs(mesh, components=components(args), new_ca=args.new_ca,
+                               timeout=args.timeout, say=lambda s: print(s, flush=True))
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.next_phase:
+        print(f"next: clustermesh local rotate-certs{_dir_flag(mesh)} --new-ca "
+              f"{result.next_phase}")
     return 0

@@ -98,12 +98,15 @@ def _san_covers(cert_file: Path, host: str) -> bool:
 def check_certificates(report: Report, d: ClusterDir, others: dict[str, ClusterDir]) -> None:
     section = _section(d)
     now = dt.datetime.now(dt.UTC)
-    fix = (f"re-issue with `clustermesh enable` (same CA: --ca-dir/--shared-ca) into a new "
-           f"directory and reconnect; the files are in {d.certs}")
+    fix = (f"clustermesh rotate-certs --cluster-dir {d.path} issues every leaf again from "
+           "the mesh CA (the daemons pick them up without a restart); the files are in "
+           f"{d.certs}")
     problems = []
     ca = load_certificate(d.ca_file)
     if ca.not_valid_after_utc < now + EXPIRY_WARNING:
         problems.append(f"the CA expires on {ca.not_valid_after_utc:%Y-%m-%d}")
+        fix = (f"roll the CA over on every cluster of the mesh: clustermesh rotate-certs "
+               f"--cluster-dir {d.path} ... --new-ca begin, then reissue, then finish")
     for stem, cn in (("server", None), ("admin", f"admin-{d.name}"),
                      ("local", f"local-{d.name}"), ("remote", d.remote_cn)):
         problems += certificate_problems(d.cert(stem)[0], d.ca_file, now=now, cn=cn)

@@ -80,6 +80,8 @@ ADMIN_SECRET = "clustermesh-apiserver-admin-cert"
 REMOTE_SECRET = "clustermesh-apiserver-remote-cert"
 LOCAL_SECRET = "clustermesh-apiserver-local-cert"
 COMMON_CLIENT = "common-etcd-client"
+# The leaf certificates of certs/ (a stem each), as the layout above describes them.
+LEAVES = ("server", "admin", "local", "remote")
 USERS_CONFIGMAP_FILE = "users-configmap.yaml"
 
 
@@ -112,6 +114,11 @@ class ClusterDir:
     # local mesh's multi-member etcd): every client config lists them all.
     extra_ports: list[int] = field(default_factory=list)
     ca_key: str = ""  # where the CA key is, if known (relative to path or absolute)
+    # A CA rollover in progress (clustermesh_tools/clusters/rotation.py): the new CA's
+    # key (its certificate beside it, .crt) and the phase ("trusted": both CAs trusted,
+    # leaves still from the old one; "issuing": leaves from the new one).
+    ca_next_key: str = ""
+    ca_rollover: str = ""
     kvstoremesh_api: str = ""  # HOST:PORT of KVStoreMesh's status API, if reachable
     kvstoremesh_health: str = ""  # HOST:PORT of its /readyz
     apiserver_health: str = ""
@@ -140,6 +147,13 @@ class ClusterDir:
         if not self.ca_key:
             return None
         key = Path(self.ca_key)
+        return key if key.is_absolute() else self.path / key
+
+    @property
+    def ca_next_key_file(self) -> Path | None:
+        if not self.ca_next_key:
+            return None
+        key = Path(self.ca_next_key)
         return key if key.is_absolute() else self.path / key
 
     @property
@@ -185,7 +199,9 @@ class ClusterDir:
             "address": self.address,
             "port": self.port,
             **({"extraPorts": self.extra_ports} if self.extra_ports else {}),
-            "ca": {"cert": f"{CERTS}/ca.crt", "key": self.ca_key},
+            "ca": {"cert": f"{CERTS}/ca.crt", "key": self.ca_key,
+                   **({"next": {"key": self.ca_next_key, "phase": self.ca_rollover}}
+                      if self.ca_rollover else {})},
             "kvstoremeshApi": self.kvstoremesh_api,
             "kvstoremeshHealth": self.kvstoremesh_health,
             "apiserverHealth": self.apiserver_health,
@@ -219,6 +235,9 @@ class ClusterDir:
         if not isinstance(doc, dict) or "name" not in doc or "id" not in doc:
             raise ClusterDirError(f"{file}: not a cluster.yaml (needs name and id)")
 
+        ca = doc.get("ca") or {}
+        next_ca = ca.get("next") or {}
+
         def mode(entry: dict[str, Any], where: str) -> str:
             # Directories from before auth modes had no users.yaml: legacy.
             try:
@@ -234,7 +253,9 @@ class ClusterDir:
             auth_mode=mode(doc, ""),
             address=str(doc.get("address") or ""), port=int(doc.get("port") or 2379),
             extra_ports=[int(p) for p in doc.get("extraPorts") or []],
-            ca_key=str((doc.get("ca") or {}).get("key") or ""),
+            ca_key=str(ca.get("key") or ""),
+            ca_next_key=str(next_ca.get("key") or ""),
+            ca_rollover=str(next_ca.get("phase") or ""),
             kvstoremesh_api=str(doc.get("kvstoremeshApi") or ""),
             kvstoremesh_health=str(doc.get("kvstoremeshHealth") or ""),
             apiserver_health=str(doc.get("apiserverHealth") or ""),
@@ -415,16 +436,27 @@ def enable(output: Path, *, name: str, cluster_id: int,
                       service_type=service_type, kvstoremesh=kvstoremesh,
                       auth_mode=auth_mode, address=address,
                       port=port or _default_port(service_type), ca_key=ca_key)
-    dns, ips = server_sans(name, address)
-    ca.issue_server("clustermesh-apiserver", dns_names=dns, ips=ips, stem="server")
-    ca.issue_client(f"admin-{name}", stem="admin")
-    ca.issue_client(f"local-{name}", stem="local")
     cdir.config_dir.mkdir()
-    issue_remote_cert(cdir, ca)
+    for stem in LEAVES:
+        issue_leaf(cdir, ca, stem)
     write_atomic(cdir.config_dir / f"{COMMON_CLIENT}-ca.crt", cdir.ca_file.read_bytes())
     cdir.write_client_configs()
     cdir.save()
     return cdir
+
+
+def issue_leaf(d: ClusterDir, ca: CertificateAuthority, stem: str) -> None:
+    """``certs/<stem>.crt``/``.key`` of ``d`` (one of :data:`LEAVES`) from ``ca``: what
+    ``enable`` issues and ``rotate-certs`` issues again."""
+    if stem == "server":
+        dns, ips = server_sans(d.name, d.address)
+        ca.issue_server("clustermesh-apiserver", dns_names=dns, ips=ips, stem="server")
+    elif stem == "remote":
+        issue_remote_cert(d, ca)
+    elif stem in ("admin", "local"):
+        ca.issue_client(f"{stem}-{d.name}", stem=stem)
+    else:
+        raise ValueError(f"no leaf certificate {stem!r} (one of {', '.join(LEAVES)})")
 
 
 def issue_remote_cert(d: ClusterDir, ca: CertificateAuthority) -> None:
