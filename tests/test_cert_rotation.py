@@ -30,7 +30,7 @@ import pytest
 import yaml
 from cryptography import x509
 from harness.waiting import wait_until
-from test_localmesh import _kill_leftovers, _out, cm
+from test_localmesh import _out, cm, running_mesh
 
 from apiserver.sample import workload
 from clustermesh.etcd.client import EtcdClient
@@ -197,15 +197,8 @@ RESOURCES = (NODES, SERVICES, IDENTITIES, ENDPOINTS, ENDPOINT_SLICES)
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("rotation") / "mesh"
-    r = cm("local", "up", "--dir", d, "--etcd-members", "3")
-    try:
-        assert r.returncode == 0, _out(r)
+    with running_mesh(tmp_path_factory.mktemp("rotation") / "mesh", "--etcd-members", "3") as d:
         yield d
-    finally:
-        if (d / "state.json").exists():
-            cm("local", "down", "--dir", d, "--keep")
-            _kill_leftovers(d)
 
 
 class Churn:

@@ -9,6 +9,7 @@ restart → check passes → down leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -57,10 +58,11 @@ def _kill_leftovers(d: Path) -> None:
             procs.kill(rec)
 
 
-@pytest.fixture(scope="module")
-def mesh_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("localmesh") / "mesh"
-    r = cm("local", "up", "--dir", d)
+@contextlib.contextmanager
+def running_mesh(d: Path, *up_args: str) -> Iterator[Path]:
+    """A local mesh started by ``local up --dir d *up_args``, stopped (directory kept for
+    the logs) and its processes killed if still alive, however the test ends."""
+    r = cm("local", "up", "--dir", d, *up_args)
     try:
         assert r.returncode == 0, _out(r)
         yield d
@@ -68,6 +70,12 @@ def mesh_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         if (d / "state.json").exists():
             cm("local", "down", "--dir", d, "--keep")
             _kill_leftovers(d)
+
+
+@pytest.fixture(scope="module")
+def mesh_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with running_mesh(tmp_path_factory.mktemp("localmesh") / "mesh") as d:
+        yield d
 
 
 def _port_open(port: int) -> bool:

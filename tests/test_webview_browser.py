@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import pytest
 from harness.procs import Child
-from test_localmesh import _kill_leftovers, _out, cm
+from test_localmesh import _out, cm, running_mesh
 
 from clustermesh.etcdbin import EtcdNotFound, find_etcd_binary
 
@@ -52,15 +52,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 @pytest.fixture
 def mesh_dir(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "mesh"
-    r = cm("local", "up", "--dir", d)
-    try:
-        assert r.returncode == 0, _out(r)
+    with running_mesh(tmp_path / "mesh") as d:
         yield d
-    finally:
-        if (d / "state.json").exists():
-            cm("local", "down", "--dir", d, "--keep")
-            _kill_leftovers(d)
 
 
 def _read_url(child: Child, timeout: float) -> str:
