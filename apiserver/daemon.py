@@ -37,7 +37,6 @@ from prometheus_client.registry import Collector
 
 from clustermesh.assertion import keep_asserted
 from clustermesh.backoff import KUBERNETES, Backoff
-from clustermesh.certmetrics import CertificateFile, etcd_certificate_files
 from clustermesh.clock import REAL_CLOCK, Clock
 from clustermesh.clusterconfig import CiliumClusterConfig
 from clustermesh.etcd.client import EtcdClient
@@ -156,11 +155,6 @@ class ApiServer:
             return {}
         return {self.options.cluster_name: self.local.config}
 
-    def _certificate_files(self) -> list[CertificateFile]:
-        """The TLS files of the etcd's config (the daemon serves no TLS itself)."""
-        return [file for cluster, config in self._etcd_configs().items()
-                for file in etcd_certificate_files(config, cluster=cluster)]
-
     def port(self, server: str) -> int:
         return bound_port(self.runners[server])
 
@@ -175,7 +169,7 @@ class ApiServer:
                                              "", o.health_port)
         if o.prometheus_serve_addr:
             self.metrics.registry.register(_StateCollector(self))
-            self.metrics.export_health(ready=self.ready, certificates=self._certificate_files,
+            self.metrics.export_health(ready=self.ready, etcd_configs=self._etcd_configs,
                                        served=self.served.series)
             host, port = listen_address(o.prometheus_serve_addr)
             self.runners["metrics"] = await serve(metrics_app(self.metrics.registry), host, port)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -57,16 +57,18 @@ class CertificateFile:
     bundle: bool = False
 
 
-def etcd_certificate_files(config: EtcdConfig, *, cluster: str) -> list[CertificateFile]:
-    """The client certificate and trusted CAs ``config`` names (none with
-    ``insecure-transport``, where etcd reads no TLS file either)."""
-    if config.insecure_transport:
-        return []
+def etcd_certificate_files(configs: Mapping[str, EtcdConfig]) -> list[CertificateFile]:
+    """The client certificate and trusted CAs each config names, by the cluster of its
+    etcd (none with ``insecure-transport``, where etcd reads no TLS file either)."""
     files = []
-    if config.cert_file is not None:
-        files.append(CertificateFile(CLIENT, cluster, Path(config.cert_file)))
-    if config.trusted_ca_file is not None:
-        files.append(CertificateFile(CA, cluster, Path(config.trusted_ca_file), bundle=True))
+    for cluster, config in configs.items():
+        if config.insecure_transport:
+            continue
+        if config.cert_file is not None:
+            files.append(CertificateFile(CLIENT, cluster, Path(config.cert_file)))
+        if config.trusted_ca_file is not None:
+            files.append(CertificateFile(CA, cluster, Path(config.trusted_ca_file),
+                                         bundle=True))
     return files
 
 

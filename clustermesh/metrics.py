@@ -33,12 +33,13 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .certmetrics import (
     CertificateCollector,
-    CertificateFile,
     Check,
     ReadinessCollector,
     ServedExpiry,
+    etcd_certificate_files,
 )
 from .controllers import ControllerRuns
+from .etcd.config import EtcdConfig
 from .keys import QueueLabels, cluster_of, metrics_scope
 
 _METHOD_ACTIONS = {"Range": "Get", "Put": "Update", "DeleteRange": "Delete", "Txn": "Txn",
@@ -81,16 +82,16 @@ class KVStoreMetrics:
                                           groups=controller_groups)
 
     def export_health(self, *, ready: Check,
-                      certificates: Callable[[], Iterable[CertificateFile]],
+                      etcd_configs: Callable[[], Mapping[str, EtcdConfig]],
                       served: Callable[[], Iterable[ServedExpiry]] = tuple) -> None:
         """Export ``<ns>_ready`` from ``ready`` (the function ``/readyz`` calls) and
-        ``<ns>_certificate_not_after_timestamp_seconds`` of the files ``certificates``
-        names and of the served certificates ``served`` returns (the last results of
-        :mod:`clustermesh.servedcert`), all read at scrape time
-        (:mod:`clustermesh.certmetrics`)."""
+        ``<ns>_certificate_not_after_timestamp_seconds`` of the TLS files of the etcd
+        configs ``etcd_configs`` returns (by cluster) and of the served certificates
+        ``served`` returns (the last results of :mod:`clustermesh.servedcert`), all read
+        at scrape time (:mod:`clustermesh.certmetrics`)."""
         self.registry.register(ReadinessCollector(self.namespace, ready))
-        self.registry.register(CertificateCollector(self.namespace, certificates,
-                                                    served=served))
+        self.registry.register(CertificateCollector(
+            self.namespace, lambda: etcd_certificate_files(etcd_configs()), served=served))
 
     def etcd_operation(self, method: str, request: Any, seconds: float, ok: bool) -> None:
         """EtcdClient observer: one unary request finished."""

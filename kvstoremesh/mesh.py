@@ -80,7 +80,6 @@ from typing import TypeVar
 from aiohttp import web
 
 from clustermesh.backoff import LEADER_ELECTION, Backoff
-from clustermesh.certmetrics import CertificateFile, etcd_certificate_files
 from clustermesh.clock import REAL_CLOCK, Clock, wait_event
 from clustermesh.election import LeaderElection, SessionLost, Term
 from clustermesh.etcd.client import EtcdClient
@@ -135,7 +134,7 @@ class KVStoreMesh:
         self.metrics.attach(self, clock=clock)
         self.served = ServedCertificates(self._etcd_configs, clock=clock)
         self.metrics.export_health(ready=self._readiness_with_problems,
-                                   certificates=self._certificate_files,
+                                   etcd_configs=self._etcd_configs,
                                    served=self.served.series)
         self.runners: dict[str, web.AppRunner] = {}
         self._new_term()
@@ -363,11 +362,6 @@ class KVStoreMesh:
             if remote.etcd_config is not None:
                 configs[name] = remote.etcd_config
         return configs
-
-    def _certificate_files(self) -> list[CertificateFile]:
-        """The TLS files of :meth:`_etcd_configs`."""
-        return [file for cluster, config in self._etcd_configs().items()
-                for file in etcd_certificate_files(config, cluster=cluster)]
 
     def queue_sizes(self) -> Mapping[QueueLabels, int]:
         return self.writer.queue_sizes() if self.writer is not None else {}

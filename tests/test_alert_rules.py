@@ -116,7 +116,7 @@ def exported_series() -> set[str]:
     apiserver = KVStoreMetrics("cilium_clustermesh_apiserver")
     names: set[str] = set()
     for metrics in (kvstoremesh, apiserver):
-        metrics.export_health(ready=lambda: (True, []), certificates=lambda: [])
+        metrics.export_health(ready=lambda: (True, []), etcd_configs=dict)
         names |= set(_sample_names(metrics))
     return names
 
