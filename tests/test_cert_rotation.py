@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
+from harness.convergence import read_keyspace
 from harness.waiting import wait_until
 from test_localmesh import _out, cm, running_mesh
 
@@ -234,28 +235,33 @@ class Churn:
             self._write(i, 4, 5)
 
 
-async def _keys(d: ClusterDir, prefix: str) -> dict[str, bytes]:
+async def _keyspace(d: ClusterDir) -> dict[bytes, bytes]:
     async with EtcdClient(d.etcd_config("admin"), name="test read",
                           tls_reload_interval=0) as client:
-        return {kv.key.decode()[len(prefix):]: kv.value
-                for kv in (await client.list_prefix(prefix.encode()))[0]}
+        return await read_keyspace(client)
+
+
+def _under(keyspace: dict[bytes, bytes], prefix: str) -> dict[bytes, bytes]:
+    """The entries under ``prefix``, by the rest of their key."""
+    raw = prefix.encode()
+    return {k[len(raw):]: v for k, v in keyspace.items() if k.startswith(raw)}
 
 
 async def _mismatches(mesh: Path) -> list[str]:
     """Where a cache differs from its source (empty: converged exactly), and where a
     source does not hold the final workload (4 nodes)."""
-    dirs = {name: ClusterDir.load(mesh / name) for name in CLUSTERS}
+    keyspaces = {name: await _keyspace(ClusterDir.load(mesh / name)) for name in CLUSTERS}
     problems = []
     for src in CLUSTERS:
-        nodes = await _keys(dirs[src], NODES.state_prefix(src))
+        nodes = _under(keyspaces[src], NODES.state_prefix(src))
         if len(nodes) != 4:
             problems.append(f"{src} publishes {len(nodes)} nodes, not the final 4")
         for resource in RESOURCES:
-            state = await _keys(dirs[src], resource.state_prefix(src))
+            state = _under(keyspaces[src], resource.state_prefix(src))
             for dst in CLUSTERS:
                 if dst == src:
                     continue
-                cache = await _keys(dirs[dst], resource.cache_prefix(src))
+                cache = _under(keyspaces[dst], resource.cache_prefix(src))
                 if cache != state:
                     problems.append(f"{dst}'s cache of {src} {resource.name}: "
                                     f"{len(cache)} keys, source {len(state)}, "

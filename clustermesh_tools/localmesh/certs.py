@@ -21,19 +21,15 @@ person would do on real clusters is done here:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from clustermesh.etcd.client import EtcdClient
 from clustermesh.etcd.connection import TLS_RELOAD_INTERVAL
-from clustermesh.etcd.errors import EtcdError
-from clustermesh_tools.clusters.probes import log_tail
 from clustermesh_tools.clusters.rotation import Rotation, rotate_certs
 
 from .errors import LocalMeshError
-from .mesh import LOOPBACK, LocalCluster, LocalMesh
+from .mesh import LocalCluster, LocalMesh
+from .startup import wait_member
 
 __all__ = ["rotate_mesh_certs"]
 
@@ -42,39 +38,12 @@ Say = Callable[[str], None]
 _RELOAD_WAIT = TLS_RELOAD_INTERVAL + 3.0
 
 
-def _client_ports(c: LocalCluster) -> dict[str, int]:
-    """The client port of each etcd member, by process name (``etcd``, ``etcd-1``...)."""
-    return {"etcd": c.etcd_port,
-            **{f"etcd-{i}": client for i, (client, _) in enumerate(c.etcd_members, start=1)}}
-
-
-async def _wait_member(c: LocalCluster, port: int, log: Path, *, timeout: float) -> None:
-    """Until the member on ``port`` answers a Status call and knows a leader."""
-    config = c.cluster_dir.etcd_config("admin")
-    (endpoint,) = [e for e in config.endpoints if e.port == port]
-    config = dataclasses.replace(config, endpoints=(endpoint,))
-    deadline = time.monotonic() + timeout
-    last: Exception | str = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            async with EtcdClient(config, name=f"{c.name} etcd restart", dial_timeout=2.0,
-                                  request_timeout=5.0, tls_reload_interval=0) as client:
-                if (await client.status()).leader:
-                    return
-                last = "no leader yet"
-        except EtcdError as exc:  # not listening yet
-            last = exc
-        await asyncio.sleep(0.2)
-    raise LocalMeshError(f"etcd of {c.name} on {LOOPBACK}:{port} not back after {timeout:g}s "
-                         f"({last}):\n{log_tail(log)}")
-
-
 def _restart_etcd(mesh: LocalMesh, c: LocalCluster, *, timeout: float, say: Say) -> None:
-    for name, port in _client_ports(c).items():
+    for name, (port, _) in c.etcd_member_ports.items():
         key = f"{c.name}/{name}"
         result = mesh.restart_process(key)
         rec = mesh.processes[key]
-        asyncio.run(_wait_member(c, port, Path(rec.log), timeout=timeout))
+        asyncio.run(wait_member(c, port, rec, timeout=timeout))
         say(f"  restarted {key} ({result}, now pid {rec.pid}): it reads --trusted-ca-file "
             "only at start")
     mesh.wait_ready(timeout=timeout, say=lambda _: None)

@@ -122,6 +122,14 @@ class LocalCluster:
         return ClusterDir.load(self.dir)
 
     @property
+    def etcd_member_ports(self) -> dict[str, tuple[int, int]]:
+        """The (client, peer) ports of each etcd member, by process name within the
+        cluster: ``etcd`` (member 0, named like the cluster), ``etcd-1``, ..."""
+        return {"etcd": (self.etcd_port, self.etcd_peer_port),
+                **{f"etcd-{i}": (client, peer)
+                   for i, (client, peer) in enumerate(self.etcd_members, start=1)}}
+
+    @property
     def kvstoremesh_api(self) -> str:
         """The status API, or every replica's, comma separated (the leader answers for
         the cluster: see ``clustermesh_tools.clusters.probes.fetch_leader``)."""
@@ -333,11 +341,11 @@ class LocalMesh:
         certs = c.dir / "certs"
         logs = c.dir / "logs"
         # Member 0 is "etcd" (name, data dir and log as with one member), then etcd-1, ...
-        members = [(c.etcd_port, c.etcd_peer_port), *((a, b) for a, b in c.etcd_members)]
-        suffixes = ["", *(f"-{i}" for i in range(1, len(members)))]
+        members = {name.removeprefix("etcd"): ports
+                   for name, ports in c.etcd_member_ports.items()}
         initial = ",".join(f"{c.name}{sfx}=http://{LOOPBACK}:{peer_port}"
-                           for sfx, (_, peer_port) in zip(suffixes, members, strict=True))
-        for sfx, (client_port, peer_port) in zip(suffixes, members, strict=True):
+                           for sfx, (_, peer_port) in members.items())
+        for sfx, (client_port, peer_port) in members.items():
             peer = f"http://{LOOPBACK}:{peer_port}"
             client = f"https://{LOOPBACK}:{client_port}"
             # Plain HTTP, whatever the client port speaks.

@@ -2,6 +2,8 @@
 
 * :func:`init_etcds` — once every etcd answers, give it etcdinit's users and roles
   (auth on);
+* :func:`wait_member` — after a member was restarted (certificate rotation): it
+  answers and knows a leader;
 * :func:`wait_remote_access` — before any KVStoreMesh starts: every etcd holds
   etcdinit's users and the ``users.yaml`` users (created by the apiservers' users
   management), each with its role, and the cluster-config its apiserver publishes.
@@ -16,6 +18,7 @@ process that exited or did not get there in time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,13 +39,18 @@ if TYPE_CHECKING:
 
     from .mesh import LocalCluster
 
-__all__ = ["init_etcds", "wait_remote_access"]
+__all__ = ["init_etcds", "wait_member", "wait_remote_access"]
 
 _POLL = 0.1
 
 
-def _admin(cdir: ClusterDir, purpose: str) -> EtcdClient:
-    return EtcdClient(cdir.etcd_config("admin"), name=f"{cdir.name} {purpose}",
+def _admin(cdir: ClusterDir, purpose: str, *, port: int | None = None) -> EtcdClient:
+    """A client of ``cdir``'s etcd as admin: every member, or only the one on ``port``."""
+    config = cdir.etcd_config("admin")
+    if port is not None:
+        config = dataclasses.replace(
+            config, endpoints=tuple(e for e in config.endpoints if e.port == port))
+    return EtcdClient(config, name=f"{cdir.name} {purpose}",
                       dial_timeout=2.0, request_timeout=10.0, tls_reload_interval=0)
 
 
@@ -77,6 +85,27 @@ async def init_etcds(clusters: Sequence[LocalCluster], processes: Mapping[str, P
             await asyncio.sleep(0.2)
 
     await asyncio.gather(*(one(c) for c in clusters))
+
+
+async def wait_member(c: LocalCluster, port: int, rec: ProcRecord, *,
+                      timeout: float) -> None:
+    """Until the member of ``c`` on ``port`` (process ``rec``) answers a Status call and
+    knows a leader."""
+    cdir = c.cluster_dir
+    deadline = time.monotonic() + timeout
+    last: Exception | str = "no answer"
+    while time.monotonic() < deadline:
+        _check_alive({rec.name: rec}, rec.name)
+        try:
+            async with _admin(cdir, "etcd restart", port=port) as client:
+                if (await client.status()).leader:
+                    return
+                last = "no leader yet"
+        except EtcdError as exc:  # not listening yet
+            last = exc
+        await asyncio.sleep(0.2)
+    raise LocalMeshError(f"etcd of {c.name} on port {port} not back after {timeout:g}s "
+                         f"({last}):\n{log_tail(Path(rec.log))}")
 
 
 async def _missing(client: EtcdClient, users: Mapping[str, str], key: bytes,
