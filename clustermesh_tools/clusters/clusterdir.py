@@ -142,19 +142,17 @@ class ClusterDir:
     def cert(self, stem: str) -> tuple[Path, Path]:
         return self.certs / f"{stem}.crt", self.certs / f"{stem}.key"
 
+    def _recorded(self, path: str) -> Path | None:
+        """A path cluster.yaml records (relative to the directory, or absolute)."""
+        return None if not path else self.path / path  # an absolute one replaces the base
+
     @property
     def ca_key_file(self) -> Path | None:
-        if not self.ca_key:
-            return None
-        key = Path(self.ca_key)
-        return key if key.is_absolute() else self.path / key
+        return self._recorded(self.ca_key)
 
     @property
     def ca_next_key_file(self) -> Path | None:
-        if not self.ca_next_key:
-            return None
-        key = Path(self.ca_next_key)
-        return key if key.is_absolute() else self.path / key
+        return self._recorded(self.ca_next_key)
 
     @property
     def remote_cn(self) -> str:
